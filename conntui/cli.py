@@ -1,0 +1,272 @@
+"""Command line: parse tcpdump-style options, check privileges, wire the pipeline.
+
+``make_engine`` and ``make_app`` are the factories shared by the CLI and the tests, so what
+the tests drive is what a person runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, TYPE_CHECKING
+
+from . import __version__
+from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
+from .engine import Engine, StaticTables, TableSource
+from .export import ExportError, open_writer
+from .filters import FilterError, PortSet, parse_ports
+from .jsonout import record_to_dict, text_line
+from .model import Record
+from .session import Counters, Session
+
+if TYPE_CHECKING:
+    from .tui.app import ConntuiApp
+
+PROG = "conntui"
+
+
+class UsageError(Exception):
+    """A one-line error for the user; the exit code is 2 (bad usage) or 1 (runtime)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Show, live, which process and file descriptor the kernel delivers each TCP/UDP "
+            "segment to, and why. Without --headless it opens the TUI."
+        ),
+        epilog=(
+            "examples:  sudo conntui -i lo -p 8080    "
+            "sudo conntui --headless --json -c 20 tcp port 443    "
+            "conntui -r session.pcapng --headless"
+        ),
+    )
+    p.add_argument("-i", "--interface", default="any", metavar="IFACE", help="interface to capture on (default: any)")
+    p.add_argument(
+        "-p",
+        "--port",
+        action="append",
+        default=[],
+        metavar="PORTS",
+        help="keep segments whose source or destination port matches: 8080, 80,443, 8000-8100 (repeatable)",
+    )
+    p.add_argument("-w", "--write", metavar="FILE", help="write the session while capturing (.pcap, else pcapng with attributions)")
+    p.add_argument("-r", "--read", metavar="FILE", help="read a saved pcap/pcapng instead of capturing (no root needed)")
+    p.add_argument("-c", "--count", type=int, metavar="COUNT", help="stop after COUNT segments")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    p.add_argument("--headless", action="store_true", help="print one line per segment instead of the TUI")
+    p.add_argument("--json", action="store_true", help="with --headless: one JSON object per line")
+    p.add_argument("-q", "--quiet", action="store_true", help="with --headless: print no per-segment lines")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
+    return p
+
+
+@dataclass
+class Options:
+    interface: str
+    ports: PortSet
+    expression: str
+    write: str | None
+    read: str | None
+    count: int | None
+    duration: float | None
+    headless: bool
+    json: bool
+    quiet: bool
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    args = build_parser().parse_args(argv)
+    try:
+        ports = parse_ports(args.port)
+    except FilterError as exc:
+        raise UsageError(str(exc), 2) from None
+    if args.count is not None and args.count <= 0:
+        raise UsageError(f"bad count {args.count}: it must be a positive number", 2)
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError(f"bad duration {args.duration}: it must be a positive number of seconds", 2)
+    if args.read and args.write and os.path.abspath(args.read) == os.path.abspath(args.write):
+        raise UsageError("-r and -w name the same file", 2)
+    return Options(
+        interface=args.interface,
+        ports=ports,
+        expression=" ".join(args.expression).strip(),
+        write=args.write,
+        read=args.read,
+        count=args.count,
+        duration=args.duration,
+        headless=args.headless or args.json or args.quiet,
+        json=args.json,
+        quiet=args.quiet,
+    )
+
+
+def _kernel_filter(opts: Options, notes: list[str]) -> list[tuple[int, int, int, int]] | None:
+    """The BPF program for the live socket: the expression and the ports, when libpcap is here."""
+    if not libpcap_available():
+        if opts.expression:
+            raise UsageError(
+                "BPF filter expressions need libpcap (apt-get install libpcap0.8); -p/--port works without it"
+            )
+        if opts.ports:
+            notes.append("libpcap not found: the port filter runs in user space (apt-get install libpcap0.8)")
+        return None
+    parts = [f"({opts.expression})"] if opts.expression else []
+    if opts.ports:
+        parts.append(opts.ports.bpf())
+    if not parts:
+        return None
+    try:
+        return compile_bpf(" and ".join(parts))
+    except CaptureError as exc:
+        if opts.expression:
+            raise UsageError(str(exc), 2) from None
+        raise UsageError(str(exc)) from None
+
+
+def make_source(opts: Options, notes: list[str]) -> FrameSource:
+    if opts.read:
+        if opts.expression:
+            raise UsageError("a BPF expression applies to live capture; with -r use -p to filter by port", 2)
+        return FileCapture(opts.read)
+    program = _kernel_filter(opts, notes)
+    return LiveCapture(opts.interface, program)
+
+
+def make_tables(live: bool) -> TableSource:
+    if not live:
+        return StaticTables()
+    from .sockets import SocketTableSource
+
+    source = SocketTableSource()
+    source.refresh()
+    return source
+
+
+def make_engine(opts: Options, notes: list[str] | None = None, session: Session | None = None) -> Engine:
+    """Everything the capture needs, opened in the order that gives the clearest error."""
+    notes = notes if notes is not None else []
+    source = make_source(opts, notes)
+    try:
+        writer = open_writer(opts.write) if opts.write else None
+    except ExportError as exc:
+        source.close()
+        raise UsageError(str(exc)) from None
+    tables = make_tables(source.live)
+    keep = opts.ports.matches if opts.ports else None
+    return Engine(source, tables, session, keep=keep, writer=writer)
+
+
+def make_app(opts: Options, engine: Engine) -> ConntuiApp:
+    from .tui.app import ConntuiApp
+
+    filter_text = " ".join(x for x in (str(opts.ports) if opts.ports else "", opts.expression) if x)
+    return ConntuiApp(engine, iface=opts.interface if not opts.read else opts.read, filter_text=filter_text, export_path=opts.write)
+
+
+def print_counters(counters: Counters, out: IO[str]) -> None:
+    """tcpdump-style closing lines."""
+    out.write(f"{counters.segments} segments captured\n")
+    out.write(f"{counters.attributed} attributed to a local socket or the kernel ({counters.attributed_pct():.1f}%)\n")
+    out.write(f"{counters.undecodable} frames not decodable as TCP/UDP\n")
+    if counters.filtered:
+        out.write(f"{counters.filtered} segments left out by the port filter\n")
+    out.write(f"{counters.kernel_drops} packets dropped by kernel\n")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
+    def emit(rec: Record) -> None:
+        if opts.json:
+            out.write(json.dumps(record_to_dict(rec.segment, rec.attribution)) + "\n")
+        else:
+            out.write(text_line(rec.segment, rec.attribution) + "\n")
+
+    if not opts.quiet:
+        engine.on_record = emit
+    src = engine.source
+    what = f"listening on {opts.interface}" if src.live else f"reading from file {opts.read}"
+    filt = " and ".join(x for x in (f"port {opts.ports}" if opts.ports else "", opts.expression) if x)
+    sys.stderr.write(f"{PROG}: {what}{', filter: ' + filt if filt else ''}\n")
+    sys.stderr.flush()
+    code = 0
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        engine.run(count=opts.count, duration=opts.duration)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    except CaptureError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        code = 1
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        engine.close()
+        try:
+            out.flush()
+        except BrokenPipeError:
+            pass
+        print_counters(engine.session.counters, sys.stderr)
+        if engine.writer_error:
+            sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
+            code = 1
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:
+        from .lab import main as lab_main
+
+        return lab_main(argv[1:])
+    notes: list[str] = []
+    try:
+        opts = parse_options(argv)
+        engine = make_engine(opts, notes)
+    except (UsageError, CaptureError) as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return exc.code if isinstance(exc, UsageError) else 1
+    for note in notes:
+        sys.stderr.write(f"{PROG}: note: {note}\n")
+    if opts.headless:
+        try:
+            return run_headless(opts, engine, sys.stdout)
+        except BrokenPipeError:
+            # the reader went away (e.g. `| head`): stop quietly, like tcpdump
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
+    try:
+        app = make_app(opts, engine)
+    except ImportError as exc:
+        engine.close()
+        sys.stderr.write(f"{PROG}: the TUI is not available ({exc}); use --headless\n")
+        return 1
+    app.run()
+    engine.stop()
+    if engine.writer_error:
+        sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
+        return 1
+    if engine.error:
+        sys.stderr.write(f"{PROG}: {engine.error}\n")
+        return 1
+    return 0

@@ -1,0 +1,326 @@
+"""Plain data shared by every stage: segments, sockets, the socket table and attributions.
+
+Everything here is frozen (or read-only after construction) so the capture thread, the
+refresher and the UI can share references without locks. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# Linux packet types (linux/if_packet.h), as reported by AF_PACKET for each frame.
+PACKET_HOST = 0
+PACKET_BROADCAST = 1
+PACKET_MULTICAST = 2
+PACKET_OTHERHOST = 3
+PACKET_OUTGOING = 4
+PACKET_UNKNOWN = -1  # not recorded (e.g. a classic pcap without SLL headers)
+
+TCP_FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) .. bit 7 (CWR); printed in this order
+
+
+def tcp_flags_text(bits: int) -> str:
+    """TCP flag bits as letters in the fixed order FSRPAUEC ("S", "SA", "PA", "FA", "R")."""
+    return "".join(letter for i, letter in enumerate(TCP_FLAG_LETTERS) if bits & (1 << i))
+
+
+def unmap(addr: str) -> str:
+    """The address a v4-mapped IPv6 address stands for (``::ffff:1.2.3.4`` → ``1.2.3.4``).
+
+    Dual-stack sockets show IPv4 peers this way; the kernel matches them against plain IPv4
+    segments, so every index key uses the unmapped form.
+    """
+    if addr.startswith("::ffff:") and "." in addr:
+        return addr[7:]
+    return addr
+
+
+def is_wildcard(addr: str) -> bool:
+    return addr in ("0.0.0.0", "::")
+
+
+class Proto(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Match(enum.StrEnum):
+    """How the kernel found (or failed to find) the socket that receives a segment."""
+
+    ESTABLISHED = "established"  # 4-tuple hit in the established hash, a process holds it
+    LISTENER = "listener"  # SYN handed to a listening socket
+    ACCEPT_QUEUE = "accept_queue"  # child socket, connected but not yet accept()ed: no fd
+    SYN_RECV = "syn_recv"  # request sock (handshake half done), owned by the listener
+    TIME_WAIT = "time_wait"  # kernel-owned remains of a closed connection
+    UDP_CONNECTED = "udp_connected"  # UDP socket connect()ed to exactly this peer
+    UDP_UNCONNECTED = "udp_unconnected"  # UDP socket bound to the port, any peer
+    NONE = "none"  # no socket: the kernel answers RST (TCP) or ICMP port unreachable (UDP)
+    NOT_LOCAL = "not_local"  # the destination is not an address of this host
+    UNKNOWN = "unknown"  # should have matched, but the table had nothing
+
+
+# TCP states as the kernel numbers them (include/net/tcp_states.h).
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An address and port; ``addr`` is the compressed text form (``::1``, ``127.0.0.1``)."""
+
+    addr: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.addr:
+            return f"[{self.addr}]:{self.port}"
+        return f"{self.addr}:{self.port}"
+
+    @property
+    def key_addr(self) -> str:
+        """The address as indexes use it (v4-mapped IPv6 unmapped)."""
+        return unmap(self.addr)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKey:
+    """A directed 5-tuple with unmapped addresses (what a segment carries)."""
+
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+    def reversed(self) -> FlowKey:
+        return FlowKey(self.proto, self.dst, self.dport, self.src, self.sport)
+
+
+class Segment(NamedTuple):
+    """One decoded TCP or UDP segment, as seen on one interface.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per packet on the hot path
+    and a tuple is about five times cheaper to construct, with the same immutability.
+    """
+
+    ts: float  # capture time, epoch seconds
+    iface: str  # interface name ("lo"), or "" when unknown (e.g. a classic pcap)
+    proto: str  # "tcp" | "udp"
+    family: int  # 4 | 6
+    src: str  # compressed text form
+    sport: int
+    dst: str
+    dport: int
+    flags: str = ""  # TCP flags as letters in FSRPAUEC order; "" for UDP
+    payload_len: int = 0
+    seq: int = 0
+    ack: int = 0
+    window: int = 0
+    pkttype: int = PACKET_HOST  # PACKET_HOST, PACKET_OUTGOING, ... (-1 when unknown)
+    ifindex: int = 0
+    wire_len: int = 0  # length of the whole frame on the wire
+    payload_preview: bytes = b""  # the first bytes of the payload (at most 64)
+
+    @property
+    def key(self) -> FlowKey:
+        return FlowKey(self.proto, self.src, self.sport, self.dst, self.dport)
+
+    @property
+    def is_syn(self) -> bool:
+        """A connection request: SYN without ACK."""
+        return "S" in self.flags and "A" not in self.flags
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A process holding a socket through one of its file descriptors."""
+
+    pid: int
+    fd: int
+    process: str  # the process name (comm), shown literally, never as markup
+
+
+@dataclass(frozen=True, slots=True)
+class SocketEntry:
+    """One kernel socket (full socket, request sock or TIME_WAIT entry) and its holders."""
+
+    proto: str  # "tcp" | "udp"
+    family: int  # 4 | 6: the socket's own family (a dual-stack [::] socket is 6)
+    state: str  # "LISTEN", "ESTABLISHED", "SYN_RECV", "TIME_WAIT", ... ; UDP: "UNCONN"/"ESTABLISHED"
+    local: Endpoint  # as the kernel shows it (``::ffff:127.0.0.1`` on dual-stack sockets)
+    remote: Endpoint | None  # None for listeners and unconnected UDP sockets
+    inode: int = 0  # 0: no struct socket (TIME_WAIT, request sock, unaccepted child, orphan)
+    holders: tuple[Holder, ...] = ()
+    uid: int = 0
+    cookie: int = 0  # sock_diag cookie: stable for the life of the socket (also in TIME_WAIT)
+    rx_queue: int = 0  # LISTEN: accept-queue length; else bytes not yet read
+    tx_queue: int = 0  # LISTEN: backlog (min(backlog, somaxconn)); else bytes not yet acked
+    bound_ifindex: int = 0  # SO_BINDTODEVICE, 0 if none
+    v6only: bool = False  # IPV6_V6ONLY (AF_INET6 sockets only)
+    former_holders: tuple[Holder, ...] = ()  # who held it before close() (remembered)
+    first_seen: float = 0.0  # when the refresher first saw this socket (epoch seconds)
+
+    @property
+    def is_listener(self) -> bool:
+        return self.state == "LISTEN"
+
+    @property
+    def kernel_owned(self) -> bool:
+        return not self.holders
+
+    def describe(self) -> str:
+        """``nginx[1234] fd 6`` (first holder), or ``kernel`` when no process holds it."""
+        if not self.holders:
+            return "kernel"
+        first = self.holders[0]
+        more = f" (+{len(self.holders) - 1})" if len(self.holders) > 1 else ""
+        return f"{first.process}[{first.pid}] fd {first.fd}{more}"
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """One step of the emulated kernel lookup, for the explanation pane."""
+
+    what: str  # e.g. "established hash (127.0.0.1:8080 ← 127.0.0.1:51234)"
+    result: str  # e.g. "hit: ESTABLISHED, nginx[12] fd 7" or "miss"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who sends and who receives one segment, and why the kernel chose the receiver."""
+
+    match: Match
+    receiver: SocketEntry | None = None
+    sender: SocketEntry | None = None
+    explain: str = ""
+    steps: tuple[Lookup, ...] = ()
+    listener: SocketEntry | None = None  # the parent listener (accept_queue, syn_recv)
+    candidates: tuple[SocketEntry, ...] = ()  # e.g. every member of a SO_REUSEPORT group
+    sender_explain: str = ""
+
+
+class SocketTable:
+    """An immutable snapshot of the socket table with the indexes the demux needs.
+
+    Built by ``sockets.py``; read by ``demux.py``. Never mutated after construction: the
+    refresher builds a new one (``with_entries``) and swaps the reference.
+    """
+
+    __slots__ = (
+        "entries",
+        "taken_at",
+        "local_addrs",
+        "ifnames",
+        "_by_tuple",
+        "_by_local",
+    )
+
+    def __init__(
+        self,
+        entries: Iterable[SocketEntry] = (),
+        *,
+        taken_at: float = 0.0,
+        local_addrs: Iterable[str] = (),
+        ifnames: dict[int, str] | None = None,
+    ) -> None:
+        self.entries: tuple[SocketEntry, ...] = tuple(entries)
+        self.taken_at = taken_at
+        self.local_addrs: frozenset[str] = frozenset(unmap(a) for a in local_addrs)
+        self.ifnames: dict[int, str] = dict(ifnames or {})
+        # (proto, local addr, local port, remote addr, remote port) → sockets (newest first)
+        self._by_tuple: dict[tuple[str, str, int, str, int], list[SocketEntry]] = {}
+        # (proto, local port) → sockets with no remote end (listeners, unconnected UDP),
+        # plus connected UDP sockets (they are also reached through the port).
+        self._by_local: dict[tuple[str, int], list[SocketEntry]] = {}
+        for e in self.entries:
+            if e.remote is not None and e.remote.port != 0:
+                key = (e.proto, e.local.key_addr, e.local.port, e.remote.key_addr, e.remote.port)
+                self._by_tuple.setdefault(key, []).append(e)
+            if e.remote is None or e.remote.port == 0 or e.proto == Proto.UDP:
+                self._by_local.setdefault((e.proto, e.local.port), []).append(e)
+
+    def connected(self, proto: str, laddr: str, lport: int, raddr: str, rport: int) -> list[SocketEntry]:
+        """Sockets whose (local, remote) is exactly this 4-tuple (addresses unmapped)."""
+        return self._by_tuple.get((proto, unmap(laddr), lport, unmap(raddr), rport), [])
+
+    def on_port(self, proto: str, lport: int) -> list[SocketEntry]:
+        """Listeners and UDP sockets bound to a local port, in table order."""
+        return self._by_local.get((proto, lport), [])
+
+    def is_local(self, addr: str) -> bool:
+        """Whether ``addr`` is an address of this host (every loopback address is)."""
+        a = unmap(addr)
+        return a in self.local_addrs or _is_loopback(a)
+
+    def ifname(self, ifindex: int) -> str:
+        return self.ifnames.get(ifindex, str(ifindex) if ifindex else "")
+
+    def with_entries(self, extra: Iterable[SocketEntry], *, taken_at: float | None = None) -> SocketTable:
+        """A new table with ``extra`` sockets added (replacing same-cookie/same-tuple ones)."""
+        extra = tuple(extra)
+        cookies = {(e.proto, e.cookie) for e in extra if e.cookie}
+        # One 4-tuple names one connection at a time: a newer view of it replaces the old.
+        tuples = {(e.proto, e.local, e.remote) for e in extra if e.remote is not None}
+        kept = [
+            e
+            for e in self.entries
+            if (e.proto, e.cookie) not in cookies and (e.proto, e.local, e.remote) not in tuples
+        ]
+        return SocketTable(
+            [*extra, *kept],
+            taken_at=self.taken_at if taken_at is None else taken_at,
+            local_addrs=self.local_addrs,
+            ifnames=self.ifnames,
+        )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A captured frame as the capture source hands it on (no decoding yet)."""
+
+    ts: float
+    data: bytes
+    linktype: int  # pcap LINKTYPE_* of ``data`` (1 Ethernet, 101 raw IP, 113 SLL, 276 SLL2)
+    iface: str = ""
+    ifindex: int = 0
+    pkttype: int = PACKET_HOST
+    protocol: int = 0  # ethertype from the packet socket (cooked capture), 0 if unknown
+    wire_len: int = 0
+    comment: str = ""  # a pcapng per-packet comment, when read from a file
+
+
+@dataclass(slots=True)
+class Record:
+    """One row of the session: the frame, its decoded segment and its attribution."""
+
+    seq: int
+    frame: Frame
+    segment: Segment
+    attribution: Attribution
+    extra: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,117 @@
+"""The session store: every captured segment with its attribution, in arrival order.
+
+The capture thread appends; readers (the TUI, the headless printer, exports) ask for what is
+new with ``since(seq)``. The in-memory window is bounded; rows that fall out of it stay
+available to exports through the spool (when one is configured) so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .model import Attribution, Frame, Match, Record, Segment
+
+
+@dataclass(slots=True)
+class Counters:
+    """tcpdump-style counters, plus how well attribution went."""
+
+    frames: int = 0  # frames handed to us by the capture source
+    segments: int = 0  # TCP/UDP segments decoded and stored
+    undecodable: int = 0  # frames that were not TCP/UDP or were malformed
+    duplicates: int = 0  # loopback outgoing copies dropped (seen again as incoming)
+    filtered: int = 0  # decoded but dropped by the port/filter predicate
+    kernel_drops: int = 0  # dropped by the kernel before we could read them
+    by_match: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def attributed(self) -> int:
+        """Segments with at least one local socket (receiver or sender) identified."""
+        bad = self.by_match.get(Match.UNKNOWN, 0)
+        return self.segments - bad
+
+    def attributed_pct(self) -> float:
+        return 100.0 * self.attributed / self.segments if self.segments else 100.0
+
+
+class Session:
+    """Thread-safe append-only store with a bounded in-memory window."""
+
+    def __init__(self, window: int = 200_000) -> None:
+        self._rows: deque[Record] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self._next_seq = 0
+        self.counters = Counters()
+        self._spilled: list[Record] = []  # rows pushed out of the window (until a spool exists)
+        self._keep_spilled = True
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest row, -1 when empty."""
+        return self._next_seq - 1
+
+    def append(self, frame: Frame, segment: Segment, attribution: Attribution) -> Record:
+        with self._lock:
+            rec = Record(self._next_seq, frame, segment, attribution)
+            self._next_seq += 1
+            if len(self._rows) == self._rows.maxlen and self._keep_spilled:
+                self._spilled.append(self._rows[0])
+            self._rows.append(rec)
+            c = self.counters
+            c.segments += 1
+            c.by_match[attribution.match] = c.by_match.get(attribution.match, 0) + 1
+            return rec
+
+    def reattribute(self, seq: int, attribution: Attribution) -> bool:
+        """Replace a row's attribution (a late match); False if the row is gone."""
+        with self._lock:
+            rec = self._find(seq)
+            if rec is None:
+                return False
+            c = self.counters
+            c.by_match[rec.attribution.match] -= 1
+            c.by_match[attribution.match] = c.by_match.get(attribution.match, 0) + 1
+            rec.attribution = attribution
+            return True
+
+    def _find(self, seq: int) -> Record | None:
+        if not self._rows:
+            return None
+        first = self._rows[0].seq
+        i = seq - first
+        if 0 <= i < len(self._rows):
+            return self._rows[i]
+        return None
+
+    def get(self, seq: int) -> Record | None:
+        with self._lock:
+            return self._find(seq)
+
+    def since(self, seq: int, limit: int | None = None) -> list[Record]:
+        """Rows newer than ``seq`` still in the window (at most ``limit``, oldest first)."""
+        with self._lock:
+            if not self._rows:
+                return []
+            first = self._rows[0].seq
+            start = max(0, seq + 1 - first)
+            stop = len(self._rows) if limit is None else min(len(self._rows), start + limit)
+            return [self._rows[i] for i in range(start, stop)]
+
+    def window(self) -> list[Record]:
+        """Every row in the in-memory window, oldest first."""
+        with self._lock:
+            return list(self._rows)
+
+    def __len__(self) -> int:
+        return self._next_seq
+
+    def all_records(self, keep: Callable[[Record], bool] | None = None) -> Iterator[Record]:
+        """Every row of the session (spilled ones first), for export."""
+        with self._lock:
+            rows = [*self._spilled, *self._rows]
+        for rec in rows:
+            if keep is None or keep(rec):
+                yield rec

@@ -1,0 +1,66 @@
+"""The session store: ordering, bounded window, late re-attribution, counters."""
+
+from __future__ import annotations
+
+import threading
+
+from conntui.model import Attribution, Frame, Match, Segment
+from conntui.session import Session
+
+
+def frame(i: int) -> Frame:
+    return Frame(ts=float(i), data=b"x", linktype=101)
+
+
+def seg(i: int) -> Segment:
+    return Segment(ts=float(i), iface="lo", proto="tcp", family=4, src="127.0.0.1", sport=i, dst="127.0.0.1", dport=80)
+
+
+def test_since_returns_new_rows_in_order():
+    s = Session()
+    for i in range(5):
+        s.append(frame(i), seg(i), Attribution(Match.ESTABLISHED))
+    assert [r.seq for r in s.since(-1)] == [0, 1, 2, 3, 4]
+    assert [r.seq for r in s.since(2)] == [3, 4]
+    assert [r.seq for r in s.since(0, limit=2)] == [1, 2]
+    assert s.since(4) == []
+    assert s.last_seq == 4 and len(s) == 5
+
+
+def test_window_is_bounded_and_export_still_sees_everything():
+    s = Session(window=3)
+    for i in range(10):
+        s.append(frame(i), seg(i), Attribution(Match.ESTABLISHED))
+    assert [r.seq for r in s.window()] == [7, 8, 9]
+    assert [r.seq for r in s.since(-1)] == [7, 8, 9]
+    assert s.get(2) is None and s.get(8) is not None
+    assert [r.seq for r in s.all_records()] == list(range(10))
+    assert [r.seq for r in s.all_records(lambda r: r.seq % 2 == 0)] == [0, 2, 4, 6, 8]
+
+
+def test_reattribute_moves_counters():
+    s = Session()
+    s.append(frame(0), seg(0), Attribution(Match.UNKNOWN))
+    assert s.counters.by_match[Match.UNKNOWN] == 1
+    assert s.counters.attributed == 0
+    assert s.reattribute(0, Attribution(Match.ESTABLISHED))
+    assert s.counters.by_match[Match.UNKNOWN] == 0
+    assert s.counters.attributed == 1 and s.counters.attributed_pct() == 100.0
+    assert s.get(0).attribution.match == Match.ESTABLISHED
+    assert not s.reattribute(99, Attribution(Match.NONE))
+
+
+def test_concurrent_appends_keep_unique_sequence_numbers():
+    s = Session()
+
+    def writer():
+        for i in range(2000):
+            s.append(frame(i), seg(i), Attribution(Match.ESTABLISHED))
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [r.seq for r in s.all_records()]
+    assert seqs == list(range(8000))
