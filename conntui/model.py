@@ -7,6 +7,7 @@ refresher and the UI can share references without locks. Stdlib only.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -193,7 +194,10 @@ class SocketEntry:
         return f"{first.process}[{first.pid}] fd {first.fd}{more}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_loopback(addr: str) -> bool:
+    if addr.startswith("127.") or addr == "::1":
+        return True
     try:
         return ipaddress.ip_address(addr).is_loopback
     except ValueError:
