@@ -7,7 +7,6 @@ the tests drive is what a person runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compil
 from .engine import Engine, StaticTables, TableSource
 from .export import ExportError, open_writer
 from .filters import FilterError, PortSet, parse_ports
-from .jsonout import record_to_dict, text_line
+from .jsonout import json_line, text_line
 from .model import Record
 from .session import Counters, Session
 
@@ -197,7 +196,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     def emit(rec: Record) -> None:
         if opts.json:
-            out.write(json.dumps(record_to_dict(rec.segment, rec.attribution)) + "\n")
+            out.write(json_line(rec.segment, rec.attribution) + "\n")
         else:
             out.write(text_line(rec.segment, rec.attribution) + "\n")
 
