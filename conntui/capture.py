@@ -172,7 +172,7 @@ class LiveCapture:
         self.description = f"live on {iface}"
         self._batch = batch
         self._stats = _Stats()
-        self._names: dict[int, str] = {}
+        self._names: dict[str, int] = {}
         self._ended = False
         ifindex = 0
         if iface != "any":
@@ -183,7 +183,9 @@ class LiveCapture:
                 raise CaptureError(f"unknown interface {iface!r} (available: {names})") from None
         try:
             # Protocol 0: nothing is queued until bind(), after the filter is in place.
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0 if ifindex else socket.htons(ETH_P_ALL))
+            sock = socket.socket(
+                socket.AF_PACKET, socket.SOCK_DGRAM, 0 if ifindex else socket.htons(ETH_P_ALL)
+            )
         except PermissionError:
             raise CaptureError(
                 "capturing packets needs root (or CAP_NET_RAW and CAP_NET_ADMIN): "
@@ -243,7 +245,7 @@ class LiveCapture:
         names = self._names
         for _ in range(self._batch):
             try:
-                data, ancdata, flags, addr = recvmsg(SNAPLEN, anc, socket.MSG_TRUNC)
+                data, ancdata, _flags, addr = recvmsg(SNAPLEN, anc, socket.MSG_TRUNC)
             except BlockingIOError:
                 break
             except OSError as exc:

@@ -7,6 +7,7 @@ the tests drive is what a person runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
             "conntui -r session.pcapng --headless"
         ),
     )
-    p.add_argument("-i", "--interface", default="any", metavar="IFACE", help="interface to capture on (default: any)")
+    p.add_argument(
+        "-i", "--interface", default="any", metavar="IFACE", help="interface to capture on (default: any)"
+    )
     p.add_argument(
         "-p",
         "--port",
@@ -60,8 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORTS",
         help="keep segments whose source or destination port matches: 8080, 80,443, 8000-8100 (repeatable)",
     )
-    p.add_argument("-w", "--write", metavar="FILE", help="write the session while capturing (.pcap, else pcapng with attributions)")
-    p.add_argument("-r", "--read", metavar="FILE", help="read a saved pcap/pcapng instead of capturing (no root needed)")
+    p.add_argument(
+        "-w",
+        "--write",
+        metavar="FILE",
+        help="write the session while capturing (.pcap, else pcapng with attributions)",
+    )
+    p.add_argument(
+        "-r", "--read", metavar="FILE", help="read a saved pcap/pcapng instead of capturing (no root needed)"
+    )
     p.add_argument("-c", "--count", type=int, metavar="COUNT", help="stop after COUNT segments")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
     p.add_argument("--headless", action="store_true", help="print one line per segment instead of the TUI")
@@ -172,13 +182,19 @@ def make_app(opts: Options, engine: Engine) -> ConntuiApp:
     from .tui.app import ConntuiApp
 
     filter_text = " ".join(x for x in (str(opts.ports) if opts.ports else "", opts.expression) if x)
-    return ConntuiApp(engine, iface=opts.interface if not opts.read else opts.read, filter_text=filter_text, export_path=opts.write)
+    return ConntuiApp(
+        engine,
+        iface=opts.interface if not opts.read else opts.read,
+        filter_text=filter_text,
+        export_path=opts.write,
+    )
 
 
 def print_counters(counters: Counters, out: IO[str]) -> None:
     """tcpdump-style closing lines."""
     out.write(f"{counters.segments} segments captured\n")
-    out.write(f"{counters.attributed} attributed to a local socket or the kernel ({counters.attributed_pct():.1f}%)\n")
+    pct = counters.attributed_pct()
+    out.write(f"{counters.attributed} attributed to a local socket or the kernel ({pct:.1f}%)\n")
     out.write(f"{counters.undecodable} frames not decodable as TCP/UDP\n")
     if counters.filtered:
         out.write(f"{counters.filtered} segments left out by the port filter\n")
@@ -220,10 +236,8 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
         engine.close()
-        try:
+        with contextlib.suppress(BrokenPipeError):
             out.flush()
-        except BrokenPipeError:
-            pass
         print_counters(engine.session.counters, sys.stderr)
         if engine.writer_error:
             sys.stderr.write(f"{PROG}: {engine.writer_error}\n")

@@ -17,7 +17,7 @@ from .capture import CaptureError, FrameSource
 from .decode import decode_frame
 from .demux import attribute
 from .export import Writer, attribution_from_comment
-from .model import PACKET_OUTGOING, Attribution, Frame, Match, Record, Segment, SocketTable
+from .model import Attribution, Frame, Match, Record, Segment, SocketTable
 from .session import Session
 
 SegmentPredicate = Callable[[Segment], bool]
@@ -52,6 +52,11 @@ class StaticTables:
 def _needs_resolve(seg: Segment, att: Attribution, table: SocketTable) -> bool:
     """Whether the table may simply be too old for this segment (worth an exact look-up)."""
     if att.match in (Match.UNKNOWN, Match.NONE):
+        return True
+    if ("F" in seg.flags or "R" in seg.flags) and any(
+        s is not None and s.holders for s in (att.sender, att.receiver)
+    ):
+        # A FIN or RST usually follows close(): the snapshot may still show the old holder.
         return True
     if att.sender is None and "R" not in seg.flags and table.is_local(seg.src):
         return True
@@ -128,18 +133,27 @@ class Engine:
                 "moment is not known.",
             )
         att = attribute(seg, table)
-        if self.source.live and _needs_resolve(seg, att, table):
-            key = (seg.proto, seg.src, seg.sport, seg.dst, seg.dport)
-            now = time.monotonic()
-            last = self._recent_resolves.get(key)
-            if last is None or now - last > self.resolve_cooldown:
-                if len(self._recent_resolves) > 10_000:
-                    self._recent_resolves.clear()
-                self._recent_resolves[key] = now
-                fresher = self.tables.resolve(seg)
-                if fresher is not None:
-                    att = attribute(seg, fresher)
+        if self.source.live and _needs_resolve(seg, att, table) and self._may_resolve(seg, att):
+            fresher = self.tables.resolve(seg)
+            if fresher is not None:
+                att = attribute(seg, fresher)
         return att
+
+    def _may_resolve(self, seg: Segment, att: Attribution) -> bool:
+        """Repeated misses of one flow (a scan of closed ports, a flood to nowhere) are looked
+        up at most once per cooldown; other look-ups are cheap and always worth it (the
+        socket table source rate-limits its own expensive /proc walks)."""
+        if att.match not in (Match.NONE, Match.UNKNOWN):
+            return True
+        key = (seg.proto, seg.src, seg.sport, seg.dst, seg.dport)
+        now = time.monotonic()
+        last = self._recent_resolves.get(key)
+        if last is not None and now - last <= self.resolve_cooldown:
+            return False
+        if len(self._recent_resolves) > 10_000:
+            self._recent_resolves.clear()
+        self._recent_resolves[key] = now
+        return True
 
     def _write(self, frame: Frame, seg: Segment | None, att: Attribution | None) -> None:
         if self.writer is None or self.writer_error is not None:
@@ -148,7 +162,9 @@ class Engine:
             self.writer.write(frame, seg, att)
         except OSError as exc:
             # The disk filled up or the file went away: say so, keep capturing.
-            self.writer_error = f"writing {getattr(self.writer, 'path', 'the capture file')} failed: {exc.strerror or exc}"
+            self.writer_error = (
+                f"writing {getattr(self.writer, 'path', 'the capture file')} failed: {exc.strerror or exc}"
+            )
 
     # -- loops -------------------------------------------------------------------
 
@@ -237,5 +253,7 @@ class Engine:
             try:
                 self.writer.close()
             except OSError as exc:
-                self.writer_error = self.writer_error or f"closing the capture file failed: {exc.strerror or exc}"
+                self.writer_error = (
+                    self.writer_error or f"closing the capture file failed: {exc.strerror or exc}"
+                )
         self.source.close()

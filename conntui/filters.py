@@ -104,6 +104,22 @@ def _proc_term(name: str) -> RecordPredicate:
     return keep
 
 
+def _port_term(ports: PortSet) -> RecordPredicate:
+    return lambda seg, att: ports.matches(seg)
+
+
+def _match_term(match: str) -> RecordPredicate:
+    return lambda seg, att: att.match == match
+
+
+def _proto_term(proto: str) -> RecordPredicate:
+    return lambda seg, att: seg.proto == proto
+
+
+def _host_term(host: str) -> RecordPredicate:
+    return lambda seg, att: host in (seg.src, seg.dst)
+
+
 MATCH_NAMES = {m.value for m in Match}
 
 
@@ -136,7 +152,7 @@ def parse_display_filter(text: str) -> DisplayFilter:
         if key == "port":
             ps = parse_ports([value])
             ports = PortSet(tuple(sorted({*ports.ranges, *ps.ranges})))
-            terms.append(lambda seg, att, ps=ps: ps.matches(seg))
+            terms.append(_port_term(ps))
         elif key == "pid":
             if not value.isdigit():
                 raise FilterError(f"bad pid {value!r}: a pid is a number")
@@ -147,15 +163,15 @@ def parse_display_filter(text: str) -> DisplayFilter:
             m = value.lower()
             if m not in MATCH_NAMES:
                 raise FilterError(f"unknown match {value!r} (one of {', '.join(sorted(MATCH_NAMES))})")
-            terms.append(lambda seg, att, m=m: att.match == m)
+            terms.append(_match_term(m))
         elif key == "proto":
             p = value.lower()
             if p not in ("tcp", "udp"):
                 raise FilterError(f"unknown protocol {value!r} (tcp or udp)")
-            terms.append(lambda seg, att, p=p: seg.proto == p)
+            terms.append(_proto_term(p))
         elif key == "host":
             h = value.strip("[]")
-            terms.append(lambda seg, att, h=h: h in (seg.src, seg.dst))
+            terms.append(_host_term(h))
         else:
             raise FilterError(f"unknown filter term {key!r} (use port:, pid:, proc:, match:, proto:, host:)")
     return DisplayFilter(text.strip(), tuple(terms), ports)

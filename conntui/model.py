@@ -226,20 +226,41 @@ class Attribution:
     sender_explain: str = ""
 
 
+TupleKey = tuple[str, str, int, str, int]
+
+
+def _tuple_key(e: SocketEntry) -> TupleKey | None:
+    """(proto, local addr, local port, remote addr, remote port) with addresses unmapped."""
+    r = e.remote
+    if r is None or r.port == 0:
+        return None
+    la, ra = e.local.addr, r.addr
+    if la.startswith("::ffff:"):
+        la = unmap(la)
+    if ra.startswith("::ffff:"):
+        ra = unmap(ra)
+    return (e.proto, la, e.local.port, ra, r.port)
+
+
+def _on_port(e: SocketEntry) -> bool:
+    return e.remote is None or e.remote.port == 0 or e.proto == "udp"
+
+
 class SocketTable:
     """An immutable snapshot of the socket table with the indexes the demux needs.
 
-    Built by ``sockets.py``; read by ``demux.py``. Never mutated after construction: the
-    refresher builds a new one (``with_entries``) and swaps the reference.
+    Built by ``sockets``; read by ``demux``. Never mutated after construction: the refresher
+    builds a new one (``refresh``, or ``with_entries`` on a miss) and swaps the reference.
     """
 
     __slots__ = (
-        "entries",
-        "taken_at",
-        "local_addrs",
-        "ifnames",
-        "_by_tuple",
+        "_by_cookie",
         "_by_local",
+        "_by_tuple",
+        "entries",
+        "ifnames",
+        "local_addrs",
+        "taken_at",
     )
 
     def __init__(
@@ -254,17 +275,30 @@ class SocketTable:
         self.taken_at = taken_at
         self.local_addrs: frozenset[str] = frozenset(unmap(a) for a in local_addrs)
         self.ifnames: dict[int, str] = dict(ifnames or {})
-        # (proto, local addr, local port, remote addr, remote port) → sockets (newest first)
-        self._by_tuple: dict[tuple[str, str, int, str, int], list[SocketEntry]] = {}
+        # (proto, local addr, local port, remote addr, remote port) → sockets, in table order
+        self._by_tuple: dict[TupleKey, list[SocketEntry]] = {}
         # (proto, local port) → sockets with no remote end (listeners, unconnected UDP),
         # plus connected UDP sockets (they are also reached through the port).
         self._by_local: dict[tuple[str, int], list[SocketEntry]] = {}
+        self._by_cookie: dict[tuple[str, int], SocketEntry] = {}
+        by_tuple, by_local, by_cookie = self._by_tuple, self._by_local, self._by_cookie
         for e in self.entries:
-            if e.remote is not None and e.remote.port != 0:
-                key = (e.proto, e.local.key_addr, e.local.port, e.remote.key_addr, e.remote.port)
-                self._by_tuple.setdefault(key, []).append(e)
-            if e.remote is None or e.remote.port == 0 or e.proto == Proto.UDP:
-                self._by_local.setdefault((e.proto, e.local.port), []).append(e)
+            key = _tuple_key(e)
+            if key is not None:
+                lst = by_tuple.get(key)
+                if lst is None:
+                    by_tuple[key] = [e]
+                else:
+                    lst.append(e)
+            if _on_port(e):
+                pkey = (e.proto, e.local.port)
+                plst = by_local.get(pkey)
+                if plst is None:
+                    by_local[pkey] = [e]
+                else:
+                    plst.append(e)
+            if e.cookie:
+                by_cookie[(e.proto, e.cookie)] = e
 
     def connected(self, proto: str, laddr: str, lport: int, raddr: str, rport: int) -> list[SocketEntry]:
         """Sockets whose (local, remote) is exactly this 4-tuple (addresses unmapped)."""
@@ -273,6 +307,9 @@ class SocketTable:
     def on_port(self, proto: str, lport: int) -> list[SocketEntry]:
         """Listeners and UDP sockets bound to a local port, in table order."""
         return self._by_local.get((proto, lport), [])
+
+    def by_cookie(self, proto: str, cookie: int) -> SocketEntry | None:
+        return self._by_cookie.get((proto, cookie))
 
     def is_local(self, addr: str) -> bool:
         """Whether ``addr`` is an address of this host (every loopback address is)."""
@@ -283,22 +320,60 @@ class SocketTable:
         return self.ifnames.get(ifindex, str(ifindex) if ifindex else "")
 
     def with_entries(self, extra: Iterable[SocketEntry], *, taken_at: float | None = None) -> SocketTable:
-        """A new table with ``extra`` sockets added (replacing same-cookie/same-tuple ones)."""
+        """A new table with ``extra`` sockets put first, replacing any older view of the same
+        socket (same cookie) or of the same connection (same 4-tuple).
+
+        Runs on the capture thread on a miss, so it patches the indexes instead of
+        rebuilding them: the cost grows with the few keys touched, not the table.
+        """
         extra = tuple(extra)
-        cookies = {(e.proto, e.cookie) for e in extra if e.cookie}
-        # One 4-tuple names one connection at a time: a newer view of it replaces the old.
-        tuples = {(e.proto, e.local, e.remote) for e in extra if e.remote is not None}
-        kept = [
-            e
-            for e in self.entries
-            if (e.proto, e.cookie) not in cookies and (e.proto, e.local, e.remote) not in tuples
-        ]
-        return SocketTable(
-            [*extra, *kept],
-            taken_at=self.taken_at if taken_at is None else taken_at,
-            local_addrs=self.local_addrs,
-            ifnames=self.ifnames,
-        )
+        gone: dict[int, SocketEntry] = {}
+        for e in extra:
+            if e.cookie:
+                old = self._by_cookie.get((e.proto, e.cookie))
+                if old is not None:
+                    gone[id(old)] = old
+            key = _tuple_key(e)
+            if key is not None:
+                for old in self._by_tuple.get(key, ()):
+                    gone[id(old)] = old
+        new = SocketTable.__new__(SocketTable)
+        new.taken_at = self.taken_at if taken_at is None else taken_at
+        new.local_addrs = self.local_addrs
+        new.ifnames = self.ifnames
+        if gone:
+            new.entries = (*extra, *(e for e in self.entries if id(e) not in gone))
+        else:
+            new.entries = (*extra, *self.entries)
+        by_tuple = dict(self._by_tuple)
+        by_local = dict(self._by_local)
+        by_cookie = dict(self._by_cookie)
+        for old in gone.values():
+            key = _tuple_key(old)
+            if key is not None and key in by_tuple:
+                by_tuple[key] = [x for x in by_tuple[key] if id(x) not in gone]
+                if not by_tuple[key]:
+                    del by_tuple[key]
+            pkey = (old.proto, old.local.port)
+            if _on_port(old) and pkey in by_local:
+                by_local[pkey] = [x for x in by_local[pkey] if id(x) not in gone]
+                if not by_local[pkey]:
+                    del by_local[pkey]
+            if old.cookie and by_cookie.get((old.proto, old.cookie)) is old:
+                del by_cookie[(old.proto, old.cookie)]
+        for e in reversed(extra):  # extra go first, in their own order
+            key = _tuple_key(e)
+            if key is not None:
+                by_tuple[key] = [e, *by_tuple.get(key, ())]
+            if _on_port(e):
+                pkey = (e.proto, e.local.port)
+                by_local[pkey] = [e, *by_local.get(pkey, ())]
+            if e.cookie:
+                by_cookie[(e.proto, e.cookie)] = e
+        new._by_tuple = by_tuple
+        new._by_local = by_local
+        new._by_cookie = by_cookie
+        return new
 
     def __len__(self) -> int:
         return len(self.entries)

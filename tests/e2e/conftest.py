@@ -5,6 +5,7 @@ Every test here runs as root (CI does); they are skipped only where root is miss
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -69,10 +70,8 @@ class Actor:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
                 self("exit", timeout=5)
-            except (OSError, RuntimeError, TimeoutError):
-                pass
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:

@@ -9,12 +9,21 @@ from conntui.model import Attribution, Endpoint, Holder, Match, Segment, SocketE
 
 
 def seg(sport: int = 51234, dport: int = 8080, proto: str = "tcp", src: str = "127.0.0.1") -> Segment:
-    return Segment(ts=1.0, iface="lo", proto=proto, family=4, src=src, sport=sport, dst="127.0.0.1", dport=dport)
+    return Segment(
+        ts=1.0, iface="lo", proto=proto, family=4, src=src, sport=sport, dst="127.0.0.1", dport=dport
+    )
 
 
 def att(pid: int = 42, name: str = "nginx", match: Match = Match.ESTABLISHED) -> Attribution:
-    sock = SocketEntry("tcp", 4, "ESTABLISHED", Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 51234),
-                       inode=7, holders=(Holder(pid, 5, name),))
+    sock = SocketEntry(
+        "tcp",
+        4,
+        "ESTABLISHED",
+        Endpoint("127.0.0.1", 8080),
+        Endpoint("127.0.0.1", 51234),
+        inode=7,
+        holders=(Holder(pid, 5, name),),
+    )
     return Attribution(match, receiver=sock)
 
 

@@ -13,7 +13,9 @@ def frame(i: int) -> Frame:
 
 
 def seg(i: int) -> Segment:
-    return Segment(ts=float(i), iface="lo", proto="tcp", family=4, src="127.0.0.1", sport=i, dst="127.0.0.1", dport=80)
+    return Segment(
+        ts=float(i), iface="lo", proto="tcp", family=4, src="127.0.0.1", sport=i, dst="127.0.0.1", dport=80
+    )
 
 
 def test_since_returns_new_rows_in_order():

@@ -1,0 +1,690 @@
+"""Socket table pieces without root or a kernel: parsing, /proc scanning, memories."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from conntui.model import Endpoint, Holder, Segment
+from conntui.sockets import diag, netlink, procfs, route
+from conntui.sockets.diag import DiagSocket, RawSock, build_request, parse_msg, to_entry
+from conntui.sockets.procfs import HolderScanner, ProcessNames, read_stat
+from conntui.sockets.source import SocketTableSource
+
+AF4, AF6 = socket.AF_INET, socket.AF_INET6
+
+
+# -- hand-packed kernel messages (independent of the module's own structs) ------------------
+
+
+def pack_diag_msg(
+    *,
+    family: int = AF4,
+    state: int = 1,
+    src: str = "127.0.0.1",
+    sport: int = 0,
+    dst: str | None = None,
+    dport: int = 0,
+    ifindex: int = 0,
+    cookie: int = 0,
+    rqueue: int = 0,
+    wqueue: int = 0,
+    uid: int = 0,
+    inode: int = 0,
+    timer: int = 0,
+    expires: int = 0,
+    attrs: list[tuple[int, bytes]] = (),  # type: ignore[assignment]
+) -> bytes:
+    """A ``struct inet_diag_msg`` as the kernel lays it out, plus netlink attributes."""
+    if dst is None:
+        dst = "0.0.0.0" if family == AF4 else "::"
+    msg = bytes([family, state, timer, 0])
+    msg += sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+    msg += socket.inet_pton(family, src).ljust(16, b"\0")
+    msg += socket.inet_pton(family, dst).ljust(16, b"\0")
+    msg += struct.pack("=III", ifindex, cookie & 0xFFFFFFFF, cookie >> 32)
+    msg += struct.pack("=IIIII", expires, rqueue, wqueue, uid, inode)
+    assert len(msg) == 72
+    for kind, value in attrs:
+        attr = struct.pack("=HH", 4 + len(value), kind) + value
+        msg += attr + b"\0" * (-len(attr) % 4)
+    return msg
+
+
+def nlmsg(kind: int, payload: bytes, seq: int, flags: int = 0) -> bytes:
+    data = struct.pack("=IHHII", 16 + len(payload), kind, flags, seq, 0) + payload
+    return data + b"\0" * (-len(data) % 4)
+
+
+MARK = (15, struct.pack("=I", 0))  # INET_DIAG_MARK, sent to root before SKV6ONLY
+
+
+# -- parse_msg / to_entry --------------------------------------------------------------------
+
+
+def test_listener_with_accept_queue() -> None:
+    msg = pack_diag_msg(state=10, src="127.0.0.1", sport=8080, rqueue=2, wqueue=7, uid=1000, inode=4242)
+    raw = parse_msg("tcp", msg)
+    assert raw.family == AF4 and raw.state == 10 and raw.state_text == "LISTEN"
+    assert (raw.src, raw.sport, raw.dst, raw.dport) == ("127.0.0.1", 8080, "0.0.0.0", 0)
+    assert raw.v6only is None
+    entry = to_entry(raw)
+    assert entry.family == 4 and entry.state == "LISTEN" and entry.is_listener
+    assert entry.local == Endpoint("127.0.0.1", 8080) and entry.remote is None
+    assert (entry.rx_queue, entry.tx_queue, entry.uid, entry.inode) == (2, 7, 1000, 4242)
+
+
+def test_cookie_is_u64_from_two_host_order_words() -> None:
+    raw = parse_msg("tcp", pack_diag_msg(cookie=0x0000_0055_1122_3344))
+    assert raw.cookie == 0x55_1122_3344
+
+
+def test_ports_are_big_endian_and_ifindex_kept() -> None:
+    raw = parse_msg("tcp", pack_diag_msg(sport=0x1234, dst="10.0.0.9", dport=443, ifindex=3))
+    assert (raw.sport, raw.dport, raw.ifindex) == (0x1234, 443, 3)
+    entry = to_entry(raw)
+    assert entry.remote == Endpoint("10.0.0.9", 443) and entry.bound_ifindex == 3
+
+
+@pytest.mark.parametrize(("value", "expected"), [(b"\x00", False), (b"\x01", True)])
+def test_v6only_attribute(value: bytes, expected: bool) -> None:
+    msg = pack_diag_msg(
+        family=AF6, state=10, src="::", sport=80, attrs=[MARK, (diag.INET_DIAG_SKV6ONLY, value)]
+    )
+    raw = parse_msg("tcp", msg)
+    assert raw.family == AF6 and raw.v6only is expected
+    entry = to_entry(raw)
+    assert entry.family == 6 and entry.v6only is expected and entry.remote is None
+
+
+def test_dual_stack_connection_keeps_mapped_addresses() -> None:
+    msg = pack_diag_msg(
+        family=AF6, state=1, src="::ffff:127.0.0.1", sport=80, dst="::ffff:127.0.0.1", dport=40000, inode=9
+    )
+    entry = to_entry(parse_msg("tcp", msg))
+    assert entry.family == 6
+    assert entry.local.addr == "::ffff:127.0.0.1" and entry.local.key_addr == "127.0.0.1"
+    assert entry.remote == Endpoint("::ffff:127.0.0.1", 40000)
+    assert entry.v6only is False  # not reported for ESTABLISHED
+
+
+@pytest.mark.parametrize(
+    ("proto", "state", "text"),
+    [
+        ("tcp", 12, "SYN_RECV"),  # request sock (TCP_NEW_SYN_RECV)
+        ("tcp", 3, "SYN_RECV"),
+        ("tcp", 6, "TIME_WAIT"),
+        ("tcp", 7, "CLOSE"),
+        ("udp", 7, "UNCONN"),
+        ("udp", 1, "ESTABLISHED"),
+    ],
+)
+def test_state_text(proto: str, state: int, text: str) -> None:
+    assert to_entry(parse_msg(proto, pack_diag_msg(state=state))).state == text
+
+
+def test_unconnected_udp_has_no_remote_but_connected_does() -> None:
+    unconn = to_entry(parse_msg("udp", pack_diag_msg(state=7, sport=53)))
+    conn = to_entry(parse_msg("udp", pack_diag_msg(state=1, sport=5000, dst="127.0.0.1", dport=53)))
+    assert unconn.proto == "udp" and unconn.remote is None
+    assert conn.remote == Endpoint("127.0.0.1", 53)
+
+
+def test_short_message_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        parse_msg("tcp", b"\x02\x01" + bytes(60))
+
+
+def test_malformed_attributes_are_ignored() -> None:
+    msg = pack_diag_msg(family=AF6, state=10, src="::") + struct.pack("=HH", 200, 11)  # length past end
+    assert parse_msg("tcp", msg).v6only is None
+
+
+def test_to_entry_carries_holders_memory_and_first_seen() -> None:
+    holders = (Holder(10, 3, "nginx"),)
+    former = (Holder(11, 4, "curl"),)
+    entry = to_entry(
+        parse_msg("tcp", pack_diag_msg(inode=5)), holders, former_holders=former, first_seen=12.5
+    )
+    assert entry.holders == holders and entry.former_holders == former and entry.first_seen == 12.5
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def test_dump_request_layout() -> None:
+    req = build_request("udp", 6)
+    assert len(req) == diag.REQ_SIZE == 56
+    family, proto, ext, states = struct.unpack_from("=BBBxI", req)
+    assert (family, proto, ext, states) == (AF6, socket.IPPROTO_UDP, 0, 0xFFFFFFFF)
+    assert req[8:] == bytes(48)
+
+
+def test_lookup_request_has_tuple_and_no_cookie() -> None:
+    req = build_request("tcp", 4, src="127.0.0.1", sport=8080, dst="10.1.2.3", dport=40000)
+    assert struct.unpack_from("!HH", req, 8) == (8080, 40000)
+    assert req[12:16] == socket.inet_aton("127.0.0.1") and req[28:32] == socket.inet_aton("10.1.2.3")
+    assert struct.unpack_from("=III", req, 44) == (0, 0xFFFFFFFF, 0xFFFFFFFF)
+
+
+class FakeChannel:
+    """Records requests; answers queries with canned inet_diag_msg payloads."""
+
+    def __init__(
+        self, answers: list[bytes] | None = None, dumps: dict[tuple[int, int], list[bytes]] | None = None
+    ):
+        self.answers = answers or []
+        self.dumps = dumps or {}
+        self.requests: list[bytes] = []
+
+    def query(self, msg_type: int, payload: bytes, want_type: int) -> list[bytes]:
+        self.requests.append(payload)
+        return self.answers
+
+    def dump(self, msg_type: int, payload: bytes, want_type: int) -> list[bytes]:
+        self.requests.append(payload)
+        family, proto = payload[0], payload[1]
+        return self.dumps.get((proto, family), [])
+
+    def close(self) -> None:
+        pass
+
+
+def test_lookup_exact_orients_udp_the_kernel_way() -> None:
+    chan = FakeChannel()
+    sock = DiagSocket(channel=chan)  # type: ignore[arg-type]
+    sock.lookup_exact("tcp", 4, "127.0.0.1", 80, "127.0.0.2", 5000)
+    sock.lookup_exact("udp", 4, "127.0.0.1", 53, "127.0.0.2", 5000)
+    tcp_req, udp_req = chan.requests
+    # TCP: id.src is the socket's local end.
+    assert struct.unpack_from("!HH", tcp_req, 8) == (80, 5000)
+    assert tcp_req[12:16] == socket.inet_aton("127.0.0.1")
+    # UDP: udp_dump_one looks up a datagram *from* id.src *to* id.dst.
+    assert struct.unpack_from("!HH", udp_req, 8) == (5000, 53)
+    assert udp_req[12:16] == socket.inet_aton("127.0.0.2")
+
+
+def test_lookup_exact_parses_answer() -> None:
+    answer = pack_diag_msg(state=10, sport=80, inode=7, cookie=99)
+    sock = DiagSocket(channel=FakeChannel([answer]))  # type: ignore[arg-type]
+    (raw,) = sock.lookup_exact("tcp", 4, "127.0.0.1", 80, "0.0.0.0", 0)
+    assert (raw.state, raw.inode, raw.cookie) == (10, 7, 99)
+
+
+# -- netlink framing ----------------------------------------------------------------------
+
+
+class FakeNetlinkSocket:
+    """A socket whose recv_into hands out prepared datagrams (seq filled in on send)."""
+
+    def __init__(self, datagrams: list[list[tuple[int, bytes, int]]]) -> None:
+        self.datagrams = datagrams
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
+        seq = struct.unpack_from("=I", self.sent[-1], 8)[0]
+        parts = self.datagrams.pop(0)
+        data = b"".join(nlmsg(kind, payload, seq if s is None else s, fl) for kind, payload, fl, s in parts)
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _chan(datagrams: list[list[tuple[int, bytes, int, int | None]]]) -> netlink.NetlinkChannel:
+    return netlink.NetlinkChannel(0, sock=FakeNetlinkSocket(datagrams), bufsize=4096)  # type: ignore[arg-type]
+
+
+def test_dump_reads_multipart_until_done_and_skips_stale() -> None:
+    a, b, c = (pack_diag_msg(sport=p) for p in (1, 2, 3))
+    multi = netlink.NLM_F_MULTI
+    chan = _chan(
+        [
+            [(20, a, multi, None), (20, b"stale", multi, 12345), (20, b, multi, None)],
+            [(20, c, multi, None), (netlink.NLMSG_DONE, struct.pack("=i", 0), multi, None)],
+        ]
+    )
+    assert chan.dump(20, b"req", 20) == [a, b, c]
+
+
+def test_dump_error_raises_and_reopens_later() -> None:
+    chan = _chan([[(netlink.NLMSG_ERROR, struct.pack("=i", -errno.EPERM) + bytes(16), 0, None)]])
+    with pytest.raises(netlink.NetlinkError) as info:
+        chan.dump(20, b"req", 20)
+    assert info.value.errno == errno.EPERM
+    assert chan._sock is None  # closed: a half-read dump never answers the next request
+
+
+def test_query_enoent_is_empty() -> None:
+    chan = _chan([[(netlink.NLMSG_ERROR, struct.pack("=i", -errno.ENOENT) + bytes(16), 0, None)]])
+    assert chan.query(20, b"req", 20) == []
+
+
+def test_query_single_answer() -> None:
+    a = pack_diag_msg(sport=7)
+    chan = _chan([[(20, a, 0, None)]])
+    assert chan.query(20, b"req", 20) == [a]
+
+
+def test_split_messages_rejects_bad_length() -> None:
+    with pytest.raises(netlink.NetlinkError):
+        netlink.split_messages(struct.pack("=IHHII", 400, 20, 0, 1, 0))
+
+
+def test_route_messages() -> None:
+    addr = struct.pack("=BBBBI", AF4, 8, 0, 254, 1)
+    addr += struct.pack("=HH", 8, route.IFA_ADDRESS) + socket.inet_aton("10.0.0.2")
+    addr += struct.pack("=HH", 8, route.IFA_LOCAL) + socket.inet_aton("10.0.0.1")
+    assert route.parse_addr_msg(addr) == (1, "10.0.0.1")
+    addr6 = struct.pack("=BBBBI", AF6, 128, 0, 254, 1)
+    addr6 += struct.pack("=HH", 20, route.IFA_ADDRESS) + socket.inet_pton(AF6, "::1")
+    assert route.parse_addr_msg(addr6) == (1, "::1")
+    link = struct.pack("=BxHiII", 0, 772, 1, 0, 0) + struct.pack("=HH", 7, route.IFLA_IFNAME) + b"lo\0\0"
+    assert route.parse_link_msg(link) == (1, "lo")
+
+
+# -- fake /proc -------------------------------------------------------------------------------
+
+
+class FakeProc:
+    """A /proc tree: stat, comm, cmdline and fd symlinks (targets need not exist)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(exist_ok=True)
+        (root / "self").mkdir(exist_ok=True)  # non-numeric entries are ignored
+
+    def process(self, pid: int, comm: str, starttime: int = 100, cmdline: str = "") -> Path:
+        d = self.root / str(pid)
+        (d / "fd").mkdir(parents=True, exist_ok=True)
+        fields = ["S"] + ["0"] * 18 + [str(starttime)] + ["0"] * 30
+        (d / "stat").write_text(f"{pid} ({comm}) " + " ".join(fields) + "\n")
+        (d / "cmdline").write_bytes(cmdline.replace(" ", "\0").encode() + b"\0")
+        return d
+
+    def fd(self, pid: int, fd: int, target: str) -> None:
+        link = self.root / str(pid) / "fd" / str(fd)
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(target, link)
+
+    def sock(self, pid: int, fd: int, inode: int) -> None:
+        self.fd(pid, fd, f"socket:[{inode}]")
+
+    def close(self, pid: int, fd: int) -> None:
+        (self.root / str(pid) / "fd" / str(fd)).unlink()
+
+    def kill(self, pid: int) -> None:
+        d = self.root / str(pid)
+        for f in (d / "fd").iterdir():
+            f.unlink()
+        (d / "fd").rmdir()
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> FakeProc:
+    p = FakeProc(tmp_path / "proc")
+    p.process(100, "nginx")
+    p.sock(100, 3, 555)
+    p.sock(100, 4, 556)
+    p.fd(100, 5, "/dev/null")
+    p.fd(100, 6, "pipe:[777]")
+    p.process(200, "nginx", starttime=150)  # a fork child sharing the listener
+    p.sock(200, 3, 555)
+    p.process(300, "kthread")  # no sockets
+    return p
+
+
+def H(pid: int, fd: int, name: str = "nginx") -> Holder:
+    return Holder(pid, fd, name)
+
+
+def test_read_stat_handles_odd_comm(tmp_path: Path) -> None:
+    p = FakeProc(tmp_path / "proc")
+    p.process(42, "a) (b c", starttime=777)
+    assert read_stat(str(p.root), 42) == ("a) (b c", 777)
+    assert read_stat(str(p.root), 43) is None
+
+
+def test_full_scan_finds_every_holder(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    assert scanner.scan() == {555: (H(100, 3), H(200, 3)), 556: (H(100, 4),)}
+    assert scanner.last_full and sorted(scanner.socket_pids) == [100, 200]
+
+
+def test_scan_ignores_vanished_and_unreadable(proc: FakeProc) -> None:
+    (proc.root / "400").mkdir()  # a process dir with nothing in it (exited)
+    proc.process(500, "ghost")
+    (proc.root / "500" / "fd").rmdir()  # fd dir gone
+    assert set(HolderScanner(str(proc.root)).scan()) == {555, 556}
+
+
+def test_incremental_scan_reads_only_new_links(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    first = scanner.scan({555, 556})
+    assert scanner.last_full  # nothing known yet
+    assert scanner.scan({555, 556}) is first  # nothing changed: the same map, no reads
+    assert scanner.last_reads == 0 and not scanner.last_full
+
+    proc.sock(100, 7, 557)  # a new connection
+    proc.close(100, 4)  # 556 closed...
+    got = scanner.scan({555, 557})  # ...and gone from the kernel
+    assert got == {555: (H(100, 3), H(200, 3)), 557: (H(100, 7),)}
+    assert scanner.last_reads == 1 and not scanner.last_full
+
+
+def test_reused_fd_with_a_live_old_socket_falls_back_to_full(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    # pid 200 closes its copy of 555 (still held by pid 100) and gets 558 on the same fd:
+    proc.sock(200, 3, 558)
+    got = scanner.scan({555, 556, 558})
+    assert scanner.last_full
+    assert got == {555: (H(100, 3),), 556: (H(100, 4),), 558: (H(200, 3),)}
+
+
+def test_recheck_spares_a_full_scan_for_sockets_closed_meanwhile(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    asked: list[set[int]] = []
+
+    def recheck(missing: set[int]) -> set[int]:
+        asked.append(set(missing))
+        return set()  # the kernel no longer has it: closed between dump and scan
+
+    scanner.scan({555, 556, 560}, recheck=recheck)
+    assert asked == [{560}] and not scanner.last_full
+    scanner.scan({555, 556, 560}, recheck=lambda missing: missing)  # still there: search
+    assert scanner.last_full
+
+
+def test_unheld_inode_does_not_force_full_scans(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556, 999})  # 999: held by nobody we can see
+    assert scanner.unheld == {999}
+    scanner.scan({555, 556, 999})
+    assert not scanner.last_full
+
+
+def test_vanished_process_and_pid_reuse(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.kill(200)
+    assert scanner.scan({555, 556}) == {555: (H(100, 3),), 556: (H(100, 4),)}
+    proc.kill(100)
+    proc.process(100, "redis", starttime=999)  # same pid, another process
+    proc.sock(100, 3, 600)
+    got = scanner.scan({600})
+    assert got == {600: (H(100, 3, "redis"),)}
+
+
+def test_find_holders_stops_when_all_found(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    # Hinted pid first; 555 found there, so pid 100's copy is not looked for.
+    assert scanner.find_holders({555}, hint_pids=[200]) == {555: (H(200, 3),)}
+    # Both pids are needed for 555 and 556 together.
+    got = scanner.find_holders({556, 555}, hint_pids=[200])
+    assert got[556] == (H(100, 4),)
+    # pid 100's copy of 555 is reported only if its link was read before 556's
+    assert got[555] in {(H(200, 3),), (H(100, 3), H(200, 3))}
+    assert scanner.find_holders({12345}) == {}
+    assert scanner.find_holders(set()) == {}
+
+
+def test_find_holders_reads_new_fds_first_and_all_only_when_deep(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.sock(100, 8, 559)  # a new fd
+    proc.sock(100, 5, 558)  # an fd number that was /dev/null at the last scan
+    assert scanner.find_holders({559}, deep=False) == {559: (H(100, 8),)}
+    assert not scanner.last_find_deep
+    assert scanner.find_holders({558}, deep=False) == {}
+    assert scanner.find_holders({558}) == {558: (H(100, 5),)}
+    assert scanner.last_find_deep
+
+
+def test_module_helpers(proc: FakeProc) -> None:
+    assert procfs.scan_holders(str(proc.root))[556] == (H(100, 4),)
+    assert procfs.find_holders({556}, proc_root=str(proc.root)) == {556: (H(100, 4),)}
+    assert sorted(procfs.socket_fds(str(proc.root), 100)) == [(3, 555), (4, 556)]
+
+
+def test_name_cache_is_per_start_time(tmp_path: Path) -> None:
+    p = FakeProc(tmp_path / "proc")
+    p.process(77, "nginx", starttime=10)
+    names = ProcessNames(str(p.root))
+    assert names.name(77) == "nginx"
+    p.process(77, "renamed", starttime=10)  # same process: cached name stays
+    assert names.name(77) == "nginx"
+    p.process(77, "postgres", starttime=20)  # pid reused by another process
+    assert names.name(77) == "postgres"
+    assert names.name(78) is None
+
+
+def test_long_names_come_from_cmdline(tmp_path: Path) -> None:
+    p = FakeProc(tmp_path / "proc")
+    p.process(5, "very-long-daemo", cmdline="/usr/sbin/very-long-daemon-name --flag")
+    p.process(6, "python3.11-work", cmdline="/usr/bin/python3 x.py")  # argv0 disagrees: keep comm
+    names = ProcessNames(str(p.root))
+    assert names.name(5) == "very-long-daemon-name"
+    assert names.name(6) == "python3.11-work"
+
+
+# -- SocketTableSource with fakes ---------------------------------------------------------
+
+
+class FakeDiag:
+    def __init__(self) -> None:
+        self.msgs: dict[tuple[str, int], list[bytes]] = {}
+        self.lookups: dict[tuple[str, str, int, str, int], list[bytes]] = {}
+        self.calls: list[tuple[str, str, int, str, int]] = []
+
+    def dump_msgs(self, proto: str, family: int) -> list[bytes]:
+        return list(self.msgs.get((proto, family), []))
+
+    def lookup_exact(
+        self, proto: str, family: int, src: str, sport: int, dst: str, dport: int, *, ifindex: int = 0
+    ) -> list[RawSock]:
+        key = (proto, src, sport, dst, dport)
+        self.calls.append(key)
+        return [parse_msg(proto, m) for m in self.lookups.get(key, [])]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeRoute:
+    def local_addresses(self) -> set[str]:
+        return {"127.0.0.1", "::1", "192.0.2.2"}
+
+    def interface_names(self) -> dict[int, str]:
+        return {1: "lo", 2: "eth0"}
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_source(proc: FakeProc, fake: FakeDiag, clock: Clock) -> SocketTableSource:
+    return SocketTableSource(
+        diag=fake,  # type: ignore[arg-type]
+        route=FakeRoute(),  # type: ignore[arg-type]
+        scanner=HolderScanner(str(proc.root)),
+        clock=clock,
+        monotonic=clock,
+    )
+
+
+LISTEN = pack_diag_msg(state=10, sport=80, inode=555, cookie=1, wqueue=128)
+CONN = pack_diag_msg(state=1, sport=80, dst="127.0.0.1", dport=40000, inode=556, cookie=2)
+
+
+def test_refresh_builds_table_with_holders_and_addresses(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    fake.msgs[("tcp", AF4)] = [LISTEN, CONN]
+    src = make_source(proc, fake, clock)
+    assert len(src.current()) == 0
+    table = src.refresh()
+    assert src.current() is table and table.taken_at == 1000.0
+    listener = table.on_port("tcp", 80)[0]
+    assert listener.holders == (H(100, 3), H(200, 3)) and listener.describe() == "nginx[100] fd 3 (+1)"
+    (conn,) = table.connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    assert conn.holders == (H(100, 4),) and conn.first_seen == 1000.0
+    assert table.is_local("192.0.2.2") and table.ifname(2) == "eth0"
+
+
+def test_refresh_reuses_entries_and_keeps_first_seen(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    fake.msgs[("tcp", AF4)] = [LISTEN, CONN]
+    src = make_source(proc, fake, clock)
+    first = src.refresh()
+    clock.now += 5
+    # Only the timer fields changed: the very same entry objects come back.
+    fake.msgs[("tcp", AF4)] = [LISTEN, pack_diag_msg(**_conn_fields(), timer=2, expires=200)]
+    second = src.refresh()
+    assert second.taken_at == 1005.0
+    assert [a is b for a, b in zip(first.entries, second.entries, strict=True)] == [True, True]
+    # A queue change gives a new entry, first_seen stays.
+    fake.msgs[("tcp", AF4)] = [LISTEN, pack_diag_msg(**_conn_fields(), rqueue=10)]
+    clock.now += 5
+    (conn,) = src.refresh().connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    assert conn.rx_queue == 10 and conn.first_seen == 1000.0
+
+
+def _conn_fields() -> dict[str, object]:
+    return {"state": 1, "sport": 80, "dst": "127.0.0.1", "dport": 40000, "inode": 556, "cookie": 2}
+
+
+def test_closed_socket_keeps_former_holders_by_cookie(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    fake.msgs[("tcp", AF4)] = [LISTEN, CONN]
+    src = make_source(proc, fake, clock)
+    src.refresh()
+    # close(): fd gone, the kernel shows TIME_WAIT with inode 0 and the same cookie.
+    proc.close(100, 4)
+    tw = pack_diag_msg(state=6, sport=80, dst="127.0.0.1", dport=40000, inode=0, cookie=2)
+    fake.msgs[("tcp", AF4)] = [LISTEN, tw]
+    clock.now += 1
+    (entry,) = src.refresh().connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    assert entry.state == "TIME_WAIT" and entry.kernel_owned
+    assert entry.former_holders == (H(100, 4),) and entry.first_seen == 1000.0
+    clock.now += 30
+    (entry,) = src.refresh().connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    assert entry.former_holders == (H(100, 4),)  # still there while the entry lives
+    # Gone from the kernel for longer than former_ttl: forgotten.
+    fake.msgs[("tcp", AF4)] = [LISTEN]
+    src.refresh()
+    clock.now += 61
+    src.refresh()
+    fake.msgs[("tcp", AF4)] = [LISTEN, tw]
+    (entry,) = src.refresh().connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    assert entry.former_holders == ()
+
+
+def test_resolve_adds_new_socket_with_holders(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    fake.msgs[("tcp", AF4)] = [LISTEN]
+    src = make_source(proc, fake, clock)
+    src.refresh()
+    # A connection appears after the snapshot; the accepting process is the listener's.
+    proc.sock(100, 9, 700)
+    child = pack_diag_msg(state=1, sport=80, dst="127.0.0.1", dport=41000, inode=700, cookie=7)
+    fake.lookups[("tcp", "127.0.0.1", 80, "127.0.0.1", 41000)] = [child]
+    fake.lookups[("tcp", "127.0.0.1", 80, "0.0.0.0", 0)] = [LISTEN]
+    seg = Segment(0.0, "lo", "tcp", 4, "127.0.0.1", 41000, "127.0.0.1", 80, flags="A")
+    clock.now += 1  # past the scan rate limit
+    table = src.resolve(seg)
+    assert table is not None and src.current() is table
+    (entry,) = table.connected("tcp", "127.0.0.1", 80, "127.0.0.1", 41000)
+    assert entry.holders == (H(100, 9),) and entry.first_seen == 1001.0
+    assert len(table.on_port("tcp", 80)) == 1  # the listener was not duplicated
+    # receiver, sender, then the listener behind the established child
+    assert fake.calls == [
+        ("tcp", "127.0.0.1", 80, "127.0.0.1", 41000),
+        ("tcp", "127.0.0.1", 41000, "127.0.0.1", 80),
+        ("tcp", "127.0.0.1", 80, "0.0.0.0", 0),
+    ]
+    assert src.resolve(seg) is None  # nothing new the second time
+
+
+def test_resolve_without_findings_returns_none(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    src = make_source(proc, fake, clock)
+    src.refresh()
+    seg = Segment(0.0, "lo", "udp", 4, "127.0.0.1", 5000, "127.0.0.1", 53)
+    assert src.resolve(seg) is None
+    assert [c[0] for c in fake.calls] == ["udp", "udp"]  # no listener look-up for UDP
+
+
+def test_resolve_rate_limits_full_walks(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    src = make_source(proc, fake, clock)
+    src.refresh()  # a full walk just now
+    proc.process(900, "newproc")  # a new process: its fds are all new, always looked at
+    proc.sock(900, 3, 901)
+    proc.sock(100, 5, 902)  # a reused fd number (was /dev/null): found only by a full walk
+    fake.lookups[("udp", "127.0.0.1", 53, "127.0.0.1", 5000)] = [
+        pack_diag_msg(state=7, sport=53, inode=901, cookie=9)
+    ]
+    fake.lookups[("udp", "127.0.0.1", 54, "127.0.0.1", 5000)] = [
+        pack_diag_msg(state=7, sport=54, inode=902, cookie=10)
+    ]
+    seg53 = Segment(0.0, "lo", "udp", 4, "127.0.0.1", 5000, "127.0.0.1", 53)
+    seg54 = Segment(0.0, "lo", "udp", 4, "127.0.0.1", 5000, "127.0.0.1", 54)
+    table = src.resolve(seg53)
+    assert table is not None and table.on_port("udp", 53)[0].holders == (H(900, 3, "newproc"),)
+    table = src.resolve(seg54)  # within 50 ms of the full walk: new fds only
+    assert table is not None and table.on_port("udp", 54)[0].holders == ()
+    clock.now += 1
+    table = src.resolve(seg54)  # later: the full walk is allowed
+    assert table is not None and table.on_port("udp", 54)[0].holders == (H(100, 5),)
+
+
+def test_resolve_does_not_wait_for_a_running_refresh(proc: FakeProc) -> None:
+    import threading
+
+    class SlowDump(FakeDiag):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = threading.Event()
+            self.release = threading.Event()
+
+        def dump_msgs(self, proto: str, family: int) -> list[bytes]:
+            self.entered.set()
+            assert self.release.wait(10)
+            return super().dump_msgs(proto, family)
+
+    slow, clock = SlowDump(), Clock()
+    src = make_source(proc, slow, clock)
+    slow.lookups[("udp", "127.0.0.1", 53, "127.0.0.1", 5000)] = [pack_diag_msg(state=7, sport=53, cookie=3)]
+    refresher = threading.Thread(target=src.refresh)
+    refresher.start()
+    try:
+        assert slow.entered.wait(10)
+        table = src.resolve(Segment(0.0, "lo", "udp", 4, "127.0.0.1", 5000, "127.0.0.1", 53))
+        assert table is not None and len(table.on_port("udp", 53)) == 1
+    finally:
+        slow.release.set()
+        refresher.join(10)
+    assert len(src.current()) == 0  # the refresh's newer (empty) dump replaced it
