@@ -300,9 +300,7 @@ def with_ext(chain: list[Packet], l4: Packet) -> Packet:
 @pytest.mark.parametrize(
     ("l4", "base"),
     [
-        pytest.param(
-            tcp_hdr() / Raw(PAYLOAD), TCP4._replace(family=6, src=V6_SRC, dst=V6_DST), id="tcp"
-        ),
+        pytest.param(tcp_hdr() / Raw(PAYLOAD), TCP4._replace(family=6, src=V6_SRC, dst=V6_DST), id="tcp"),
         pytest.param(UDP(sport=5353, dport=53) / Raw(b"dns?" * 5), UDP6, id="udp"),
     ],
 )
