@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["lab"]:
         from .lab import main as lab_main
 
-        return lab_main(argv[1:])
+        return int(lab_main(argv[1:]))
     notes: list[str] = []
     try:
         opts = parse_options(argv)
