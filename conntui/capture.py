@@ -187,10 +187,9 @@ class LiveCapture:
                 socket.AF_PACKET, socket.SOCK_DGRAM, 0 if ifindex else socket.htons(ETH_P_ALL)
             )
         except PermissionError:
-            raise CaptureError(
-                "capturing packets needs root (or CAP_NET_RAW and CAP_NET_ADMIN): "
-                "run it as `sudo conntui ...`; reading a file with -r needs no privileges"
-            ) from None
+            from .privileges import capture_denied_message
+
+            raise CaptureError(capture_denied_message()) from None
         self._sock = sock
         try:
             try:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the session while capturing (.pcap, else pcapng with attributions)",
     )
     p.add_argument(
+        "--overwrite", action="store_true", help="with -w: replace FILE if it exists (else it is an error)"
+    )
+    p.add_argument(
         "-r", "--read", metavar="FILE", help="read a saved pcap/pcapng instead of capturing (no root needed)"
     )
     p.add_argument("-c", "--count", type=int, metavar="COUNT", help="stop after COUNT segments")
@@ -94,6 +97,7 @@ class Options:
     headless: bool
     json: bool
     quiet: bool
+    overwrite: bool = False
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -119,6 +123,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         headless=args.headless or args.json or args.quiet,
         json=args.json,
         quiet=args.quiet,
+        overwrite=args.overwrite,
     )
 
 
@@ -134,7 +139,9 @@ def _kernel_filter(opts: Options, notes: list[str]) -> list[tuple[int, int, int,
         return None
     parts = [f"({opts.expression})"] if opts.expression else []
     if opts.ports:
-        parts.append(opts.ports.bpf())
+        # ICMP port unreachables quote the datagram they answer: keep them so "no socket"
+        # predictions can be checked (the engine applies the port filter to the quote).
+        parts.append(f"({opts.ports.bpf()} or (icmp and icmp[0] == 3) or (icmp6 and ip6[40] == 1))")
     if not parts:
         return None
     try:
@@ -169,7 +176,7 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     notes = notes if notes is not None else []
     source = make_source(opts, notes)
     try:
-        writer = open_writer(opts.write) if opts.write else None
+        writer = open_writer(opts.write, overwrite=opts.overwrite) if opts.write else None
     except ExportError as exc:
         source.close()
         raise UsageError(str(exc)) from None
@@ -205,14 +212,25 @@ class _Stop(Exception):
     pass
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise _Stop(signum)
+def _stop_on_signals(engine: Engine) -> dict[int, Any]:
+    """SIGINT, SIGTERM, SIGHUP: the first ends the capture cleanly (every packet in hand is
+    printed and written, the file closed); a second one interrupts at once. Returns the
+    previous handlers."""
+    seen: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if seen:
+            raise _Stop(signum)
+        seen.append(signum)
+        engine.request_stop()
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
 
 def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     def emit(rec: Record) -> None:
         if opts.json:
-            out.write(json_line(rec.segment, rec.attribution) + "\n")
+            out.write(json_line(rec.segment, rec.attribution, rec.seq) + "\n")
         else:
             out.write(text_line(rec.segment, rec.attribution) + "\n")
 
@@ -224,7 +242,15 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     sys.stderr.write(f"{PROG}: {what}{', filter: ' + filt if filt else ''}\n")
     sys.stderr.flush()
     code = 0
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    reported: list[str] = []
+
+    def writer_failed(message: str) -> None:  # once, when it happens; capture goes on
+        reported.append(message)
+        sys.stderr.write(f"{PROG}: {message}; capture goes on without writing the file\n")
+        sys.stderr.flush()
+
+    engine.on_writer_error = writer_failed
+    previous = _stop_on_signals(engine)
     try:
         engine.run(count=opts.count, duration=opts.duration)
     except (KeyboardInterrupt, _Stop):
@@ -235,12 +261,14 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        engine.on_writer_error = None
         engine.close()
         with contextlib.suppress(BrokenPipeError):
             out.flush()
         print_counters(engine.session.counters, sys.stderr)
         if engine.writer_error:
-            sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
+            if not reported:
+                sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
             code = 1
     return code
 

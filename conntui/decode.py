@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
-from conntui.model import PACKET_HOST, Frame, Proto, Segment, tcp_flags_text
+from conntui.model import PACKET_HOST, FlowKey, Frame, Proto, Segment, tcp_flags_text
 
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
 LINKTYPE_ETHERNET = 1
@@ -113,52 +113,119 @@ def decode(
     for raw frames (0 if unknown). ``wire_len`` 0 means ``len(data)``.
     """
     try:
-        if linktype == LINKTYPE_RAW:
-            off = 0
-            version = 0
-            if protocol:
-                if protocol == ETH_P_IP:
-                    version = 4
-                elif protocol == ETH_P_IPV6:
-                    version = 6
-                else:
-                    return None
-        elif linktype == LINKTYPE_ETHERNET:
-            off, version = _after_ethertype(data, 14, _U16.unpack_from(data, 12)[0])
-        elif linktype == LINKTYPE_LINUX_SLL:
-            sll_pkttype, etype = _SLL.unpack_from(data, 0)
-            if pkttype == -1:
-                pkttype = sll_pkttype
-            off, version = _after_ethertype(data, 16, etype)
-        elif linktype == LINKTYPE_LINUX_SLL2:
-            etype, sll_ifindex, sll_pkttype = _SLL2.unpack_from(data, 0)
-            if pkttype == -1:
-                pkttype = sll_pkttype
-            if not ifindex:
-                ifindex = sll_ifindex
-            off, version = _after_ethertype(data, 20, etype)
-        elif linktype == LINKTYPE_IPV4:
-            off, version = 0, 4
-        elif linktype == LINKTYPE_IPV6:
-            off, version = 0, 6
-        elif linktype in _BSD_LOOPBACK:
-            if linktype == LINKTYPE_LOOP:
-                af = _U32_BE.unpack_from(data, 0)[0]
-            else:
-                af = _U32_LE.unpack_from(data, 0)[0]
-                if af > 0xFFFF:  # written by a host of the other byte order
-                    af = _U32_BE.unpack_from(data, 0)[0]
-            if af == _BSD_AF_INET:
-                off, version = 4, 4
-            elif af in _BSD_AF_INET6:
-                off, version = 4, 6
+        link = _link(data, linktype, pkttype, ifindex, protocol)
+        if link is None:
+            return None
+        off, version, pkttype, ifindex = link
+        return _ip(data, off, version, ts, iface, ifindex, pkttype, wire_len or len(data))
+    except _BAD_INPUT:
+        return None
+
+
+def _link(
+    data: Buffer, linktype: int, pkttype: int, ifindex: int, protocol: int
+) -> tuple[int, int, int, int] | None:
+    """(network header offset, IP version or 0 for "read the nibble", pkttype, ifindex)."""
+    if linktype == LINKTYPE_RAW:
+        off = 0
+        version = 0
+        if protocol:
+            if protocol == ETH_P_IP:
+                version = 4
+            elif protocol == ETH_P_IPV6:
+                version = 6
             else:
                 return None
+    elif linktype == LINKTYPE_ETHERNET:
+        off, version = _after_ethertype(data, 14, _U16.unpack_from(data, 12)[0])
+    elif linktype == LINKTYPE_LINUX_SLL:
+        sll_pkttype, etype = _SLL.unpack_from(data, 0)
+        if pkttype == -1:
+            pkttype = sll_pkttype
+        off, version = _after_ethertype(data, 16, etype)
+    elif linktype == LINKTYPE_LINUX_SLL2:
+        etype, sll_ifindex, sll_pkttype = _SLL2.unpack_from(data, 0)
+        if pkttype == -1:
+            pkttype = sll_pkttype
+        if not ifindex:
+            ifindex = sll_ifindex
+        off, version = _after_ethertype(data, 20, etype)
+    elif linktype == LINKTYPE_IPV4:
+        off, version = 0, 4
+    elif linktype == LINKTYPE_IPV6:
+        off, version = 0, 6
+    elif linktype in _BSD_LOOPBACK:
+        if linktype == LINKTYPE_LOOP:
+            af = _U32_BE.unpack_from(data, 0)[0]
+        else:
+            af = _U32_LE.unpack_from(data, 0)[0]
+            if af > 0xFFFF:  # written by a host of the other byte order
+                af = _U32_BE.unpack_from(data, 0)[0]
+        if af == _BSD_AF_INET:
+            off, version = 4, 4
+        elif af in _BSD_AF_INET6:
+            off, version = 4, 6
         else:
             return None
-        if off < 0:
+    else:
+        return None
+    if off < 0:
+        return None
+    return off, version, pkttype, ifindex
+
+
+class IcmpError(NamedTuple):
+    """An ICMP "destination unreachable" quoting the datagram that caused it."""
+
+    ts: float
+    family: int
+    src: str  # the host that sent the ICMP error
+    dst: str
+    code: int  # ICMP code (v4: 3 = port unreachable; v6: 4 = port unreachable)
+    quoted: FlowKey  # the offending datagram's 5-tuple, as it was sent
+
+    @property
+    def port_unreachable(self) -> bool:
+        return self.code == (3 if self.family == 4 else 4)
+
+
+_ICMP4_UNREACH = 3
+_ICMP6_UNREACH = 1
+
+
+def decode_icmp_error(frame: Frame) -> IcmpError | None:
+    """The ICMP/ICMPv6 destination-unreachable in ``frame`` (quoting a TCP/UDP datagram),
+    or None. Used to check "no socket" predictions against what the kernel then sent."""
+    try:
+        link = _link(frame.data, frame.linktype, frame.pkttype, frame.ifindex, frame.protocol)
+        if link is None:
             return None
-        return _ip(data, off, version, ts, iface, ifindex, pkttype, wire_len or len(data))
+        data, off, version = frame.data, link[0], link[1]
+        version = version or data[off] >> 4
+        if version == 4:
+            ihl = (data[off] & 0x0F) * 4
+            if data[off + 9] != 1 or ihl < 20:
+                return None
+            src, dst = _ntop(_AF_INET, data[off + 12 : off + 16]), _ntop(_AF_INET, data[off + 16 : off + 20])
+            icmp = off + ihl
+            if data[icmp] != _ICMP4_UNREACH:
+                return None
+            code = data[icmp + 1]
+            inner = decode_ip(data[icmp + 8 :], 0)
+        elif version == 6:
+            if data[off + 6] != 58:  # ICMPv6 right after the fixed header only
+                return None
+            src, dst = _ntop(_AF_INET6, data[off + 8 : off + 24]), _ntop(_AF_INET6, data[off + 24 : off + 40])
+            icmp = off + 40
+            if data[icmp] != _ICMP6_UNREACH:
+                return None
+            code = data[icmp + 1]
+            inner = decode_ip(data[icmp + 8 :], 0)
+        else:
+            return None
+        if inner is None:
+            return None
+        return IcmpError(frame.ts, version, src, dst, code, inner.key)
     except _BAD_INPUT:
         return None
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from .capture import CaptureError, FrameSource
-from .decode import decode_frame
+from .decode import IcmpError, decode_frame, decode_icmp_error
 from .demux import attribute
-from .export import Writer, attribution_from_comment
+from .export import ExportError, Writer, attribution_from_comment
 from .model import Attribution, Frame, Match, Record, Segment, SocketTable
 from .session import Session
+from .verify import Note, Verifier
 
 SegmentPredicate = Callable[[Segment], bool]
 
@@ -49,6 +52,11 @@ class StaticTables:
         return None
 
 
+def _quoted_segment(err: IcmpError) -> Segment:
+    q = err.quoted
+    return Segment(err.ts, "", q.proto, err.family, q.src, q.sport, q.dst, q.dport)
+
+
 def _needs_resolve(seg: Segment, att: Attribution, table: SocketTable) -> bool:
     """Whether the table may simply be too old for this segment (worth an exact look-up)."""
     if att.match in (Match.UNKNOWN, Match.NONE):
@@ -61,6 +69,9 @@ def _needs_resolve(seg: Segment, att: Attribution, table: SocketTable) -> bool:
     if att.sender is None and "R" not in seg.flags and table.is_local(seg.src):
         return True
     receiver = att.receiver
+    if att.match == Match.LISTENER and receiver is not None and receiver.rx_queue >= receiver.tx_queue:
+        # Near or over a full accept queue at the last snapshot: was this SYN dropped?
+        return True
     # A connection socket with no holder may have been accept()ed since the snapshot.
     return receiver is not None and not receiver.holders and receiver.state in ("ESTABLISHED", "CLOSE_WAIT")
 
@@ -80,6 +91,8 @@ class Engine:
         refresh_interval: float = 1.0,
         resolve_cooldown: float = 0.05,
         use_file_attributions: bool = True,
+        settle: float = 0.5,
+        verify_window: float = 0.4,
     ) -> None:
         self.source = source
         self.tables = tables
@@ -92,33 +105,86 @@ class Engine:
         self.use_file_attributions = use_file_attributions
         self.error: str | None = None  # why capture stopped early, for the UI / exit code
         self.writer_error: str | None = None
+        # Told once, on the thread that failed, when writing the capture file fails.
+        self.on_writer_error: Callable[[str], None] | None = None
         self._stop = threading.Event()
+        self._stop_requested = False  # set by request_stop (signal handlers)
         self._thread: threading.Thread | None = None
         self._refresher: threading.Thread | None = None
         self._recent_resolves: dict[tuple[str, str, int, str, int], float] = {}
+        self.verifier = Verifier(window=verify_window)
+        self.settle = settle if source.live else 0.0
+        self._pending: deque[tuple[float, Frame, Record | None]] = deque()
         self.started_at = time.time()
 
     # -- one frame ---------------------------------------------------------------
 
     def process(self, frame: Frame) -> Record | None:
-        """Decode, filter, attribute and store one frame; None when it is not kept."""
+        """Decode, filter, attribute and store one frame; None when it is not kept.
+
+        Stored rows reach the writer and ``on_record`` after ``settle`` seconds (live capture
+        only), so that what later segments reveal (the kernel's RST, a challenge ACK, ...)
+        is in the file and the printed line too.
+        """
         counters = self.session.counters
         counters.frames += 1
         seg = decode_frame(frame)
         if seg is None:
+            icmp = decode_icmp_error(frame)
+            if icmp is not None:
+                counters.icmp_errors += 1
+                if self.keep is None or self.keep(_quoted_segment(icmp)):
+                    self._apply(self.verifier.on_icmp(icmp))
+                    self._pending.append((time.monotonic(), frame, None))
+                return None
             counters.undecodable += 1
             if self.keep is None:
-                self._write(frame, None, None)
+                self._pending.append((time.monotonic(), frame, None))
             return None
         if self.keep is not None and not self.keep(seg):
             counters.filtered += 1
             return None
         att = self._attribute(frame, seg)
         rec = self.session.append(frame, seg, att)
-        self._write(frame, seg, att)
-        if self.on_record is not None:
-            self.on_record(rec)
+        self._apply(self.verifier.on_record(rec))
+        self._pending.append((time.monotonic(), frame, rec))
+        if self.settle <= 0:
+            self.emit()
         return rec
+
+    def _apply(self, notes: list[Note]) -> None:
+        for seq, text, related in notes:
+            rec = self.session.get(seq)
+            if rec is None:
+                continue
+            att = rec.attribution
+            self.session.reattribute(
+                seq,
+                replace(
+                    att,
+                    notes=(*att.notes, text),
+                    related=(*att.related, related) if related >= 0 else att.related,
+                ),
+            )
+
+    def emit(self, final: bool = False) -> None:
+        """Hand settled rows to the writer and ``on_record`` (every pending row if final)."""
+        if final:
+            self._apply(self.verifier.expire(float("inf")))
+        elif self._pending:
+            newest = self._pending[-1][2]
+            if newest is not None:
+                self._apply(self.verifier.expire(newest.segment.ts))
+        horizon = time.monotonic() - self.settle
+        pending = self._pending
+        while pending and (final or pending[0][0] <= horizon):
+            _, frame, rec = pending.popleft()
+            if rec is None:
+                self._write(frame, None, None)
+                continue
+            self._write(frame, rec.segment, rec.attribution)
+            if self.on_record is not None:
+                self.on_record(rec)
 
     def _attribute(self, frame: Frame, seg: Segment) -> Attribution:
         if frame.comment and self.use_file_attributions:
@@ -160,11 +226,19 @@ class Engine:
             return
         try:
             self.writer.write(frame, seg, att)
-        except OSError as exc:
+        except (OSError, ExportError) as exc:
             # The disk filled up or the file went away: say so, keep capturing.
-            self.writer_error = (
-                f"writing {getattr(self.writer, 'path', 'the capture file')} failed: {exc.strerror or exc}"
-            )
+            self._writer_failed(exc)
+
+    def _writer_failed(self, exc: Exception) -> None:
+        """Stop writing (the file keeps every whole packet so far); tell the user once."""
+        if self.writer_error is not None:
+            return
+        self.writer_error = (
+            str(exc) if isinstance(exc, ExportError) else f"writing the capture file failed: {exc}"
+        )
+        if self.on_writer_error is not None:
+            self.on_writer_error(self.writer_error)
 
     # -- loops -------------------------------------------------------------------
 
@@ -181,7 +255,7 @@ class Engine:
         last_drop_check = 0.0
         stored = 0
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not self._stop_requested:
                 timeout = poll
                 if deadline is not None:
                     timeout = min(poll, max(0.0, deadline - time.monotonic()))
@@ -196,6 +270,7 @@ class Engine:
                 if now - last_drop_check > 0.5:
                     last_drop_check = now
                     self.session.counters.kernel_drops = self.source.kernel_drops()
+                self.emit()
                 if self.writer is not None and now - last_flush > 0.25:
                     last_flush = now
                     self._flush()
@@ -205,14 +280,15 @@ class Engine:
                     break
         finally:
             self.session.counters.kernel_drops = self.source.kernel_drops()
+            self.emit(final=True)
             self._flush()
 
     def _flush(self) -> None:
         if self.writer is not None and self.writer_error is None:
             try:
                 self.writer.flush()
-            except OSError as exc:
-                self.writer_error = f"writing the capture file failed: {exc.strerror or exc}"
+            except (OSError, ExportError) as exc:
+                self._writer_failed(exc)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh_interval):
@@ -241,6 +317,11 @@ class Engine:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def request_stop(self) -> None:
+        """End the capture loop after the frames in hand, cleanly (flushed, written). Takes
+        no lock, so a signal handler may call it while the loop runs in the same thread."""
+        self._stop_requested = True
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         for t in (self._thread, self._refresher):
@@ -249,11 +330,10 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        self.emit(final=True)
         if self.writer is not None:
             try:
                 self.writer.close()
-            except OSError as exc:
-                self.writer_error = (
-                    self.writer_error or f"closing the capture file failed: {exc.strerror or exc}"
-                )
+            except (OSError, ExportError) as exc:
+                self._writer_failed(exc)
         self.source.close()

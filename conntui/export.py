@@ -47,6 +47,7 @@ import io
 import json
 import os
 import re
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -65,6 +66,7 @@ from .model import (
     Segment,
     SocketEntry,
 )
+from .privileges import give_to_invoking_user
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -76,12 +78,14 @@ __all__ = [
     "CaptureFileError",
     "CaptureReader",
     "ExportError",
+    "ExportExists",
     "PcapNgWriter",
     "PcapWriter",
     "Writer",
     "attribution_from_comment",
     "attribution_json",
     "comment_text",
+    "create_private_file",
     "open_writer",
     "read_capture",
 ]
@@ -104,6 +108,11 @@ COMMENT_JSON_PREFIX: Final = "conntui-json: "
 
 class ExportError(Exception):
     """The capture file cannot be written (one line, for the user)."""
+
+
+class ExportExists(ExportError):
+    """The target file exists and overwriting was not asked for (a UI may ask, then retry
+    with ``overwrite=True``)."""
 
 
 class CaptureFileError(Exception):
@@ -160,6 +169,10 @@ def attribution_json(att: Attribution, sock_json: Callable[[SocketEntry | None],
         parts += (',"steps":', _dumps([{"what": st.what, "result": st.result} for st in att.steps]))
     if att.sender_explain:
         parts += (',"sender_explain":', _dumps(att.sender_explain))
+    if att.notes:
+        parts += (',"notes":', _dumps(list(att.notes)))
+    if att.related:
+        parts += (',"related":', _dumps(list(att.related)))
     parts.append("}")
     return "".join(parts)
 
@@ -170,6 +183,8 @@ def comment_text(att: Attribution, sock_json: Callable[[SocketEntry | None], str
     human = f"{COMMENT_PREFIX}{sender} → {receiver} ({att.match.value})"
     if att.explain:
         human += ": " + safe_text(att.explain)
+    for note in att.notes:
+        human += " " + safe_text(note)
     return f"{human}\n{COMMENT_JSON_PREFIX}{attribution_json(att, sock_json)}"
 
 
@@ -245,6 +260,58 @@ def _to_sll2(frame: Frame) -> bytes | None:
 
 
 Target = str | os.PathLike[str] | IO[bytes]
+_SYMLINK = "it is a symbolic link (conntui never writes through one)"
+
+
+def create_private_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> int:
+    """Open a new capture file for writing, as a root process must; returns the fd.
+
+    * never through a symbolic link at ``path`` (``O_EXCL``/``O_NOFOLLOW``: a link planted
+      where the file will be, pointing at ``/etc/shadow``, is an error, its target untouched);
+    * never over an existing file unless ``overwrite``: then only a regular file is
+      replaced, by unlinking it and creating a new one (never truncating through a hard link
+      or into a device or FIFO);
+    * mode 0600 (packets and process names are private), owned by the person behind
+      ``sudo`` (``SUDO_UID``/``SUDO_GID``) rather than root.
+
+    Symbolic links in the *directories* of ``path`` are followed, as the person typed them.
+    Raises ``ExportExists`` or ``ExportError`` (one line).
+    """
+    name = os.fsdecode(path)
+    if overwrite:
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise ExportError(f"cannot write {name}: {e.strerror or e}") from None
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode):
+                raise ExportError(f"cannot write {name}: {_SYMLINK}")
+            if not stat.S_ISREG(st.st_mode):
+                raise ExportError(f"cannot write {name}: it exists and is not a regular file")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise ExportError(f"cannot replace {name}: {e.strerror or e}") from None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        if os.path.islink(path):
+            raise ExportError(f"cannot write {name}: {_SYMLINK}") from None
+        raise ExportExists(f"{name} already exists: not overwriting it (--overwrite replaces it)") from None
+    except OSError as e:
+        raise ExportError(f"cannot write {name}: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        give_to_invoking_user(fd)
+    except OSError as e:
+        os.close(fd)
+        raise ExportError(f"cannot write {name}: {e.strerror or e}") from None
+    return fd
 
 
 class Writer:
@@ -261,7 +328,7 @@ class Writer:
 
     format = ""
 
-    def __init__(self, target: Target, *, flush_bytes: int = 1 << 20) -> None:
+    def __init__(self, target: Target, *, flush_bytes: int = 1 << 20, overwrite: bool = False) -> None:
         self.count = 0  # frames written
         self.skipped = 0  # frames that could not be written in this format
         self._lock = threading.Lock()
@@ -269,11 +336,7 @@ class Writer:
         self._stream: IO[bytes] | None = None
         if isinstance(target, str | os.PathLike):
             self.name = os.fsdecode(target)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-            try:
-                fd = os.open(target, flags, 0o644)
-            except OSError as e:
-                raise ExportError(f"cannot write {self.name}: {e.strerror or e}") from None
+            fd = create_private_file(target, overwrite=overwrite)
             self._file = io.BufferedWriter(io.FileIO(fd, "wb"), flush_bytes)
         else:
             self._stream = target
@@ -419,6 +482,8 @@ class PcapNgWriter(Writer):
             att.explain,
             att.sender_explain,
             att.steps,
+            att.notes,
+            att.related,
         )
         hit = self._comments.get(key)
         if hit is None:
@@ -486,20 +551,24 @@ class PcapWriter(Writer):
         self._append(self._REC.pack(sec, usec, len(data), orig) + data)
 
 
-def open_writer(target: Target, fmt: str | None = None, *, flush_bytes: int = 1 << 20) -> Writer:
+def open_writer(
+    target: Target, fmt: str | None = None, *, flush_bytes: int = 1 << 20, overwrite: bool = False
+) -> Writer:
     """A writer for ``target`` (a path or a binary stream).
 
     ``fmt`` is "pcap" or "pcapng"; by default a path ending in ``.pcap`` gets classic pcap
-    and anything else (including a stream) pcapng. Raises ``ExportError`` when the path
-    cannot be opened for writing.
+    and anything else (including a stream) pcapng. A path is created as
+    ``create_private_file`` says: mode 0600, owned by the user behind sudo, never through a
+    symbolic link, and an existing file is replaced only with ``overwrite`` (else
+    ``ExportExists``). Raises ``ExportError`` when the path cannot be opened for writing.
     """
     if fmt is None:
         path = os.fsdecode(target) if isinstance(target, str | os.PathLike) else ""
         fmt = "pcap" if path.lower().endswith(".pcap") else "pcapng"
     if fmt == "pcapng":
-        return PcapNgWriter(target, flush_bytes=flush_bytes)
+        return PcapNgWriter(target, flush_bytes=flush_bytes, overwrite=overwrite)
     if fmt == "pcap":
-        return PcapWriter(target, flush_bytes=flush_bytes)
+        return PcapWriter(target, flush_bytes=flush_bytes, overwrite=overwrite)
     raise ValueError(f"unknown capture format {fmt!r} (pcap or pcapng)")
 
 

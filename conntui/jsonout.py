@@ -129,16 +129,20 @@ def attribution_to_dict(att: Attribution, *, compact: bool = False) -> dict[str,
         "candidates": [socket_to_dict(c, compact=compact) for c in att.candidates],
         "steps": [{"what": s.what, "result": s.result} for s in att.steps],
         "sender_explain": att.sender_explain,
+        "notes": list(att.notes),
+        "related": list(att.related),
     }
     if compact:
-        for key in ("listener", "candidates", "steps", "sender_explain"):
+        for key in ("listener", "candidates", "steps", "sender_explain", "notes", "related"):
             if not d[key]:
                 del d[key]
     return d
 
 
-def record_to_dict(seg: Segment, att: Attribution) -> dict[str, Any]:
-    """One ``--json`` line: the segment and its attribution (issue 2's contract + extras)."""
+def record_to_dict(seg: Segment, att: Attribution, record: int | None = None) -> dict[str, Any]:
+    """One ``--json`` line: the segment and its attribution (issue 2's contract + extras).
+
+    ``record`` is the row's number in the session, which ``related`` refers to."""
     d: dict[str, Any] = {
         "ts": seg.ts,
         "iface": seg.iface,
@@ -159,13 +163,15 @@ def record_to_dict(seg: Segment, att: Attribution) -> dict[str, Any]:
     d["direction"] = direction(seg.pkttype)
     d["ifindex"] = seg.ifindex
     d["wire_len"] = seg.wire_len
+    if record is not None:
+        d["record"] = record
     return d
 
 
-def json_line(seg: Segment, att: Attribution) -> str:
+def json_line(seg: Segment, att: Attribution, record: int | None = None) -> str:
     """One ``--json`` output line (no newline). ASCII only: every control character, DEL,
     bidi control and non-ASCII character of a process name is a JSON escape."""
-    return json.dumps(record_to_dict(seg, att), ensure_ascii=True)
+    return json.dumps(record_to_dict(seg, att, record), ensure_ascii=True)
 
 
 def _holder(d: dict[str, Any]) -> Holder:
@@ -217,6 +223,8 @@ def dict_to_attribution(d: dict[str, Any]) -> Attribution:
         listener=_opt_socket(d.get("listener")),
         candidates=tuple(dict_to_socket(c) for c in d.get("candidates") or ()),
         sender_explain=str(d.get("sender_explain", "")),
+        notes=tuple(str(n) for n in d.get("notes") or ()),
+        related=tuple(int(r) for r in d.get("related") or ()),
     )
 
 
@@ -273,4 +281,5 @@ def text_line(seg: Segment, att: Attribution) -> str:
         f"{_clock(seg.ts)} {_iface(seg)} {seg.proto} "
         f"{_endpoint(seg.src, seg.sport)} → {_endpoint(seg.dst, seg.dport)}{flags} len {seg.payload_len}"
         f"  {socket_summary(att.sender)} → {socket_summary(att.receiver)} ({att.match.value})"
+        + "".join(f"; {safe_text(n)}" for n in att.notes)
     )

@@ -224,6 +224,10 @@ class Attribution:
     listener: SocketEntry | None = None  # the parent listener (accept_queue, syn_recv)
     candidates: tuple[SocketEntry, ...] = ()  # e.g. every member of a SO_REUSEPORT group
     sender_explain: str = ""
+    # What the kernel then did, seen in later segments (verify.py): "answered by the kernel's
+    # RST (#12)", "dropped: accept queue full", ... and the records those notes point at.
+    notes: tuple[str, ...] = ()
+    related: tuple[int, ...] = ()
 
 
 TupleKey = tuple[str, str, int, str, int]

@@ -349,3 +349,21 @@ def test_without_capture_privileges_it_says_how_to_run_it():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "needs root" in lines[0] and "sudo conntui" in lines[0]
+
+
+def test_no_socket_predictions_are_checked_against_the_kernels_answer(conntui, actors, port):
+    cap = conntui("--headless", "--json", "-i", "lo", "-p", str(port))
+    client = actors()
+    assert client("connect", host="127.0.0.1", port=port).get("error")
+    u = client("udp", host="127.0.0.1")
+    client("sendto", fd=u["fd"], data="anyone?", to=["127.0.0.1", port])
+    rows, err, code = cap.stop(settle=1.0)
+    assert code == 0, err
+    syn = one(tcp(rows), flags="S", dport=port)
+    rst = next(r for r in tcp(rows) if r["sport"] == port and "R" in r["flags"])
+    assert syn["match"] == "none"
+    assert any("answered with a RST" in n for n in syn["notes"]), syn["notes"]
+    assert rst["record"] in syn["related"] and syn["record"] in rst["related"]
+    dgram = one([r for r in rows if r["proto"] == "udp"], dport=port)
+    assert dgram["match"] == "none" and dgram["receiver"] is None
+    assert any("ICMP port unreachable" in n and n.startswith("verified") for n in dgram["notes"]), dgram["notes"]

@@ -1,0 +1,171 @@
+"""Check the demux's predictions against what the kernel then did.
+
+The demux says what the kernel *should* do with a segment; later segments show what it *did*:
+a SYN to a closed port is answered by the kernel's RST, a UDP datagram to a closed port by
+an ICMP port unreachable, a SYN that hits an established connection by a challenge ACK, a
+SYN dropped because the accept queue is full by the client's retransmission. The verifier
+links each answer to its question (both records get a note naming the other) and, when the
+answer does not come within ``window`` seconds, says so.
+
+Pure: it sees records and ICMP errors, and returns notes for the engine to attach.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .decode import IcmpError
+from .model import FlowKey, Match, Record
+
+# (record seq, note text, related record seq or -1)
+Note = tuple[int, str, int]
+
+
+@dataclass(slots=True)
+class _Question:
+    seq: int
+    ts: float
+    port: int
+
+
+class Verifier:
+    """Links answers to questions; bounded memory, no clocks of its own."""
+
+    def __init__(self, window: float = 0.5, limit: int = 50_000) -> None:
+        self.window = window
+        self.limit = limit
+        self._rst: OrderedDict[FlowKey, _Question] = OrderedDict()
+        self._icmp: OrderedDict[FlowKey, _Question] = OrderedDict()
+        self._challenge: OrderedDict[FlowKey, _Question] = OrderedDict()
+        self._syns: OrderedDict[tuple[FlowKey, int], _Question] = OrderedDict()
+
+    def _remember(self, book: OrderedDict[FlowKey, _Question], key: FlowKey, q: _Question) -> None:
+        book[key] = q
+        book.move_to_end(key)
+        while len(book) > self.limit:
+            book.popitem(last=False)
+
+    def on_record(self, rec: Record) -> list[Note]:
+        seg, att = rec.segment, rec.attribution
+        notes: list[Note] = []
+        if seg.proto == "tcp":
+            flags = seg.flags
+            back = seg.key.reversed()
+            if "R" in flags:
+                q = self._rst.pop(back, None)
+                if q is not None:
+                    notes.append(
+                        (q.seq, f"verified: the kernel answered with a RST (record #{rec.seq})", rec.seq)
+                    )
+                    notes.append(
+                        (
+                            rec.seq,
+                            f"the kernel's RST answering record #{q.seq}: nothing listens on port {q.port}",
+                            q.seq,
+                        )
+                    )
+            elif flags == "A" and seg.payload_len == 0:
+                q = self._challenge.pop(back, None)
+                if q is not None:
+                    notes.append(
+                        (q.seq, f"the kernel answered with a challenge ACK (record #{rec.seq})", rec.seq)
+                    )
+                    notes.append(
+                        (
+                            rec.seq,
+                            f"challenge ACK (RFC 5961) answering the SYN of record #{q.seq}: it carries the "
+                            "old connection's sequence numbers, so a client that lost its state answers "
+                            "with a RST and then retries",
+                            q.seq,
+                        )
+                    )
+            if seg.is_syn:
+                notes += self._syn(rec)
+            if att.match == Match.NONE and "R" not in flags:
+                self._remember(self._rst, seg.key, _Question(rec.seq, seg.ts, seg.dport))
+        elif seg.proto == "udp" and att.match == Match.NONE and att.candidates == ():
+            self._remember(self._icmp, seg.key, _Question(rec.seq, seg.ts, seg.dport))
+        return notes
+
+    def _syn(self, rec: Record) -> list[Note]:
+        seg, att = rec.segment, rec.attribution
+        notes: list[Note] = []
+        key = (seg.key, seg.seq)
+        first = self._syns.get(key)
+        if first is not None:
+            notes.append(
+                (
+                    rec.seq,
+                    f"a retransmission of the SYN of record #{first.seq}: that one got no SYN-ACK "
+                    "(dropped, e.g. a full accept queue or SYN queue)",
+                    first.seq,
+                )
+            )
+        else:
+            self._syns[key] = _Question(rec.seq, seg.ts, seg.dport)
+            while len(self._syns) > self.limit:
+                self._syns.popitem(last=False)
+        receiver = att.receiver
+        if att.match == Match.LISTENER and receiver is not None and receiver.rx_queue > receiver.tx_queue:
+            notes.append(
+                (
+                    rec.seq,
+                    f"the accept queue is full ({receiver.rx_queue} waiting, backlog {receiver.tx_queue}): "
+                    "the kernel drops this SYN (ListenOverflows) and the client will retransmit it",
+                    -1,
+                )
+            )
+        if (
+            att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE)
+            and receiver is not None
+            and receiver.state not in ("SYN_SENT", "SYN_RECV")
+        ):
+            self._remember(self._challenge, seg.key, _Question(rec.seq, seg.ts, seg.dport))
+        return notes
+
+    def on_icmp(self, err: IcmpError, seq: int | None = None) -> list[Note]:
+        """An ICMP destination unreachable; ``seq`` is its own record, when it has one."""
+        q = self._icmp.pop(err.quoted, None)
+        if q is None or not err.port_unreachable:
+            return []
+        where = f" (record #{seq})" if seq is not None else ""
+        return [
+            (
+                q.seq,
+                f"verified: the kernel answered with ICMP port unreachable{where}",
+                -1 if seq is None else seq,
+            )
+        ]
+
+    def expire(self, now: float) -> list[Note]:
+        """Questions whose answer did not come within the window (``now``: capture time)."""
+        horizon = now - self.window
+        notes: list[Note] = []
+        for book, text in (
+            (
+                self._rst,
+                "no RST came back: a firewall dropped it, or the socket table was wrong",
+            ),
+            (
+                self._icmp,
+                "no ICMP port unreachable came back: ICMP rate limiting (net.ipv4.icmp_ratelimit), "
+                "a firewall, or the socket table was wrong",
+            ),
+            (
+                self._challenge,
+                "no challenge ACK came back (rate limited: TCPACKSkippedChallenge)",
+            ),
+        ):
+            while book:
+                key, q = next(iter(book.items()))
+                if q.ts > horizon:
+                    break
+                del book[key]
+                notes.append((q.seq, f"{text} (waited {self.window:g} s)", -1))
+        while self._syns:
+            key2, q = next(iter(self._syns.items()))
+            if q.ts > now - 10.0:  # SYN retransmissions come 1 s, 3 s, 7 s... later
+                break
+            del self._syns[key2]
+        return notes

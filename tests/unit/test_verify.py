@@ -1,0 +1,103 @@
+"""The verifier links the kernel's answers (RST, ICMP, challenge ACK) to their questions."""
+
+from __future__ import annotations
+
+from conntui.decode import IcmpError
+from conntui.model import Attribution, Endpoint, FlowKey, Frame, Holder, Match, Record, Segment, SocketEntry
+from conntui.verify import Verifier
+
+FRAME = Frame(0.0, b"", 101)
+
+
+def rec(
+    seq: int,
+    ts: float,
+    sport: int,
+    dport: int,
+    flags: str = "",
+    proto: str = "tcp",
+    tcp_seq: int = 1,
+    match: Match = Match.NONE,
+    receiver: SocketEntry | None = None,
+) -> Record:
+    seg = Segment(ts, "lo", proto, 4, "127.0.0.1", sport, "127.0.0.1", dport, flags, seq=tcp_seq)
+    return Record(seq, FRAME, seg, Attribution(match, receiver=receiver))
+
+
+def listener(rx: int, tx: int) -> SocketEntry:
+    return SocketEntry(
+        "tcp",
+        4,
+        "LISTEN",
+        Endpoint("0.0.0.0", 80),
+        None,
+        inode=5,
+        holders=(Holder(1, 3, "srv"),),
+        rx_queue=rx,
+        tx_queue=tx,
+    )
+
+
+def test_rst_answers_a_syn_to_a_closed_port():
+    v = Verifier()
+    assert v.on_record(rec(0, 1.0, 5000, 9, "S")) == []
+    notes = v.on_record(rec(1, 1.001, 9, 5000, "RA"))
+    assert {(n[0], n[2]) for n in notes} == {(0, 1), (1, 0)}
+    assert any("answered with a RST" in n[1] for n in notes)
+    assert v.expire(10.0) == []  # nothing left waiting
+
+
+def test_missing_rst_is_reported_after_the_window():
+    v = Verifier(window=0.5)
+    v.on_record(rec(0, 1.0, 5000, 9, "S"))
+    assert v.expire(1.2) == []
+    notes = v.expire(1.6)
+    assert len(notes) == 1 and notes[0][0] == 0 and "no RST came back" in notes[0][1]
+
+
+def test_a_rst_is_never_a_question():
+    v = Verifier()
+    v.on_record(rec(0, 1.0, 5000, 9, "R"))
+    assert v.expire(100.0) == []
+
+
+def test_icmp_port_unreachable_answers_a_udp_datagram():
+    v = Verifier()
+    v.on_record(rec(0, 1.0, 5000, 9, proto="udp"))
+    err = IcmpError(1.001, 4, "127.0.0.1", "127.0.0.1", 3, FlowKey("udp", "127.0.0.1", 5000, "127.0.0.1", 9))
+    notes = v.on_icmp(err)
+    assert len(notes) == 1 and notes[0][0] == 0 and "ICMP port unreachable" in notes[0][1]
+    assert v.on_icmp(err) == []  # answered once
+
+
+def test_udp_without_icmp_is_reported():
+    v = Verifier(window=0.5)
+    v.on_record(rec(0, 1.0, 5000, 9, proto="udp"))
+    notes = v.expire(2.0)
+    assert len(notes) == 1 and "no ICMP port unreachable" in notes[0][1]
+
+
+def test_challenge_ack_answers_a_syn_to_an_established_connection():
+    v = Verifier()
+    est = SocketEntry(
+        "tcp", 4, "ESTABLISHED", Endpoint("127.0.0.1", 80), Endpoint("127.0.0.1", 5000), inode=9
+    )
+    v.on_record(rec(0, 1.0, 5000, 80, "S", match=Match.ESTABLISHED, receiver=est))
+    assert v.on_record(rec(1, 1.0001, 80, 5000, "PA")) == []  # data is not the challenge ACK
+    notes = v.on_record(rec(2, 1.0002, 80, 5000, "A"))
+    assert {(n[0], n[2]) for n in notes} == {(0, 2), (2, 0)}
+    assert any("challenge ACK" in n[1] for n in notes)
+
+
+def test_retransmitted_syn_and_full_accept_queue_are_marked():
+    v = Verifier()
+    full = listener(rx=3, tx=2)
+    notes = v.on_record(rec(0, 1.0, 5000, 80, "S", tcp_seq=77, match=Match.LISTENER, receiver=full))
+    assert any("accept queue is full (3 waiting, backlog 2)" in n[1] for n in notes)
+    again = v.on_record(rec(1, 2.0, 5000, 80, "S", tcp_seq=77, match=Match.LISTENER, receiver=listener(1, 2)))
+    assert [(n[0], n[2]) for n in again] == [(1, 0)]
+    assert "retransmission" in again[0][1]
+    assert (
+        v.on_record(rec(2, 2.5, 5001, 80, "S", tcp_seq=77, match=Match.LISTENER, receiver=listener(0, 2)))
+        == []
+    )
