@@ -20,6 +20,7 @@ from conntui.model import (
     PACKET_BROADCAST,
     PACKET_MULTICAST,
     PACKET_OTHERHOST,
+    PACKET_OUTGOING,
     Attribution,
     Lookup,
     Match,
@@ -195,6 +196,12 @@ def _not_local(seg: Segment, steps: list[Lookup]) -> _Result:
         )
         return Match.NOT_LOCAL, None, None, (), why
     steps.append(Lookup(f"route: is {seg.dst} an address of this host?", "no"))
+    if seg.pkttype == PACKET_OUTGOING:
+        why = (
+            f"This host sends it to {_ep(seg.dst, seg.dport)}, another machine: "
+            "the receiving socket is over there, not here."
+        )
+        return Match.NOT_LOCAL, None, None, (), why
     why = (
         f"{seg.dst} is not an address of this host, so no local socket receives "
         f"{_ep(seg.dst, seg.dport)} (the kernel forwards or drops it)."

@@ -69,6 +69,10 @@ def _needs_resolve(seg: Segment, att: Attribution, table: SocketTable) -> bool:
     if att.sender is None and "R" not in seg.flags and table.is_local(seg.src):
         return True
     receiver = att.receiver
+    if seg.is_syn and att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE, Match.TIME_WAIT):
+        # A SYN on a known 4-tuple: is that old connection still there (a stale client),
+        # or was it reset or reaped since the snapshot (then the listener takes the SYN)?
+        return True
     if att.match == Match.LISTENER and receiver is not None and receiver.rx_queue >= receiver.tx_queue:
         # Near or over a full accept queue at the last snapshot: was this SYN dropped?
         return True
@@ -113,6 +117,7 @@ class Engine:
         self._refresher: threading.Thread | None = None
         self._recent_resolves: dict[tuple[str, str, int, str, int], float] = {}
         self.verifier = Verifier(window=verify_window)
+        self._resets: dict[tuple[str, int, str, int], float] = {}
         self.settle = settle if source.live else 0.0
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
         self.started_at = time.time()
@@ -198,12 +203,44 @@ class Engine:
                 explain="Read from a file with no attribution recorded: the socket table of that "
                 "moment is not known.",
             )
+        if seg.proto == "tcp" and seg.flags:
+            table = self._forget_reset(seg, table)
         att = attribute(seg, table)
         if self.source.live and _needs_resolve(seg, att, table) and self._may_resolve(seg, att):
             fresher = self.tables.resolve(seg)
             if fresher is not None:
-                att = attribute(seg, fresher)
+                att = attribute(seg, self._forget_reset(seg, fresher) if seg.is_syn else fresher)
         return att
+
+    def _forget_reset(self, seg: Segment, table: SocketTable) -> SocketTable:
+        """Remember RSTs; hide a connection from the SYN that follows its reset.
+
+        The table is read after the fact: a connection killed by a RST may still be listed
+        (the refresher has not run) or may be gone although the SYN before the RST reached
+        it. Capture order settles it: a SYN after a RST on its 4-tuple is a new connection
+        attempt, and the old connection must not explain it.
+        """
+        key = (
+            (seg.src, seg.sport, seg.dst, seg.dport)
+            if seg.sport < seg.dport
+            else (seg.dst, seg.dport, seg.src, seg.sport)
+        )
+        if "R" in seg.flags:
+            if len(self._resets) > 50_000:
+                self._resets.clear()
+            self._resets[key] = seg.ts
+            return table
+        if not seg.is_syn:
+            return table
+        reset_at = self._resets.get(key)
+        if reset_at is None or reset_at > seg.ts:
+            return table
+        old = [
+            e
+            for e in table.connected("tcp", seg.dst, seg.dport, seg.src, seg.sport)
+            if e.state != "TIME_WAIT"
+        ]
+        return table.with_entries((), removed=old) if old else table
 
     def _may_resolve(self, seg: Segment, att: Attribution) -> bool:
         """Repeated misses of one flow (a scan of closed ports, a flood to nowhere) are looked
@@ -254,6 +291,14 @@ class Engine:
         last_flush = time.monotonic()
         last_drop_check = 0.0
         stored = 0
+        refresh_stop = threading.Event()
+        if self.source.live:
+            # The table is refreshed on a timer beside the capture (misses are looked up at
+            # once on the capture thread): new listeners, queue lengths, holders.
+            self._refresher = threading.Thread(
+                target=self._refresh_loop, args=(refresh_stop,), name="conntui-refresh", daemon=True
+            )
+            self._refresher.start()
         try:
             while not self._stop.is_set() and not self._stop_requested:
                 timeout = poll
@@ -279,6 +324,7 @@ class Engine:
                 if deadline is not None and now >= deadline:
                     break
         finally:
+            refresh_stop.set()
             self.session.counters.kernel_drops = self.source.kernel_drops()
             self.emit(final=True)
             self._flush()
@@ -290,20 +336,17 @@ class Engine:
             except (OSError, ExportError) as exc:
                 self._writer_failed(exc)
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_interval):
+    def _refresh_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.refresh_interval):
             try:
                 self.tables.refresh()
             except Exception as exc:  # a vanished process mid-scan must not stop refreshing
                 self.error = self.error or f"socket table refresh failed: {exc}"
 
     def start(self) -> None:
-        """Run the capture loop and the refresher in background threads (the TUI)."""
+        """Run the capture loop (and so the refresher) in a background thread (the TUI)."""
         self._thread = threading.Thread(target=self._run_safely, name="conntui-capture", daemon=True)
         self._thread.start()
-        if self.source.live:
-            self._refresher = threading.Thread(target=self._refresh_loop, name="conntui-refresh", daemon=True)
-            self._refresher.start()
 
     def _run_safely(self) -> None:
         try:

@@ -323,15 +323,22 @@ class SocketTable:
     def ifname(self, ifindex: int) -> str:
         return self.ifnames.get(ifindex, str(ifindex) if ifindex else "")
 
-    def with_entries(self, extra: Iterable[SocketEntry], *, taken_at: float | None = None) -> SocketTable:
+    def with_entries(
+        self,
+        extra: Iterable[SocketEntry],
+        *,
+        removed: Iterable[SocketEntry] = (),
+        taken_at: float | None = None,
+    ) -> SocketTable:
         """A new table with ``extra`` sockets put first, replacing any older view of the same
-        socket (same cookie) or of the same connection (same 4-tuple).
+        socket (same cookie) or of the same connection (same 4-tuple), and without the
+        ``removed`` sockets (ones the kernel no longer has).
 
         Runs on the capture thread on a miss, so it patches the indexes instead of
         rebuilding them: the cost grows with the few keys touched, not the table.
         """
         extra = tuple(extra)
-        gone: dict[int, SocketEntry] = {}
+        gone: dict[int, SocketEntry] = {id(e): e for e in removed}
         for e in extra:
             if e.cookie:
                 old = self._by_cookie.get((e.proto, e.cookie))

@@ -102,6 +102,7 @@ class SocketTableSource:
         self.full_scan_interval = full_scan_interval
         self.memory_limit = memory_limit
         self.stats: dict[str, float] = {}  # durations of the last refresh's phases (seconds)
+        self._unheld_retry: dict[int, tuple[float, float]] = {}  # inode → (next look, backoff)
 
         # refresh() and resolve() never wait for each other: each has its own lock, and
         # they share only the brief swap of the current table.
@@ -341,7 +342,25 @@ class SocketTableSource:
                     return False
                 if self._holders.get(raw.inode):
                     return True
-                return raw.inode not in self.scanner.unheld and self._may_walk()
+                return self._retry_unheld(raw.inode) and self._may_walk()
+        return True
+
+    def _retry_unheld(self, inode: int) -> bool:
+        """Whether to look again for the holder of a live socket nobody held at the last scan.
+
+        A scan can run between the kernel creating an accepted socket and ``accept()``
+        installing its fd, so "unheld" is re-checked, backing off from 50 ms to 5 s for
+        sockets that really have no fd (in flight over SCM_RIGHTS, kernel-internal)."""
+        if inode not in self.scanner.unheld:
+            return True
+        now = self.monotonic()
+        due, delay = self._unheld_retry.get(inode, (0.0, 0.025))
+        if now < due:
+            return False
+        if len(self._unheld_retry) > 65536:
+            self._unheld_retry.clear()
+        delay = min(delay * 2, 5.0)
+        self._unheld_retry[inode] = (now + delay, delay)
         return True
 
     def _may_walk(self) -> bool:

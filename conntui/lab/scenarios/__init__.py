@@ -1,0 +1,29 @@
+"""The lab's scenarios, in teaching order. Each module defines ``SCENARIO``."""
+
+from __future__ import annotations
+
+from ..runner import Scenario
+from . import (
+    accept_queue,
+    established_routing,
+    listen_vs_connect,
+    port_conflict,
+    redirect,
+    stale_client,
+    udp_demux,
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    m.SCENARIO.name: m.SCENARIO
+    for m in (
+        listen_vs_connect,
+        established_routing,
+        accept_queue,
+        stale_client,
+        port_conflict,
+        redirect,
+        udp_demux,
+    )
+}
+
+__all__ = ["SCENARIOS", "Scenario"]

@@ -1,0 +1,308 @@
+"""``conntui lab``: every scenario run headless in its own namespaces, checked against the
+ground truth its programs report (pids, fds, errnos, kernel counters).
+
+Each test runs ``python -m conntui lab NAME --headless --json`` as a subprocess, splits the
+stream into conntui's rows and the lab's ``{"lab": ...}`` lines, and re-evaluates the
+scenario's expectations from the rows and events (the same code the lab prints its verdicts
+with). ``kernel`` checks (the scenario produced its effect) must always pass. ``conntui``
+checks must pass too, except the ones listed in ``KNOWN_GAPS``: attributions the core does
+not get right yet. Those make the test xfail with the failing details; once the core is
+fixed they pass and the test passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conntui.lab.checks import Check
+from conntui.lab.netns import PREFIX, list_namespaces
+from conntui.lab.runner import evaluate
+from conntui.lab.scenarios import SCENARIOS
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+pytestmark = pytest.mark.root
+
+# scenario → check-name prefixes the core does not satisfy yet (see the lab's report).
+KNOWN_GAPS: dict[str, dict[str, str]] = {
+    "accept-queue": {
+        "client-3: the SYN to the full queue": "headless mode never refreshes the table, so the "
+        "listener's queue length is stale and the SYN is not marked as (maybe) dropped",
+    },
+    "stale-client": {
+        "the retransmitted SYN reaches the listener": "the reset old socket stays in the table",
+        "the new connection's data goes to the new fd": "the reset old socket stays in the table",
+        "no new data blamed on the old fd": "the reset old socket stays in the table",
+    },
+    "port-conflict": {
+        "each SYN lists both group members": "SO_REUSEPORT: the SYN lists no candidates",
+        "each SYN is resolved to the member": "SO_REUSEPORT: SYN not resolved to the accepting member",
+    },
+    "redirect": {
+        "8081: SYN attributed": "no conntrack translation (NAT REDIRECT)",
+        "8081: data attributed": "no conntrack translation",
+        "8081: the answer shown": "no conntrack translation",
+        "8082: SYN attributed": "no conntrack translation",
+        "8082: data attributed": "no conntrack translation",
+        "8082: the answer shown": "no conntrack translation",
+        "8083: SYN attributed": "no conntrack translation",
+        "8083: data attributed": "no conntrack translation",
+        "8083: the answer shown": "no conntrack translation",
+    },
+}
+
+RUN_TIMEOUT = 60.0
+
+
+@dataclass
+class LabRun:
+    code: int
+    lines: list[dict[str, Any]]
+    stderr: str
+
+    @property
+    def lab(self) -> list[dict[str, Any]]:
+        return [x for x in self.lines if "lab" in x]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [x for x in self.lines if "lab" not in x]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [x for x in self.lines if x.get("lab") == "event"]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = [x for x in self.lab if x["lab"] == kind]
+        assert found, f"no {kind!r} line; stderr:\n{self.stderr}"
+        return found[-1]
+
+
+def run_lab(*args: str, timeout: float = RUN_TIMEOUT) -> LabRun:
+    proc = subprocess.run(
+        [sys.executable, "-m", "conntui", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return LabRun(proc.returncode, lines, proc.stderr)
+
+
+def lab_namespaces(pid: int | None = None) -> list[str]:
+    names = [n for n in list_namespaces() if n.startswith(PREFIX)]
+    if pid is not None:
+        names = [n for n in names if n.startswith(f"{PREFIX}{pid}-")]
+    return names
+
+
+def assert_scenario(name: str, *extra: str) -> LabRun:
+    """Run one scenario and assert its checks (known core gaps → xfail)."""
+    started = time.monotonic()
+    run = run_lab(name, "--headless", "--json", *extra)
+    elapsed = time.monotonic() - started
+    start = run.one("start")
+    end = run.one("end")
+    assert start["scenario"] == name
+    assert end.get("error") is None, f"{name} stopped early: {end.get('error')}\n{run.stderr}"
+    assert not any(n in list_namespaces() for n in start["namespaces"]), "namespaces left behind"
+    assert elapsed < 20, f"{name} took {elapsed:.1f} s"
+
+    checks = evaluate(SCENARIOS[name], run.events, run.rows)
+    emitted = [x for x in run.lab if x["lab"] == "check"]
+    assert [c["name"] for c in emitted] == [c.name for c in checks], "the lab printed other verdicts"
+
+    gaps = KNOWN_GAPS.get(name, {})
+
+    def gap(c: Check) -> str | None:
+        return next((why for prefix, why in gaps.items() if c.name.startswith(prefix)), None)
+
+    failed = [c for c in checks if not c.ok]
+    hard = [c for c in failed if c.about == "kernel" or gap(c) is None]
+    assert not hard, "\n".join(f"[{c.about}] {c.name}: {c.detail}" for c in hard)
+    assert run.code == (3 if failed else 0), run.stderr
+    if failed:
+        pytest.xfail("known core gaps: " + "; ".join(f"{c.name} ({gap(c)}): {c.detail}" for c in failed))
+    return run
+
+
+def test_listen_vs_connect() -> None:
+    run = assert_scenario("listen-vs-connect")
+    # With node on PATH, Node's net module made the sockets.
+    programs = {e.get("program") for e in run.events if e["what"] in ("listen", "connect", "accept")}
+    assert programs == ({"node"} if run.one("start")["node"] else {"python"})
+
+
+def test_listen_vs_connect_python() -> None:
+    run = assert_scenario("listen-vs-connect", "--no-node")
+    assert {e.get("program") for e in run.events if e["what"] == "listen"} == {"python"}
+
+
+def test_established_routing() -> None:
+    assert_scenario("established-routing")
+
+
+def test_accept_queue() -> None:
+    assert_scenario("accept-queue")
+
+
+def test_stale_client() -> None:
+    assert_scenario("stale-client")
+
+
+def test_port_conflict() -> None:
+    assert_scenario("port-conflict")
+
+
+def test_redirect() -> None:
+    assert_scenario("redirect")
+
+
+def test_udp_demux() -> None:
+    assert_scenario("udp-demux")
+
+
+def test_list_and_unknown_scenario() -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "conntui", "lab"], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert listing.returncode == 0
+    for name in SCENARIOS:
+        assert name in listing.stdout
+    bad = run_lab("no-such-scenario")
+    assert bad.code == 2
+    assert "no scenario" in bad.stderr
+
+
+def test_interrupt_tears_down() -> None:
+    """SIGINT in the middle of a run: exit 130, programs stopped, namespaces gone."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conntui", "lab", "accept-queue", "--headless", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        seen_event = False
+        while not seen_event and time.monotonic() < deadline:
+            r, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if r:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                seen_event = json.loads(line).get("what") == "listen"
+        assert seen_event, "the lab never reported its listener"
+        assert lab_namespaces(proc.pid), "no namespace while running"
+        pids = lab_pids(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert '"interrupted"' in out
+    assert not lab_namespaces(proc.pid)
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"program {pid} still runs"
+
+
+def lab_pids(lab_pid: int) -> list[int]:
+    """Processes living in the lab's namespaces (its programs and conntui)."""
+    out: list[int] = []
+    for ns in lab_namespaces(lab_pid):
+        got = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10)
+        out += [int(x) for x in got.stdout.split() if x.isdigit()]
+    return out
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_cleanup_removes_stale_namespaces() -> None:
+    """A namespace left by a lab that died (its pid is gone) is removed by --cleanup."""
+    dead = _dead_pid()
+    ns = f"{PREFIX}{dead}-srv"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    try:
+        listing = subprocess.run(
+            [sys.executable, "-m", "conntui", "lab"], capture_output=True, text=True, timeout=30, cwd=REPO
+        )
+        assert ns in listing.stdout
+        got = subprocess.run(
+            [sys.executable, "-m", "conntui", "lab", "--cleanup"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+        assert got.returncode == 0
+        assert ns in got.stdout
+        assert ns not in list_namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def _dead_pid() -> int:
+    """A pid no process has now (a finished child's)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux to give the TUI a terminal")
+def test_tui_mode_smoke() -> None:
+    """The default mode: the TUI on the lab's namespace, traffic while it runs, verdicts after
+    it quits (read back from the pcapng the TUI wrote), and nothing left behind."""
+    sock = f"conntui-lab-test-{os.getpid()}"
+    tmux = ["tmux", "-L", sock]
+    cmd = f"cd {REPO} && {sys.executable} -m conntui lab udp-demux; echo LAB-EXIT=$?; sleep 30"
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", "lab", "-x", "180", "-y", "45", cmd], check=True, timeout=10
+    )
+    try:
+
+        def pane() -> str:
+            got = subprocess.run(
+                [*tmux, "capture-pane", "-p", "-t", "lab"], capture_output=True, text=True, timeout=10
+            )
+            return got.stdout
+
+        # rows naming the lab's programs as holders: the TUI is up and the traffic ran
+        deadline = time.monotonic() + 25
+        while "udp-catchall[" not in pane() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        screen = pane()
+        assert "udp-catchall[" in screen and "udp-connected[" in screen, screen
+        time.sleep(1.0)
+        subprocess.run([*tmux, "send-keys", "-t", "lab", "q"], check=True, timeout=10)
+        deadline = time.monotonic() + 20
+        while "LAB-EXIT=" not in pane() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        screen = pane()
+        assert "LAB-EXIT=0" in screen, screen
+        assert "checks passed" in screen
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+    assert not lab_namespaces(), "namespaces left behind"
