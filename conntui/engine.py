@@ -100,7 +100,7 @@ class Engine:
     ) -> None:
         self.source = source
         self.tables = tables
-        self.session = session or Session()
+        self.session = session if session is not None else Session()  # an empty one is falsy
         self.keep = keep
         self.writer = writer
         self.on_record = on_record
@@ -118,6 +118,7 @@ class Engine:
         self._recent_resolves: dict[tuple[str, str, int, str, int], float] = {}
         self.verifier = Verifier(window=verify_window)
         self._resets: dict[tuple[str, int, str, int], float] = {}
+        self._listener_checks: dict[tuple[str, int], float] = {}
         self.settle = settle if source.live else 0.0
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
         self.started_at = time.time()
@@ -158,22 +159,25 @@ class Engine:
         return rec
 
     def _apply(self, notes: list[Note]) -> None:
-        for seq, text, related in notes:
-            rec = self.session.get(seq)
+        for note in notes:
+            rec = self.session.get(note.seq)
             if rec is None:
                 continue
             att = rec.attribution
             self.session.reattribute(
-                seq,
+                note.seq,
                 replace(
                     att,
-                    notes=(*att.notes, text),
-                    related=(*att.related, related) if related >= 0 else att.related,
+                    receiver=note.receiver or att.receiver,
+                    notes=(*att.notes, note.text),
+                    related=(*att.related, note.related) if note.related >= 0 else att.related,
                 ),
             )
 
     def emit(self, final: bool = False) -> None:
         """Hand settled rows to the writer and ``on_record`` (every pending row if final)."""
+        if self.verifier.waiting_reuseport:
+            self._apply(self.verifier.recheck(self.tables.current()))
         if final:
             self._apply(self.verifier.expire(float("inf")))
         elif self._pending:
@@ -203,10 +207,16 @@ class Engine:
                 explain="Read from a file with no attribution recorded: the socket table of that "
                 "moment is not known.",
             )
+        after_reset = False
         if seg.proto == "tcp" and seg.flags:
-            table = self._forget_reset(seg, table)
+            pruned = self._forget_reset(seg, table)
+            after_reset, table = pruned is not table, pruned
         att = attribute(seg, table)
-        if self.source.live and _needs_resolve(seg, att, table) and self._may_resolve(seg, att):
+        if (
+            self.source.live
+            and (after_reset or _needs_resolve(seg, att, table) or self._listeners_stale(seg, att))
+            and self._may_resolve(seg, att)
+        ):
             fresher = self.tables.resolve(seg)
             if fresher is not None:
                 att = attribute(seg, self._forget_reset(seg, fresher) if seg.is_syn else fresher)
@@ -241,6 +251,21 @@ class Engine:
             if e.state != "TIME_WAIT"
         ]
         return table.with_entries((), removed=old) if old else table
+
+    def _listeners_stale(self, seg: Segment, att: Attribution) -> bool:
+        """A SYN to a listener: check the port's listeners (new SO_REUSEPORT members, queue
+        lengths) at most once a second per port; the refresher covers the rest."""
+        if att.match != Match.LISTENER or not seg.is_syn:
+            return False
+        key = (seg.proto, seg.dport)
+        now = time.monotonic()
+        last = self._listener_checks.get(key)
+        if last is not None and now - last < 1.0:
+            return False
+        if len(self._listener_checks) > 10_000:
+            self._listener_checks.clear()
+        self._listener_checks[key] = now
+        return True
 
     def _may_resolve(self, seg: Segment, att: Attribution) -> bool:
         """Repeated misses of one flow (a scan of closed ports, a flood to nowhere) are looked

@@ -14,12 +14,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .decode import IcmpError
-from .model import FlowKey, Match, Record
+from .model import FlowKey, Match, Record, SocketEntry, SocketTable
 
-# (record seq, note text, related record seq or -1)
-Note = tuple[int, str, int]
+
+class Note(NamedTuple):
+    """Something later segments revealed about record ``seq``."""
+
+    seq: int
+    text: str
+    related: int = -1  # another record the note is about, or -1
+    receiver: SocketEntry | None = None  # the socket that really received it, when now known
 
 
 @dataclass(slots=True)
@@ -27,6 +34,7 @@ class _Question:
     seq: int
     ts: float
     port: int
+    candidates: tuple[SocketEntry, ...] = ()
 
 
 class Verifier:
@@ -39,6 +47,7 @@ class Verifier:
         self._icmp: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._challenge: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._syns: OrderedDict[tuple[FlowKey, int], _Question] = OrderedDict()
+        self._reuseport: OrderedDict[FlowKey, _Question] = OrderedDict()
 
     def _remember(self, book: OrderedDict[FlowKey, _Question], key: FlowKey, q: _Question) -> None:
         book[key] = q
@@ -56,10 +65,10 @@ class Verifier:
                 q = self._rst.pop(back, None)
                 if q is not None:
                     notes.append(
-                        (q.seq, f"verified: the kernel answered with a RST (record #{rec.seq})", rec.seq)
+                        Note(q.seq, f"verified: the kernel answered with a RST (record #{rec.seq})", rec.seq)
                     )
                     notes.append(
-                        (
+                        Note(
                             rec.seq,
                             f"the kernel's RST answering record #{q.seq}: nothing listens on port {q.port}",
                             q.seq,
@@ -69,10 +78,10 @@ class Verifier:
                 q = self._challenge.pop(back, None)
                 if q is not None:
                     notes.append(
-                        (q.seq, f"the kernel answered with a challenge ACK (record #{rec.seq})", rec.seq)
+                        Note(q.seq, f"the kernel answered with a challenge ACK (record #{rec.seq})", rec.seq)
                     )
                     notes.append(
-                        (
+                        Note(
                             rec.seq,
                             f"challenge ACK (RFC 5961) answering the SYN of record #{q.seq}: it carries the "
                             "old connection's sequence numbers, so a client that lost its state answers "
@@ -82,6 +91,8 @@ class Verifier:
                     )
             if seg.is_syn:
                 notes += self._syn(rec)
+            elif att.match == Match.ESTABLISHED and self._reuseport:
+                notes += self._reuseport_pick(rec)
             if att.match == Match.NONE and "R" not in flags:
                 self._remember(self._rst, seg.key, _Question(rec.seq, seg.ts, seg.dport))
         elif seg.proto == "udp" and att.match == Match.NONE and att.candidates == ():
@@ -95,7 +106,7 @@ class Verifier:
         first = self._syns.get(key)
         if first is not None:
             notes.append(
-                (
+                Note(
                     rec.seq,
                     f"a retransmission of the SYN of record #{first.seq}: that one got no SYN-ACK "
                     "(dropped, e.g. a full accept queue or SYN queue)",
@@ -109,13 +120,15 @@ class Verifier:
         receiver = att.receiver
         if att.match == Match.LISTENER and receiver is not None and receiver.rx_queue > receiver.tx_queue:
             notes.append(
-                (
+                Note(
                     rec.seq,
                     f"the accept queue is full ({receiver.rx_queue} waiting, backlog {receiver.tx_queue}): "
                     "the kernel drops this SYN (ListenOverflows) and the client will retransmit it",
                     -1,
                 )
             )
+        if att.match == Match.LISTENER and len(att.candidates) > 1:
+            self._remember(self._reuseport, seg.key, _Question(rec.seq, seg.ts, seg.dport, att.candidates))
         if (
             att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE)
             and receiver is not None
@@ -124,6 +137,59 @@ class Verifier:
             self._remember(self._challenge, seg.key, _Question(rec.seq, seg.ts, seg.dport))
         return notes
 
+    def _reuseport_pick(self, rec: Record) -> list[Note]:
+        """Once the connection's accepted socket has a holder, name the group member whose
+        process holds it: that is the listener the kernel's hash picked for the SYN."""
+        receiver = rec.attribution.receiver
+        if receiver is None or not receiver.holders:
+            return []
+        q = self._reuseport.pop(rec.segment.key, None)
+        if q is None:
+            return []
+        return self._picked(q, receiver, f" (record #{rec.seq})", rec.seq)
+
+    def recheck(self, table: SocketTable) -> list[Note]:
+        """Resolve waiting SO_REUSEPORT SYNs whose accepted socket now has a holder in the
+        table (a connection accept()ed with no segment since)."""
+        notes: list[Note] = []
+        for key, q in list(self._reuseport.items()):
+            for child in table.connected("tcp", key.dst, key.dport, key.src, key.sport):
+                if child.holders and child.state != "LISTEN":
+                    del self._reuseport[key]
+                    notes += self._picked(q, child, "", -1)
+                    break
+        return notes
+
+    def _picked(self, q: _Question, receiver: SocketEntry, where: str, related: int) -> list[Note]:
+        pids = {h.pid for h in receiver.holders}
+        members = [c for c in q.candidates if pids & {h.pid for h in c.holders}]
+        who = receiver.describe()
+        if len(members) == 1:
+            m = members[0]
+            return [
+                Note(
+                    q.seq,
+                    f"resolved: the kernel's SO_REUSEPORT hash picked {m.describe()} of the "
+                    f"{len(q.candidates)} listeners: its process accept()ed the connection as {who}{where}",
+                    related,
+                    m,
+                )
+            ]
+        if members:
+            return [
+                Note(
+                    q.seq,
+                    f"the connection was accept()ed as {who}, by a process that holds "
+                    f"{len(members)} of the group's listeners: which one the hash picked is not visible",
+                    related,
+                )
+            ]
+        return []
+
+    @property
+    def waiting_reuseport(self) -> bool:
+        return bool(self._reuseport)
+
     def on_icmp(self, err: IcmpError, seq: int | None = None) -> list[Note]:
         """An ICMP destination unreachable; ``seq`` is its own record, when it has one."""
         q = self._icmp.pop(err.quoted, None)
@@ -131,7 +197,7 @@ class Verifier:
             return []
         where = f" (record #{seq})" if seq is not None else ""
         return [
-            (
+            Note(
                 q.seq,
                 f"verified: the kernel answered with ICMP port unreachable{where}",
                 -1 if seq is None else seq,
@@ -162,7 +228,12 @@ class Verifier:
                 if q.ts > horizon:
                     break
                 del book[key]
-                notes.append((q.seq, f"{text} (waited {self.window:g} s)", -1))
+                notes.append(Note(q.seq, f"{text} (waited {self.window:g} s)", -1))
+        while self._reuseport:  # never accept()ed (or accepted by a process we cannot see)
+            key3, q = next(iter(self._reuseport.items()))
+            if q.ts > now - 30.0:
+                break
+            del self._reuseport[key3]
         while self._syns:
             key2, q = next(iter(self._syns.items()))
             if q.ts > now - 10.0:  # SYN retransmissions come 1 s, 3 s, 7 s... later

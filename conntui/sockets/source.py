@@ -314,6 +314,17 @@ class SocketTableSource:
         look(seg.src, seg.sport, seg.dst, seg.dport)
         if proto == "tcp" and receiver and receiver[0].state != TCP_LISTEN:
             look(seg.dst, seg.dport, "0.0.0.0" if family == 4 else "::", 0)
+        if proto == "tcp" and seg.is_syn:
+            # The exact look-up applies the SO_REUSEPORT choice, so it names one member of a
+            # group; a listeners-only dump (cheap: LISTEN sockets only) finds them all.
+            for fam in (4, 6) if family == 4 else (6,):
+                try:
+                    listeners = self.lookup_diag.dump(proto, fam, 1 << TCP_LISTEN)
+                except OSError:
+                    continue
+                for raw in listeners:
+                    if raw.sport == seg.dport:
+                        found.setdefault(raw.cookie, raw)
 
         fresh = [raw for raw in found.values() if self._differs(table, raw)]
         if not fresh:

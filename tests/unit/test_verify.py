@@ -101,3 +101,53 @@ def test_retransmitted_syn_and_full_accept_queue_are_marked():
         v.on_record(rec(2, 2.5, 5001, 80, "S", tcp_seq=77, match=Match.LISTENER, receiver=listener(0, 2)))
         == []
     )
+
+
+def reuseport_member(pid: int) -> SocketEntry:
+    return SocketEntry(
+        "tcp", 4, "LISTEN", Endpoint("0.0.0.0", 80), None, inode=pid, holders=(Holder(pid, 3, f"s{pid}"),)
+    )
+
+
+def test_reuseport_syn_is_resolved_to_the_member_whose_process_accepted():
+    v = Verifier()
+    a, b = reuseport_member(100), reuseport_member(200)
+    syn = rec(0, 1.0, 5000, 80, "S", match=Match.LISTENER, receiver=a)
+    syn.attribution = Attribution(Match.LISTENER, receiver=a, candidates=(a, b))
+    v.on_record(syn)
+    child = SocketEntry(
+        "tcp",
+        4,
+        "ESTABLISHED",
+        Endpoint("127.0.0.1", 80),
+        Endpoint("127.0.0.1", 5000),
+        inode=9,
+        holders=(Holder(200, 7, "s200"),),
+    )
+    notes = v.on_record(rec(1, 1.01, 5000, 80, "PA", match=Match.ESTABLISHED, receiver=child))
+    assert len(notes) == 1 and notes[0].seq == 0 and notes[0].receiver is b
+    assert "s200[200] fd 3" in notes[0].text and notes[0].related == 1
+
+
+def test_reuseport_syn_is_resolved_from_the_table_when_no_segment_follows():
+    from conntui.model import SocketTable
+
+    v = Verifier()
+    a, b = reuseport_member(100), reuseport_member(200)
+    syn = rec(0, 1.0, 5000, 80, "S", match=Match.LISTENER, receiver=a)
+    syn.attribution = Attribution(Match.LISTENER, receiver=a, candidates=(a, b))
+    v.on_record(syn)
+    unaccepted = SocketEntry("tcp", 4, "ESTABLISHED", Endpoint("127.0.0.1", 80), Endpoint("127.0.0.1", 5000))
+    assert v.recheck(SocketTable([a, b, unaccepted])) == []
+    accepted = SocketEntry(
+        "tcp",
+        4,
+        "ESTABLISHED",
+        Endpoint("127.0.0.1", 80),
+        Endpoint("127.0.0.1", 5000),
+        inode=9,
+        holders=(Holder(100, 5, "s100"),),
+    )
+    notes = v.recheck(SocketTable([a, b, accepted]))
+    assert [n.receiver for n in notes] == [a]
+    assert not v.waiting_reuseport
