@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Capture throughput: conntui's whole pipeline vs tcpdump at offered UDP rates on ``lo``.
+
+For each offered rate, a paced generator (C ``sendmmsg``, built at run time; Python when no
+compiler) sends 16-byte UDP datagrams to one loopback port for ``--seconds``. The same load
+is captured once by ``conntui --headless -q -i lo -p PORT -w FILE.pcapng`` and once by
+``tcpdump -i lo -w FILE.pcap udp port PORT`` (one after the other by default, so the two
+never compete for the 2 cores; ``--together`` runs them at the same time on the same load).
+A sink socket bound to the port with a tiny buffer swallows the datagrams (no ICMP).
+
+Reported per tool: received/offered (packets in the written file, counted by an
+independent reader), the tool's own "captured" and "dropped by kernel" counters, CPU time
+per packet, for conntui how many written packets carry an attribution comment, and the
+ratio conntui/tcpdump.
+
+    sudo python bench/capture.py                # 25k, 50k, 100k, 250k pkt/s, 4 s each
+    sudo python bench/capture.py --rates 300000 500000 --seconds 3
+    sudo python bench/capture.py --smoke        # one 5k pkt/s second (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _gen
+from _common import (
+    banner,
+    conntui_cmd,
+    count_capture,
+    cpu_seconds,
+    env_with_repo,
+    have,
+    parse_counters,
+    pct,
+    require_root,
+    stop,
+    table,
+    wait_for_text,
+    wait_idle,
+)
+
+
+@dataclass
+class Result:
+    tool: str
+    rate: float
+    offered: int = 0
+    offered_rate: float = 0.0
+    gen: str = ""
+    in_file: int = 0
+    commented: int | None = None
+    captured: int | None = None
+    drops: int | None = None
+    cpu: float = 0.0
+    error: str = ""
+    matches: dict[str, int] = field(default_factory=dict)
+    drain: float = 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.in_file / self.offered if self.offered else 0.0
+
+
+def start_tool(tool: str, port: int, out: Path, errf: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    if tool == "conntui":
+        cmd = conntui_cmd("--headless", "-q", "-i", "lo", "-p", str(port), "-w", str(out), *extra)
+        ready = "listening on"
+    else:
+        cmd = ["tcpdump", "-i", "lo", "-w", str(out), "-n", *extra, "udp", "port", str(port)]
+        ready = "listening on"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf.open("wb"), env=env_with_repo())
+    if not wait_for_text(errf, ready, proc, 30):
+        stop(proc, signal.SIGKILL)
+        raise RuntimeError(f"{tool} did not start: {errf.read_text(errors='replace')[-500:]}")
+    time.sleep(0.2)  # let the filter be attached and the first socket-table refresh settle
+    return proc
+
+
+def finish(res: Result, proc: subprocess.Popen[bytes], cpu0: float, out: Path, errf: Path) -> None:
+    res.drain = wait_idle(proc.pid)
+    if res.tool == "tcpdump":
+        # libpcap's TPACKET_V3 ring hands over a block when it fills or after its 1 s timeout
+        time.sleep(max(0.0, 1.3 - res.drain))
+    res.cpu = cpu_seconds(proc.pid) - cpu0
+    rc = stop(proc, signal.SIGTERM)
+    text = errf.read_text(errors="replace")
+    counters = parse_counters(text)
+    res.captured = counters.get("captured")
+    res.drops = counters.get("drops")
+    if rc not in (0, -signal.SIGTERM, -signal.SIGINT, 130, 143):
+        res.error = f"exit {rc}: {text.strip().splitlines()[-1] if text.strip() else ''}"
+    fc = count_capture(out)
+    res.in_file = fc.packets
+    res.matches = fc.matches
+    if res.tool == "conntui":
+        res.commented = fc.commented
+    if fc.error:
+        res.error = (res.error + "; " if res.error else "") + f"file: {fc.error}"
+
+
+def measure(
+    rate: float, seconds: float, tools: list[str], together: bool, procs: int, tmp: Path
+) -> list[Result]:
+    port = _free_udp_port()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # never read: the kernel drops, no ICMP
+    sink.bind(("127.0.0.1", port))
+    results: list[Result] = []
+    try:
+        groups = [tools] if together else [[t] for t in tools]
+        for group in groups:
+            running = []
+            for tool in group:
+                out = tmp / (
+                    f"{tool}-{int(rate)}.pcapng" if tool == "conntui" else f"{tool}-{int(rate)}.pcap"
+                )
+                errf = tmp / f"{tool}-{int(rate)}.err"
+                res = Result(tool, rate)
+                try:
+                    proc = start_tool(tool, port, out, errf, [])
+                except RuntimeError as exc:
+                    res.error = str(exc)
+                    results.append(res)
+                    continue
+                running.append((res, proc, cpu_seconds(proc.pid), out, errf))
+            if not running:
+                continue
+            sent = _gen.run(rate, seconds, port, procs=procs)
+            for res, *_ in running:
+                res.offered, res.offered_rate, res.gen = sent.packets, sent.rate, sent.kind
+            for res, proc, cpu0, out, errf in running:
+                finish(res, proc, cpu0, out, errf)
+                results.append(res)
+                out.unlink(missing_ok=True)
+    finally:
+        sink.close()
+    return results
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def report(results: list[Result]) -> str:
+    rows = []
+    by_rate: dict[float, dict[str, Result]] = {}
+    for r in results:
+        by_rate.setdefault(r.rate, {})[r.tool] = r
+    for rate, tools in by_rate.items():
+        for tool in ("conntui", "tcpdump"):
+            r = tools.get(tool)
+            if r is None:
+                continue
+            other = tools.get("tcpdump")
+            ratio = (
+                f"{r.in_file / other.in_file:.3f}" if tool == "conntui" and other and other.in_file else ""
+            )
+            rows.append(
+                [
+                    f"{int(rate):,}",
+                    f"{int(r.offered_rate):,}",
+                    tool,
+                    r.offered,
+                    r.in_file,
+                    pct(r.in_file, r.offered),
+                    r.captured,
+                    r.drops,
+                    "" if r.commented is None else pct(r.commented, r.in_file),
+                    f"{1e6 * r.cpu / r.in_file:.2f}" if r.in_file else "—",
+                    ratio,
+                    r.error[:60],
+                ]
+            )
+    return table(
+        [
+            "target/s",
+            "offered/s",
+            "tool",
+            "offered",
+            "in file",
+            "recv/offered",
+            "captured",
+            "kernel drops",
+            "commented",
+            "CPU µs/pkt",
+            "vs tcpdump",
+            "error",
+        ],
+        rows,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="one short low rate (CI)")
+    ap.add_argument("--rates", type=float, nargs="+", default=[25_000, 50_000, 100_000, 250_000])
+    ap.add_argument("--seconds", type=float, default=4.0, help="load duration per rate (max 60)")
+    ap.add_argument("--procs", type=int, default=1, help="generator processes")
+    ap.add_argument("--together", action="store_true", help="run conntui and tcpdump at the same time")
+    ap.add_argument("--no-tcpdump", action="store_true")
+    ap.add_argument("--max-rate", action="store_true", help="also measure the generator alone, unpaced")
+    ap.add_argument("--python-gen", action="store_true", help="use the Python generator even if gcc works")
+    args = ap.parse_args(argv)
+    require_root()
+    if args.python_gen:
+        _gen.force_python()
+    if args.smoke:
+        args.rates, args.seconds = [5_000], 1.0
+    args.seconds = min(args.seconds, 60.0)
+    tools = ["conntui"] + ([] if args.no_tcpdump or not have("tcpdump") else ["tcpdump"])
+    banner("capture: conntui --headless -q -i lo -p PORT -w x.pcapng vs tcpdump -w (16-byte UDP on lo)")
+    gen = "C sendmmsg" if _gen.build_c() else "Python"
+    if not _gen.build_c():
+        args.procs = max(args.procs, 2)  # one Python sender tops out near 340k/s here
+    print(
+        f"   generator: {gen}, {args.procs} process(es); {args.seconds:g} s per rate; "
+        f"{'tools together' if args.together else 'tools one after the other, same load'}"
+    )
+    if args.max_rate:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+            sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            sink.bind(("127.0.0.1", 0))
+            s = _gen.run(0, 1.0, sink.getsockname()[1], procs=args.procs)
+        print(f"   generator alone, unpaced, nobody capturing: {s.rate:,.0f} pkt/s")
+    sys.stdout.flush()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="conntui-bench-cap-") as d:
+        for rate in args.rates:
+            results += measure(rate, args.seconds, tools, args.together, args.procs, Path(d))
+            done = [r for r in results if r.rate == rate]
+            sys.stderr.write(
+                "   "
+                + "; ".join(f"{r.tool} {pct(r.in_file, r.offered)}" for r in done)
+                + f" at {rate:,.0f}/s\n"
+            )
+    print("\n" + report(results))
+    for r in results:
+        if r.tool == "conntui" and r.matches:
+            kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(r.matches.items(), key=lambda kv: -kv[1]))
+            print(f"   conntui @ {int(r.rate):,}/s: matches in the file: {kinds}; drained in {r.drain:.1f} s")
+    print("   recv/offered = packets in the written file / datagrams the generator sent (lossless = 100%).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Resident memory after N segments through the whole pipeline, writing the session with -w.
+
+``Engine(GeneratedSource(N), StaticTables(table), Session(), writer=open_writer(FILE))``:
+the frames generator stands in for the live socket (raw IPv4 TCP segments of 200 loopback
+connections, each a distinct ``bytes`` object, attributed against a socket table that
+knows every socket). RSS is sampled after each batch; the written file is then counted
+(packets, attribution comments) to check the export still holds every packet. The peer:
+``tshark -r FILE -q`` reading the same file (its peak RSS; capped at 1 M packets).
+
+    python bench/memory.py             # N = 5,000,000
+    python bench/memory.py --smoke     # N = 200,000
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import banner, count_capture, have, pct, rss_mb, table  # noqa: E402
+from _frames import GeneratedSource, socket_table  # noqa: E402
+
+from conntui.engine import Engine, StaticTables  # noqa: E402
+from conntui.export import open_writer  # noqa: E402
+from conntui.session import Session  # noqa: E402
+
+
+def peak_rss_of(cmd: list[str]) -> float:
+    """Peak RSS (kB) of a command: GNU time's %M, else VmHWM polled while it runs."""
+    if Path("/usr/bin/time").exists():
+        r = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", *cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        last = r.stderr.strip().splitlines()[-1:] or ["0"]
+        try:
+            return float(last[0])
+        except ValueError:
+            pass
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, rss_mb(proc.pid, "VmHWM") * 1024 or 0.0)
+        time.sleep(0.02)
+    return peak
+
+
+class TooBig(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="N = 200,000 (CI)")
+    ap.add_argument("-n", "--segments", type=float, default=5e6)
+    ap.add_argument("--format", choices=["pcapng", "pcap"], default="pcapng")
+    ap.add_argument("--keep", metavar="FILE", help="write here and keep the file (default: a temp file)")
+    ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--max-rss", type=float, default=4096, help="stop early above this RSS (MB); reported")
+    args = ap.parse_args(argv)
+    n = int(2e5 if args.smoke else args.segments)
+    n = min(n, 50_000_000)
+    banner(f"memory: RSS after {n:,} segments through Engine(...) with -w x.{args.format}")
+    with tempfile.TemporaryDirectory(prefix="conntui-bench-mem-") as d:
+        path = Path(args.keep) if args.keep else Path(d) / f"session.{args.format}"
+        samples: list[tuple[int, float, float]] = []
+        t0 = time.monotonic()
+        base = rss_mb()
+        next_sample = [0]
+        step = max(n // 20, 4096)
+        aborted: list[int] = []
+
+        def on_batch(done: int) -> None:
+            if done >= next_sample[0] or done >= n:
+                rss = rss_mb()
+                samples.append((done, time.monotonic() - t0, rss))
+                next_sample[0] = done + step
+                if rss > args.max_rss:
+                    aborted.append(done)
+                    source.close()
+
+        source = GeneratedSource(n, on_batch=on_batch)
+        engine = Engine(source, StaticTables(socket_table(200)), Session(), writer=open_writer(str(path)))
+        t0 = time.monotonic()
+        engine.run()
+        elapsed = time.monotonic() - t0
+        rss_end = rss_mb()
+        if aborted:
+            print(
+                f"   STOPPED EARLY: RSS passed --max-rss {args.max_rss:.0f} MB after {aborted[0]:,} segments"
+            )
+            n = source.done
+        engine.close()
+        counters = engine.session.counters
+        peak = rss_mb(field="VmHWM")
+        size = path.stat().st_size if path.exists() else 0
+        fc = count_capture(path)
+        rows = [
+            [f"{done:,}", f"{t:.1f} s", f"{rss:.0f} MB"]
+            for done, t, rss in samples[:: max(1, len(samples) // 10)]
+        ]
+        if samples and rows[-1][0] != f"{samples[-1][0]:,}":
+            done, t, rss = samples[-1]
+            rows.append([f"{done:,}", f"{t:.1f} s", f"{rss:.0f} MB"])
+        print(table(["segments", "elapsed", "RSS"], rows))
+        print()
+        summary = [
+            [
+                "conntui Engine + Session() + writer",
+                f"{n:,}",
+                f"{base:.0f} MB",
+                f"{rss_end:.0f} MB",
+                f"{peak:.0f} MB",
+                f"{n / elapsed:,.0f}/s",
+                f"{fc.packets:,} ({pct(fc.packets, n)})",
+                f"{fc.commented:,}",
+                f"{size / max(fc.packets, 1):,.0f} B",
+            ],
+        ]
+        if have("tshark") and not args.no_tshark and fc.packets:
+            cap = min(fc.packets, 1_000_000)
+            t1 = time.monotonic()
+            peak_kb = peak_rss_of(["tshark", "-r", str(path), "-q", "-c", str(cap)])
+            tt = time.monotonic() - t1
+            summary.append(
+                [
+                    "tshark -r FILE -q (peer)",
+                    f"{cap:,}",
+                    "",
+                    "",
+                    f"{peak_kb / 1024:.0f} MB",
+                    f"{cap / tt:,.0f}/s",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+        print(
+            table(
+                [
+                    "what",
+                    "segments",
+                    "RSS before",
+                    "RSS after",
+                    "peak RSS",
+                    "throughput",
+                    "in file",
+                    "commented",
+                    "file B/pkt",
+                ],
+                summary,
+            )
+        )
+        print(
+            f"   session: {counters.segments:,} segments stored, "
+            f"{len(engine.session.window()):,} in the in-memory window; "
+            f"by match: {dict(counters.by_match)}"
+        )
+        if engine.writer_error:
+            print(f"   writer error: {engine.writer_error}")
+        if args.keep:
+            print(f"   file kept: {path} ({size / 1e6:,.0f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

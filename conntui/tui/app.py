@@ -1,0 +1,363 @@
+"""``ConntuiApp``: live, which process and fd the kernel delivers each segment to, and why.
+
+The app reads the engine's session store on a timer (``_tick``) and never waits for the
+capture thread: each tick drains at most ``drain_limit`` new records into the feed, so the
+screen redraws and keys answer whatever the packet rate. Heavy work (filtering a large
+window, export, dissecting a packet) runs in thread workers that post a message when done.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from ..filters import DisplayFilter, FilterError, parse_display_filter
+from ..model import Record, SocketTable
+from ..session import Session
+from .commands import ConntuiCommands
+from .feed import Feed, RowBuffer, record_filter
+from .gcpolicy import GcPolicy
+from .messages import ExportDone, ExportFailed, FilterReady
+from .screens.export import ExportRequest, ExportScreen
+from .screens.help import HelpScreen
+from .screens.main import MainScreen
+from .widgets.filter_input import FilterInput
+from .widgets.segment_list import SegmentList
+from .widgets.status_bar import Status
+
+if TYPE_CHECKING:
+    from textual.widgets import Input
+
+
+class _Tables(Protocol):
+    def current(self) -> SocketTable: ...
+
+
+class EngineLike(Protocol):
+    """What the UI needs of ``conntui.engine.Engine`` (so tests may pass a stand-in)."""
+
+    session: Session
+    error: str | None
+    writer_error: str | None
+
+    @property
+    def tables(self) -> _Tables: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+SYNC_FILTER_ROWS = 20_000  # above this, a new filter is applied to the window in a worker
+
+
+class ConntuiApp(App[None]):
+    """See the module docstring."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "conntui"
+    COMMANDS = App.COMMANDS | {ConntuiCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        *,
+        iface: str,
+        filter_text: str = "",
+        export_path: str | None = None,
+        clock: Callable[[], float] = time.time,
+        tick_interval: float = 0.1,
+        socket_interval: float = 1.0,
+        drain_limit: int = 5_000,
+        capacity: int | None = None,
+        gc_freeze: bool = True,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.iface = iface
+        self.capture_filter = filter_text
+        self.export_path = export_path
+        self.clock = clock
+        self.tick_interval = tick_interval
+        self.socket_interval = socket_interval
+        self.drain_limit = drain_limit
+        if capacity is None:  # the list shows what the session's window holds
+            capacity = int(getattr(engine.session, "window_size", 200_000))
+        self.feed = Feed(engine.session, capacity)
+        self.paused = False
+        self.display_filter: DisplayFilter | None = None
+        self.export_state = ""  # the last export from the UI
+        self._exporting = False
+        self._filter_generation = 0
+        self._rates: deque[tuple[float, int]] = deque(maxlen=64)
+        self._error_shown: str | None = None
+        self._engine_stopped = False
+        self._last_detail = 0.0
+        self._detail_pending = False
+        self.main = MainScreen(self.feed.buffer)
+        self.gc_policy = GcPolicy()
+        self.gc_policy.enabled = gc_freeze
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def get_default_screen(self) -> MainScreen:
+        return self.main
+
+    def on_mount(self) -> None:
+        if not self.engine.running:
+            self.engine.start()
+        self._tick()
+        self._refresh_sockets()
+        self.set_interval(self.tick_interval, self._tick, name="drain")
+        self.set_interval(self.socket_interval, self._refresh_sockets, name="sockets")
+
+    def stop_engine(self) -> None:
+        if not self._engine_stopped:
+            self._engine_stopped = True
+            self.engine.stop()
+        self.gc_policy.stop()
+
+    async def action_quit(self) -> None:
+        self.stop_engine()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        self.stop_engine()  # whatever ended the app: capture stops, a -w file is finished
+
+    # -- the drain tick ----------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self.gc_policy.tick()
+        now = self.clock()
+        if not self.paused:
+            drained = self.feed.drain(self.drain_limit, now)
+            if drained.added or drained.evicted:
+                self.main.segment_list.rows_changed(drained)
+        self._update_status(now)
+
+    def _rate(self, now: float, segments: int) -> float:
+        rates = self._rates
+        rates.append((now, segments))
+        while len(rates) > 2 and now - rates[0][0] > 2.0:
+            rates.popleft()
+        t0, n0 = rates[0]
+        return (segments - n0) / (now - t0) if now > t0 else 0.0
+
+    def _update_status(self, now: float) -> None:
+        engine = self.engine
+        counters = engine.session.counters
+        error = engine.error or engine.writer_error
+        if error and error != self._error_shown:
+            self._error_shown = error
+            self.notify(error, title="capture", severity="error", timeout=10, markup=False)
+        source = getattr(engine, "source", None)
+        self.main.status_bar.show(
+            Status(
+                iface=self.iface,
+                capture_filter=self.capture_filter,
+                display_filter=self.display_filter.text if self.display_filter else "",
+                rate=self._rate(now, counters.segments),
+                segments=counters.segments,
+                shown=len(self.feed.buffer),
+                drops=counters.kernel_drops,
+                attributed_pct=counters.attributed_pct(),
+                export=" · ".join(
+                    x for x in (f"-w {self.export_path}" if self.export_path else "", self.export_state) if x
+                ),
+                paused=self.paused,
+                error=error,
+                source_ended=bool(
+                    source is not None and not source.live and source.ended and not engine.running
+                ),
+            )
+        )
+
+    def _refresh_sockets(self) -> None:
+        if self.paused:
+            return
+        try:
+            entries = self.engine.tables.current().entries
+        except Exception as exc:  # a table source must never take the UI down
+            entries = ()
+            self.engine.error = self.engine.error or f"socket table unavailable: {exc}"
+        if not entries:  # a saved session (-r): the sockets its attributions name
+            entries = tuple(self.feed.activity.seen.values())
+        self.main.socket_tree.show(entries, self.display_filter, self.feed.activity, self.clock())
+        # late matches (Session.reattribute) change rows in place: show them
+        self.main.segment_list.refresh()
+        self.main.detail_pane.refresh_if_reattributed()
+
+    # -- selection and details ---------------------------------------------------------
+
+    def on_segment_list_selected(self, message: SegmentList.Selected) -> None:
+        """A person's selection shows at once; following a busy stream redraws the detail
+        pane at most twice a second (one pending update, never a queue of them)."""
+        if message.user or self.main.detail_pane.record is None:
+            self._show_detail()
+            return
+        wait = 0.5 - (time.monotonic() - self._last_detail)
+        if wait <= 0:
+            self._show_detail()
+        elif not self._detail_pending:
+            self._detail_pending = True
+            self.set_timer(wait, self._show_detail, name="detail")
+
+    def _show_detail(self) -> None:
+        self._detail_pending = False
+        self._last_detail = time.monotonic()
+        self.main.detail_pane.show(self.main.segment_list.selected_record)
+
+    # -- actions -----------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        self.main.filter_input.open(self.display_filter.text if self.display_filter else "")
+
+    def action_clear_filter(self) -> None:
+        self.main.filter_input.close()
+        if self.display_filter is not None:
+            self.apply_filter("")
+        if self.main.focused is None or isinstance(self.main.focused, FilterInput):
+            self.main.segment_list.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if isinstance(event.input, FilterInput):
+            event.stop()
+            if self.apply_filter(event.value):
+                event.input.close()
+                self.main.segment_list.focus()
+
+    def on_filter_input_cancelled(self, message: FilterInput.Cancelled) -> None:
+        self.action_clear_filter()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused:
+            self._tick()
+            self._refresh_sockets()
+        self._update_status(self.clock())
+
+    def action_details(self) -> None:
+        self.main.focus_pane("details")
+
+    def action_switch_pane(self, step: int = 1) -> None:
+        self.main.switch_pane(step)
+
+    def action_follow(self) -> None:
+        self.main.segment_list.action_last()
+        self.main.focus_pane("segments")
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    # -- filter ------------------------------------------------------------------------
+
+    def apply_filter(self, text: str) -> bool:
+        """Parse and apply a display filter; a bad one is a notification. True if applied."""
+        try:
+            flt: DisplayFilter | None = parse_display_filter(text) if text.strip() else None
+        except FilterError as exc:
+            self.notify(str(exc), title="filter", severity="error", markup=False)
+            return False
+        if flt is not None and not flt:
+            flt = None
+        self.display_filter = flt
+        self._filter_generation += 1
+        if len(self.engine.session) <= SYNC_FILTER_ROWS:
+            buffer, upto = self.feed.filtered_window(flt)
+            self._install_filter(flt, buffer, upto)
+        else:
+            self.main.segment_list.empty_text = "filtering…"
+            self._filter_in_worker(flt, self._filter_generation)
+        return True
+
+    @work(thread=True, exclusive=True, group="filter", exit_on_error=False)
+    def _filter_in_worker(self, flt: DisplayFilter | None, generation: int) -> None:
+        buffer, upto = self.feed.filtered_window(flt)
+        self.post_message(FilterReady(flt, buffer, upto, generation))
+
+    def on_filter_ready(self, message: FilterReady) -> None:
+        if message.generation == self._filter_generation:
+            self._install_filter(message.flt, message.buffer, message.upto_seq)
+
+    def _install_filter(self, flt: DisplayFilter | None, buffer: RowBuffer, upto: int) -> None:
+        seg_list = self.main.segment_list
+        rec = seg_list.selected_record
+        self.feed.install(flt, buffer, upto, self.clock())
+        seg_list.empty_text = "no segment matches the filter" if flt else "waiting for segments…"
+        seg_list.set_buffer(buffer, None if rec is None else rec.seq)
+        self._refresh_sockets()
+        self._update_status(self.clock())
+
+    # -- export ------------------------------------------------------------------------
+
+    def default_export_name(self) -> str:
+        return time.strftime("conntui-%Y%m%d-%H%M%S.pcapng", time.localtime(self.clock()))
+
+    def action_export(self) -> None:
+        if self._exporting:
+            self.notify("an export is already running", severity="warning", markup=False)
+            return
+        screen = ExportScreen(
+            self.default_export_name(),
+            total=len(self.engine.session),
+            shown=len(self.feed.buffer),
+            filter_text=self.display_filter.text if self.display_filter else "",
+        )
+        self.push_screen(screen, self._export_chosen)
+
+    def _export_chosen(self, request: ExportRequest | None) -> None:
+        if request is None:
+            return
+        path = os.path.abspath(os.path.expanduser(request.path))
+        keep = record_filter(self.display_filter) if request.only_filtered else None
+        self._exporting = True
+        self.export_state = f"exporting to {path}…"
+        self._export(path, keep)
+
+    @work(thread=True, exclusive=True, group="export", exit_on_error=False)
+    def _export(self, path: str, keep: Callable[[Record], bool] | None) -> None:
+        try:
+            from ..export import ExportError, open_writer
+        except ImportError as exc:
+            self.post_message(ExportFailed(path, f"export is not available: {exc}"))
+            return
+        try:
+            writer = open_writer(path)
+            written = 0
+            try:
+                for rec in self.engine.session.all_records(keep):
+                    writer.write(rec.frame, rec.segment, rec.attribution)
+                    written += 1
+            finally:
+                writer.close()
+        except ExportError as exc:
+            self.post_message(ExportFailed(path, str(exc)))
+        except OSError as exc:
+            self.post_message(ExportFailed(path, f"cannot write {path}: {exc.strerror or exc}"))
+        except Exception as exc:  # never take the UI down for an export
+            self.post_message(ExportFailed(path, f"export failed: {type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(ExportDone(path, written))
+
+    def on_export_done(self, message: ExportDone) -> None:
+        self._exporting = False
+        noun = "packet" if message.packets == 1 else "packets"
+        self.export_state = f"exported {message.packets} → {message.path}"
+        self.notify(f"exported {message.packets} {noun} to {message.path}", title="export", markup=False)
+
+    def on_export_failed(self, message: ExportFailed) -> None:
+        self._exporting = False
+        self.export_state = "export failed"
+        self.notify(message.error, title="export failed", severity="error", timeout=10, markup=False)

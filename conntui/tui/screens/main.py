@@ -1,0 +1,98 @@
+"""The main screen: segment list on top, sockets and details below, status and keys.
+
+On a narrow or short terminal (``-narrow``) the lower half shows one pane at a time: the
+one Tab last moved to.
+"""
+
+from __future__ import annotations
+
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from ..feed import RowBuffer
+from ..widgets.detail_pane import DetailPane
+from ..widgets.filter_input import FilterInput
+from ..widgets.segment_list import SegmentList
+from ..widgets.socket_tree import SocketTree
+from ..widgets.status_bar import StatusBar
+
+NARROW_WIDTH = 120
+SHORT_HEIGHT = 30
+PANES = ("segments", "sockets", "details")
+
+
+class MainScreen(Screen[None]):
+    BINDINGS = [
+        Binding("slash", "app.filter", "Filter"),
+        Binding("escape", "app.clear_filter", "Clear", show=False),
+        Binding("space", "app.toggle_pause", "Pause"),
+        Binding("enter", "app.details", "Details"),
+        Binding("tab", "app.switch_pane", "Pane"),
+        Binding("shift+tab", "app.switch_pane(-1)", "Previous pane", show=False),
+        Binding("w", "app.export", "Export"),
+        Binding("question_mark", "app.help", "Help"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, buffer: RowBuffer) -> None:
+        super().__init__()
+        self.segment_list = SegmentList(buffer, id="segments")
+        self.socket_tree = SocketTree(id="sockets")
+        self.detail_pane = DetailPane(id="details")
+        self.filter_input = FilterInput(id="filter")
+        self.status_bar = StatusBar(id="status")
+        self.lower_pane = "details"  # which lower pane a narrow screen shows
+
+    def compose(self) -> ComposeResult:
+        self.segment_list.border_title = "Segments"
+        self.socket_tree.border_title = "Sockets"
+        self.detail_pane.border_title = "Details"
+        yield self.segment_list
+        with Horizontal(id="lower"):
+            yield self.socket_tree
+            yield self.detail_pane
+        yield self.filter_input
+        yield self.status_bar
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.segment_list.focus()
+        self._apply_size(self.size.width, self.size.height)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_size(event.size.width, event.size.height)
+
+    def _apply_size(self, width: int, height: int) -> None:
+        self.set_class(width < NARROW_WIDTH or height < SHORT_HEIGHT, "-narrow")
+        self._show_lower()
+
+    def _show_lower(self) -> None:
+        self.socket_tree.set_class(self.lower_pane != "sockets", "-hidden-when-narrow")
+        self.detail_pane.set_class(self.lower_pane != "details", "-hidden-when-narrow")
+
+    def focus_pane(self, name: str) -> None:
+        widget = {"segments": self.segment_list, "sockets": self.socket_tree, "details": self.detail_pane}[
+            name
+        ]
+        if name != "segments":
+            self.lower_pane = name
+            self._show_lower()
+        widget.focus()
+
+    def current_pane(self) -> str:
+        focused = self.focused
+        for name in PANES:
+            node = focused
+            while node is not None:
+                if node.id == name:
+                    return name
+                node = node.parent  # type: ignore[assignment]
+        return "segments"
+
+    def switch_pane(self, step: int = 1) -> None:
+        i = PANES.index(self.current_pane())
+        self.focus_pane(PANES[(i + step) % len(PANES)])

@@ -1,0 +1,113 @@
+"""The detail pane: why the kernel routed the selected segment where it did.
+
+The attribution part is drawn at once; scapy's dissection arrives later from a thread
+worker (``Dissected``) and is used only if the same record is still selected. The pane is
+a Line API ``ScrollView`` over the wrapped text: a new selection repaints this pane only,
+never the whole screen's layout (as a ``Static.update`` would, on every cursor move).
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import events, work
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from ...model import Record
+from ..detail_text import detail_text
+from ..dissect import dissect
+from ..messages import Dissected
+
+PLACEHOLDER = "select a segment (↑/↓ in the list) to see how the kernel routed it"
+
+
+class DetailPane(ScrollView, can_focus=True):
+    DEFAULT_CSS = """
+    DetailPane { background: $surface; padding: 0 1; overflow-x: hidden; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.record: Record | None = None
+        self.text = Text(PLACEHOLDER, style="dim")
+        self._dissection: tuple[int, list[str]] | None = None
+        self._lines: list[Strip] = []
+        self._wrapped_for = -1
+        self._shown_attribution = 0
+
+    # -- content -----------------------------------------------------------------------
+
+    def show(self, rec: Record | None) -> None:
+        """Show ``rec`` (None: nothing selected) and dissect it in the background."""
+        same = rec is not None and self.record is not None and rec.seq == self.record.seq
+        self.record = rec
+        if rec is None:
+            self._set_text(Text("nothing selected", style="dim"))
+            return
+        if not same:
+            self.scroll_to(y=0, animate=False, immediate=True)
+        self._render_record()
+        if self._dissection is None or self._dissection[0] != rec.seq:
+            self._dissect(rec)
+
+    def refresh_if_reattributed(self) -> None:
+        """Redraw if the session replaced the record's attribution (a late match)."""
+        if self.record is not None and id(self.record.attribution) != self._shown_attribution:
+            self._render_record()
+
+    def _render_record(self) -> None:
+        rec = self.record
+        if rec is None:
+            return
+        lines = self._dissection[1] if self._dissection and self._dissection[0] == rec.seq else None
+        self._shown_attribution = id(rec.attribution)
+        self._set_text(detail_text(rec, lines))
+
+    def _set_text(self, text: Text) -> None:
+        self.text = text
+        self._wrap()
+
+    def _wrap(self) -> None:
+        width = self.scrollable_content_region.width
+        if width <= 0:
+            self._lines = []
+            self._wrapped_for = -1
+            return
+        console = self.app.console
+        options = console.options.update_width(width)
+        self._lines = [
+            Strip(line).simplify()
+            for line in console.render_lines(self.text, options, pad=False, new_lines=False)
+        ]
+        self._wrapped_for = width
+        self.virtual_size = Size(width, len(self._lines))
+        self.refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.scrollable_content_region.width != self._wrapped_for:
+            self._wrap()
+
+    # -- dissection --------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="dissect", exit_on_error=False)
+    def _dissect(self, rec: Record) -> None:
+        self.post_message(Dissected(rec.seq, dissect(rec.frame)))
+
+    def on_dissected(self, message: Dissected) -> None:
+        message.stop()
+        self._dissection = (message.seq, message.lines)
+        if self.record is not None and self.record.seq == message.seq:
+            self._render_record()
+
+    # -- rendering ---------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        if self._wrapped_for != width and width > 0:
+            self.call_after_refresh(self._wrap)
+        index = round(self.scroll_y) + y
+        base = self.rich_style
+        if 0 <= index < len(self._lines):
+            return self._lines[index].crop_extend(0, width, base).apply_style(base)
+        return Strip.blank(width, base)

@@ -1,0 +1,270 @@
+"""The live segment list: a virtual view over the feed's ring of records (Line API).
+
+Only the visible lines are rendered, each from one record in O(1), so the list costs the
+same with ten rows or a hundred thousand. It follows the newest row (the bottom) until the
+user moves the cursor up, and follows again on ``end``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.binding import Binding
+from textual.cache import LRUCache
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from ...model import Record
+from ..feed import Drained, RowBuffer
+from ..row_text import Layout, endpoint_width, header_text, row_text
+
+NARROW_BELOW = 120  # columns
+
+
+class SegmentList(ScrollView, can_focus=True):
+    """Rows of ``buffer`` (oldest at the top), a sticky header line and a cursor."""
+
+    COMPONENT_CLASSES = {
+        "segment-list--cursor",
+        "segment-list--cursor-blurred",
+        "segment-list--header",
+        "segment-list--empty",
+    }
+
+    DEFAULT_CSS = """
+    SegmentList { background: $surface; }
+    SegmentList > .segment-list--cursor { background: $accent 60%; text-style: bold; }
+    SegmentList > .segment-list--cursor-blurred { background: $accent 25%; }
+    SegmentList > .segment-list--header { background: $panel; color: $text; }
+    SegmentList > .segment-list--empty { color: $text-muted; text-style: italic; }
+    """
+
+    BINDINGS = [
+        Binding("up,k", "cursor_up", "Up", show=False),
+        Binding("down,j", "cursor_down", "Down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("home", "first", "First", show=False),
+        Binding("end", "last", "Follow", show=False),
+    ]
+
+    @dataclass
+    class Selected(Message):
+        """The cursor moved to another record (or to none: ``seq`` None)."""
+
+        segment_list: SegmentList
+        seq: int | None
+        user: bool = True  # False when the cursor only followed new rows
+
+        @property
+        def control(self) -> SegmentList:
+            return self.segment_list
+
+    following: reactive[bool] = reactive(True)
+    empty_text: reactive[str] = reactive("waiting for segments…")
+
+    def __init__(self, buffer: RowBuffer, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.buffer = buffer
+        self.cursor = -1  # index into buffer, -1 when empty
+        self._selected: int | None = None
+        self._layout = Layout()
+        self._cache: LRUCache[tuple[int, int, bool, bool, int, int], Strip] = LRUCache(1024)
+        self._width = 0  # the widest row rendered so far (the virtual width)
+
+    # -- data --------------------------------------------------------------------------
+
+    @property
+    def selected_record(self) -> Record | None:
+        if 0 <= self.cursor < len(self.buffer):
+            return self.buffer[self.cursor]
+        return None
+
+    def set_buffer(self, buffer: RowBuffer, keep_seq: int | None = None) -> None:
+        """Show another buffer (a new filter); keep the cursor near ``keep_seq``."""
+        self.buffer = buffer
+        self._cache.clear()
+        if not len(buffer):
+            self.cursor = -1
+        elif self.following or keep_seq is None:
+            self.cursor = len(buffer) - 1
+        else:
+            self.cursor = buffer.nearest_index(keep_seq)
+        self._update_size()
+        if self.following:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        else:
+            self._scroll_to_cursor(center=True)
+        self.refresh()
+        self._post_selection()
+
+    def rows_changed(self, drained: Drained) -> None:
+        """Rows were added to (and maybe pushed out of) the buffer by the feed."""
+        if not drained.added:
+            return
+        if drained.evicted and not self.following:
+            self.cursor = max(0, self.cursor - drained.evicted)
+            self.scroll_to(y=max(0, self.scroll_y - drained.evicted), animate=False, immediate=True)
+        self._widen(drained.added)
+        self._update_size()
+        if self.following or self.cursor < 0:
+            self.cursor = len(self.buffer) - 1
+        if self.following:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.refresh()
+        self._post_selection(user=False)
+
+    def _widen(self, added: int) -> None:
+        width = self._layout.endpoint_width
+        n = len(self.buffer)
+        for i in range(max(0, n - min(added, 500)), n):
+            width = max(width, endpoint_width(self.buffer[i]))
+        if width != self._layout.endpoint_width:
+            self._layout = Layout(self._layout.narrow, width)
+            self._cache.clear()
+            self._width = 0
+
+    def _update_size(self) -> None:
+        size = Size(self._width, len(self.buffer) + 1)
+        if size != self.virtual_size:
+            self.virtual_size = size
+            if self.following:  # a new scrollbar may have taken a line: stay at the bottom
+                self.call_after_refresh(self.scroll_end, animate=False, immediate=True, x_axis=False)
+
+    def on_resize(self, event: events.Resize) -> None:
+        narrow = event.size.width < NARROW_BELOW
+        if narrow != self._layout.narrow:
+            self._layout = Layout(narrow, self._layout.endpoint_width)
+            self._cache.clear()
+            self._width = 0
+            self._update_size()
+        if self.following:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        else:
+            self._scroll_to_cursor()
+
+    # -- selection ---------------------------------------------------------------------
+
+    def _post_selection(self, user: bool = True) -> None:
+        rec = self.selected_record
+        seq = None if rec is None else rec.seq
+        if seq != self._selected:
+            self._selected = seq
+            self.post_message(self.Selected(self, seq, user))
+
+    @property
+    def _page(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)
+
+    def _scroll_to_cursor(self, center: bool = False) -> None:
+        if self.cursor < 0:
+            return
+        page = self._page
+        top = round(self.scroll_y)
+        if center:
+            self.scroll_to(y=max(0, self.cursor - page // 2), animate=False, immediate=True)
+        elif self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False, immediate=True)
+        elif self.cursor >= top + page:
+            self.scroll_to(y=self.cursor - page + 1, animate=False, immediate=True)
+
+    def move_cursor(self, index: int) -> None:
+        n = len(self.buffer)
+        if not n:
+            return
+        index = max(0, min(n - 1, index))
+        if index != self.cursor:
+            self.cursor = index
+            self.refresh()
+        self.following = index == n - 1
+        if self.following:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        else:
+            self._scroll_to_cursor()
+        self._post_selection()
+
+    def action_cursor_up(self) -> None:
+        self.move_cursor(self.cursor - 1)
+
+    def action_cursor_down(self) -> None:
+        self.move_cursor(self.cursor + 1)
+
+    def action_page_up(self) -> None:
+        self.move_cursor(self.cursor - self._page)
+
+    def action_page_down(self) -> None:
+        self.move_cursor(self.cursor + self._page)
+
+    def action_first(self) -> None:
+        self.move_cursor(0)
+
+    def action_last(self) -> None:
+        self.move_cursor(len(self.buffer) - 1)
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None or offset.y == 0:
+            return
+        self.move_cursor(round(self.scroll_y) + offset.y - 1)
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self.following = False
+
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.refresh()
+
+    # -- rendering ---------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.scrollable_content_region.width
+        base = self.rich_style
+        if y == 0:
+            header = header_text(self._layout)
+            style = self.get_component_rich_style("segment-list--header")
+            strip = Strip(header.render(self.app.console), header.cell_len)
+            return strip.apply_style(style).crop_extend(scroll_x, scroll_x + width, base + style)
+        index = scroll_y + y - 1
+        n = len(self.buffer)
+        if index >= n or index < 0:
+            if n == 0 and y == 1:
+                style = self.get_component_rich_style("segment-list--empty")
+                return self._message_strip(self.empty_text, style, width)
+            return Strip.blank(width, base)
+        rec = self.buffer[index]
+        is_cursor = index == self.cursor
+        # The final (cropped, styled) line is cached: scrolling by one row, as a live list
+        # does every tick, re-renders no row but the new ones.
+        key = (rec.seq, id(rec.attribution), is_cursor and self.has_focus, is_cursor, width, scroll_x)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        text = row_text(rec, self._layout)
+        strip = Strip(text.render(self.app.console), text.cell_len)
+        if text.cell_len > self._width:
+            self._width = text.cell_len
+            self.call_after_refresh(self._update_size)
+        if is_cursor:
+            name = "segment-list--cursor" if self.has_focus else "segment-list--cursor-blurred"
+            strip = strip.extend_cell_length(max(scroll_x + width, self._width)).apply_style(
+                self.get_component_rich_style(name)
+            )
+        strip = strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base)
+        self._cache[key] = strip
+        return strip
+
+    def _message_strip(self, message: str, style: Style, width: int) -> Strip:
+        text = Text(message, style=style, no_wrap=True, end="")
+        return Strip(text.render(self.app.console), text.cell_len).crop_extend(0, width, self.rich_style)
+
+    def watch_empty_text(self) -> None:
+        self.refresh()

@@ -1,0 +1,246 @@
+"""The socket view: listeners with their connections, clients and UDP sockets by process.
+
+A ``Tree`` refreshed about once a second. Its shape is rebuilt only when the set of
+sockets changes; otherwise only labels change (counters, sparklines, the light-up of a
+socket a segment was just routed to). Bounded by ``sockview.build_view``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from ...filters import DisplayFilter
+from ...model import SocketEntry
+from ..feed import Activity, SocketActivity, socket_key
+from ..sockview import (
+    SECTION_LISTEN,
+    SECTION_TCP,
+    SECTION_TITLES,
+    SECTION_UDP,
+    SocketGroup,
+    SocketView,
+    build_view,
+    child_kind,
+)
+from ..text import count, endpoint, holder_text, safe, size
+
+LIT_FOR = 1.5  # seconds a socket stays lit after a segment was routed to it
+LIT = Style(bgcolor="#204a20")
+DIM = Style(dim=True)
+KERNEL = Style(color="bright_black", italic=True)
+SPARK = " ▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 8
+
+NodeData = tuple[str, object]  # ("section" | "group" | "socket" | "more", key)
+
+
+def sparkline(series: list[int]) -> str:
+    top = max(series) if series else 0
+    if not top:
+        return SPARK[0] * len(series)
+    return "".join(SPARK[0] if v == 0 else SPARK[max(1, round(v * 8 / top))] for v in series)
+
+
+def _addr(sock: SocketEntry) -> str:
+    return endpoint(sock.local.addr, sock.local.port)
+
+
+def _holders(sock: SocketEntry) -> Text:
+    if not sock.holders:
+        if sock.former_holders:
+            return Text("kernel (was " + holder_text(sock.former_holders[0]) + ")", style=KERNEL)
+        return Text("kernel", style=KERNEL)
+    t = Text(holder_text(sock.holders[0]))
+    for h in sock.holders[1:]:
+        t.append(", " + holder_text(h), style=DIM)
+    return t
+
+
+def _relabel(node: TreeNode[NodeData], label: Text) -> None:
+    if node.label != label:  # an unchanged label costs no repaint
+        node.set_label(label)
+
+
+class SocketTree(Tree[NodeData]):
+    """See the module docstring. Call ``show(entries, filter, activity, now)``."""
+
+    DEFAULT_CSS = """
+    SocketTree { background: $surface; }
+    """
+
+    # space pauses everywhere (a Tree would fold a node with it; enter still does)
+    BINDINGS = [Binding("space", "app.toggle_pause", "Pause")]
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(Text("sockets"), id=id, classes=classes)
+        self.show_root = False
+        self.guide_depth = 2
+        self._signature: tuple[object, ...] | None = None
+        self._group_nodes: dict[str, TreeNode[NodeData]] = {}
+        self._socket_nodes: dict[tuple[str, object], tuple[TreeNode[NodeData], SocketEntry]] = {}
+        self._section_nodes: dict[str, TreeNode[NodeData]] = {}
+        self._collapsed: set[str] = set()
+        self._expanded: set[str] = set()  # groups collapsed by default that the user opened
+        self.view: SocketView | None = None
+
+    # -- labels ------------------------------------------------------------------------
+
+    def _spark(self, act: Activity | None, activity: SocketActivity) -> Text:
+        """A fixed-width column: segments per second over the last seconds."""
+        if act is None or not act.segments:
+            return Text(" " * (SPARK_WIDTH + 1))
+        series = act.series(int(activity.newest_ts))[-SPARK_WIDTH:]
+        return Text(sparkline(series) + " ", style=Style(color="cyan"))
+
+    def _totals(self, act: Activity | None) -> Text:
+        if act is None or not act.segments:
+            return Text("")
+        return Text(f"  {count(act.segments)} seg {size(act.bytes)}", style=DIM)
+
+    def _lit(self, label: Text, act: Activity | None, now: float) -> Text:
+        if act is not None and act.segments and now - act.last_hit < LIT_FOR:
+            label.stylize(LIT)
+        return label
+
+    def _group_label(self, g: SocketGroup, activity: SocketActivity, now: float) -> Text:
+        if g.listener is not None:
+            lst = g.listener
+            act = activity.get(lst)
+            t = self._spark(act, activity)
+            t.append(f":{lst.local.port}", style=Style(bold=True, color="cyan"))
+            t.append(f" {_addr(lst)}  ")
+            t.append_text(_holders(lst))
+            t.append(f"  backlog {lst.tx_queue} accept queue {lst.rx_queue}", style=DIM)
+            if lst.rx_queue and lst.tx_queue and lst.rx_queue >= lst.tx_queue:
+                t.append(" FULL", style=Style(color="red", bold=True))
+            if g.rows:
+                t.append(f"  {len(g.rows) + g.hidden} conn", style=DIM)
+            t.append_text(self._totals(act))
+            if g.dimmed:
+                t.stylize(DIM)
+            return self._lit(t, act, now)
+        n = len(g.rows) + g.hidden
+        noun = "socket" if n == 1 else "sockets"
+        if g.pid is None:
+            return Text.assemble(("kernel", KERNEL), (f"  {n} {noun} no process holds", DIM))
+        return Text.assemble((safe(g.process), Style(bold=True)), (f"[{g.pid}]", DIM), (f"  {n} {noun}", DIM))
+
+    def _socket_label(self, g: SocketGroup, s: SocketEntry, activity: SocketActivity, now: float) -> Text:
+        act = activity.get(s)
+        t = self._spark(act, activity)
+        r = s.remote
+        if g.listener is not None:
+            t.append(_addr(s))
+            t.append(" ← ", style=DIM)
+            t.append(endpoint(r.addr, r.port) if r else "*")
+            t.append("  ")
+            t.append_text(_holders(s))
+            t.append(f"  {child_kind(s)}", style=DIM)
+        else:
+            t.append(_addr(s))
+            if r is not None and r.port:
+                t.append(" → ", style=DIM)
+                t.append(endpoint(r.addr, r.port))
+            if g.pid is None:
+                t.append("  ")
+                t.append_text(_holders(s))
+            else:
+                t.append("  " + ", ".join(f"fd {h.fd}" for h in s.holders if h.pid == g.pid))
+                others = [h for h in s.holders if h.pid != g.pid]
+                if others:
+                    t.append("  also " + ", ".join(holder_text(h) for h in others), style=DIM)
+        t.append(f"  {s.state}", style=DIM)
+        if s.state not in ("LISTEN", "UNCONN") and (s.rx_queue or s.tx_queue):
+            t.append(f"  rx {s.rx_queue} tx {s.tx_queue}", style=DIM)
+        t.append_text(self._totals(act))
+        return self._lit(t, act, now)
+
+    # -- updates -----------------------------------------------------------------------
+
+    def show(
+        self,
+        entries: Iterable[SocketEntry],
+        flt: DisplayFilter | None,
+        activity: SocketActivity,
+        now: float,
+    ) -> None:
+        view = build_view(entries, flt)
+        self.view = view
+        sig = view.signature()
+        if sig != self._signature:
+            self._rebuild(view, activity, now)
+            self._signature = sig
+            return
+        for g in view.groups:
+            node = self._group_nodes.get(g.key)
+            if node is not None:
+                _relabel(node, self._group_label(g, activity, now))
+            for s in g.rows:
+                item = self._socket_nodes.get((g.key, socket_key(s)))
+                if item is not None:
+                    _relabel(item[0], self._socket_label(g, s, activity, now))
+
+    def _rebuild(self, view: SocketView, activity: SocketActivity, now: float) -> None:
+        cursor = self.cursor_node
+        cursor_data = cursor.data if cursor is not None else None
+        self.clear()
+        self._group_nodes.clear()
+        self._socket_nodes.clear()
+        self._section_nodes.clear()
+        restore: TreeNode[NodeData] | None = None
+        if not view.groups:
+            self.root.add_leaf(Text("no sockets match the filter", style=DIM), data=("more", ""))
+        for section in (SECTION_LISTEN, SECTION_TCP, SECTION_UDP):
+            groups = view.by_section(section)
+            if not groups:
+                continue
+            title = Text(SECTION_TITLES[section], style=Style(bold=True))
+            title.append(f"  {len(groups)}", style=DIM)
+            snode = self.root.add(title, data=("section", section), expand=section not in self._collapsed)
+            self._section_nodes[section] = snode
+            if cursor_data == ("section", section):
+                restore = snode
+            for g in groups:
+                label = self._group_label(g, activity, now)
+                # kernel-owned leftovers (TIME_WAIT, orphans) can be many: folded unless opened
+                folded = g.key in self._collapsed or (g.pid is None and g.listener is None)
+                gnode = snode.add(label, data=("group", g.key), expand=not folded or g.key in self._expanded)
+                self._group_nodes[g.key] = gnode
+                if cursor_data == ("group", g.key):
+                    restore = gnode
+                for s in g.rows:
+                    skey = socket_key(s)
+                    leaf = gnode.add_leaf(self._socket_label(g, s, activity, now), data=("socket", skey))
+                    self._socket_nodes[(g.key, skey)] = (leaf, s)
+                    if cursor_data == ("socket", skey):
+                        restore = leaf
+                if g.hidden:
+                    gnode.add_leaf(
+                        Text(f"… {g.hidden} more (narrow the filter)", style=DIM), data=("more", g.key)
+                    )
+                if not g.rows and g.listener is not None:
+                    gnode.allow_expand = False
+        if view.hidden_groups:
+            self.root.add_leaf(
+                Text(f"… {view.hidden_groups} more groups (narrow the filter)", style=DIM), data=("more", "")
+            )
+        if restore is not None:
+            self.move_cursor(restore)
+
+    def on_tree_node_collapsed(self, event: Tree.NodeCollapsed[NodeData]) -> None:
+        data = event.node.data
+        if data is not None and data[0] in ("section", "group"):
+            self._collapsed.add(str(data[1]))
+            self._expanded.discard(str(data[1]))
+
+    def on_tree_node_expanded(self, event: Tree.NodeExpanded[NodeData]) -> None:
+        data = event.node.data
+        if data is not None:
+            self._collapsed.discard(str(data[1]))
+            self._expanded.add(str(data[1]))

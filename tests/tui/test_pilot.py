@@ -1,0 +1,410 @@
+"""Pilot tests: the real app over the frozen scenario (``scenario.py``)."""
+
+from __future__ import annotations
+
+import os
+
+from conntui.export import read_capture
+from conntui.filters import parse_display_filter
+from conntui.model import Match
+from conntui.tui.app import ConntuiApp
+from conntui.tui.screens.export import ExportScreen
+from conntui.tui.screens.help import HelpScreen
+from conntui.tui.screens.main import MainScreen
+
+from .conftest import make_app
+from .scenario import HOSTILE, frames
+
+SIZE = (160, 48)
+N = len(frames())
+
+
+def notes(app: ConntuiApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def shown(app: ConntuiApp) -> list[int]:
+    buf = app.feed.buffer
+    return [buf[i].seq for i in range(len(buf))]
+
+
+def list_text(app: ConntuiApp) -> list[str]:
+    seg_list = app.main.segment_list
+    return [seg_list.render_line(y).text for y in range(seg_list.scrollable_content_region.height)]
+
+
+async def type_filter(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
+    await pilot.press("slash")
+    app = pilot.app
+    app.main.filter_input.value = text
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+def expected(app: ConntuiApp, text: str) -> list[int]:
+    flt = parse_display_filter(text)
+    return [r.seq for r in app.engine.session.window() if flt(r.segment, r.attribution)]
+
+
+async def test_all_rows_shown_newest_selected() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert len(shown(app)) == N
+        assert app.main.segment_list.cursor == N - 1
+        assert app.main.segment_list.following
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_filter_narrows_rows() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        for text in ("8080", "pid:5151", "proc:curl", "match:none", "udp", "80,443 tcp"):
+            await type_filter(pilot, text)
+            rows = shown(app)
+            assert rows == expected(app, text), text
+            assert 0 < len(rows) < N, text
+            assert app.display_filter is not None and app.display_filter.text == text
+        await type_filter(pilot, "match:none")
+        assert [app.feed.buffer[i].attribution.match for i in range(len(app.feed.buffer))] == [
+            Match.NONE,
+            Match.NONE,
+        ]
+        assert not app.main.filter_input.is_open
+        # the socket view follows the filter: only the curl side for proc:curl
+        await type_filter(pilot, "proc:curl")
+        labels = [str(node.label) for node, _sock in app.main.socket_tree._socket_nodes.values()]
+        assert labels and all("51000" in label for label in labels)
+
+
+async def test_escape_clears_filter() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "match:none")
+        assert len(shown(app)) == 2
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.display_filter is None
+        assert len(shown(app)) == N
+        # Esc in the open filter line clears too
+        await pilot.press("slash")
+        await pilot.press("8", "0", "8", "0", "enter")
+        await pilot.pause()
+        assert len(shown(app)) == len(expected(app, "8080"))
+        await pilot.press("slash", "escape")
+        await pilot.pause()
+        assert app.display_filter is None and len(shown(app)) == N
+
+
+async def test_bad_filter_is_a_notification() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        for bad in ("pid:abc", "match:nonsense", "70000", "colour:red", "[red]x[/red]"):
+            await type_filter(pilot, bad)
+            assert app.is_running
+            assert len(shown(app)) == N  # nothing changed
+        messages = notes(app)
+        assert any("pid" in m for m in messages)
+        assert any("unknown match" in m for m in messages)
+        assert any("[red]x[/red]" in m for m in messages)  # shown literally, not as markup
+        assert app.main.filter_input.is_open  # left open to fix the typo
+
+
+async def test_select_row_shows_pid_fd_and_steps() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("home")  # the first segment: curl's SYN to the listener
+        await pilot.pause()
+        rec = app.main.segment_list.selected_record
+        assert rec is not None and rec.seq == 0
+        assert not app.main.segment_list.following
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        text = app.main.detail_pane.text.plain
+        assert "listener" in text
+        assert "pyserver[4242] fd 3" in text  # the receiver
+        assert "curl[5151] fd 5" in text  # the sender
+        for step in rec.attribution.steps:
+            assert step.what in text
+        assert "###[ TCP ]###" in text  # scapy's dissection, done lazily
+        await pilot.press("down", "down")
+        await pilot.pause()
+        assert app.main.segment_list.selected_record.seq == 2  # type: ignore[union-attr]
+        await pilot.press("enter")
+        assert app.focused is app.main.detail_pane
+        await pilot.press("tab")
+        assert app.focused is app.main.segment_list
+        await pilot.press("tab")
+        assert app.focused is app.main.socket_tree
+        await pilot.press("end")  # the tree has it too; back in the list it follows
+        await pilot.press("tab", "tab", "end")
+        assert app.main.segment_list.following
+
+
+async def test_accept_queue_row_names_listener() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "match:accept_queue")
+        await pilot.pause()
+        text = app.main.detail_pane.text.plain
+        assert "accept_queue" in text
+        assert "held by no process" in text
+        assert "pyserver[4242] fd 3" in text  # the listener whose queue holds it
+
+
+async def test_export_all_reads_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = make_app()
+    path = tmp_path / "out.pcapng"
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("w")
+        await pilot.pause()
+        assert isinstance(app.screen, ExportScreen)
+        inp = app.screen.query_one("#export-path")
+        assert inp.value == "conntui-20251125-194642.pcapng"  # type: ignore[attr-defined]
+        inp.value = str(path)  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert any(f"exported {N} packets to {path}" in m for m in notes(app))
+    back = list(read_capture(str(path)))
+    assert len(back) == N
+    assert [f.data for f in back] == [f.data for f in frames()]
+
+
+async def test_export_only_filtered(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = make_app()
+    path = tmp_path / "none.pcap"
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "match:none")
+        await pilot.press("w")
+        await pilot.pause()
+        app.screen.query_one("#export-path").value = str(path)  # type: ignore[attr-defined]
+        await pilot.click("#scope-filtered")
+        await pilot.click("#export-ok")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert any("exported 2 packets" in m for m in notes(app))
+    assert len(list(read_capture(str(path)))) == 2
+
+
+async def test_export_error_is_a_notification(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("w")
+        await pilot.pause()
+        app.screen.query_one("#export-path").value = str(tmp_path / "missing" / "x.pcapng")  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.is_running
+        assert any("cannot write" in m for m in notes(app))
+        # cancel leaves things as they were
+        await pilot.press("w")
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+    assert not os.path.exists(tmp_path / "missing")
+
+
+async def test_help_opens_and_closes() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        await pilot.press("question_mark")
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_command_palette_offers_actions() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"Export")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ExportScreen)
+
+
+async def test_pause_stops_the_list_growing() -> None:
+    app = make_app()
+    extra = frames()[:3]
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("space")
+        assert app.paused
+        for f in extra:
+            app.engine.process(f)  # type: ignore[attr-defined]
+        await pilot.pause(0.3)
+        assert len(shown(app)) == N
+        assert "PAUSED" in str(app.main.status_bar.render())
+        await pilot.press("space")
+        await pilot.pause(0.3)
+        assert not app.paused
+        assert len(shown(app)) == N + len(extra)
+
+
+async def test_live_engine_started_by_the_app() -> None:
+    from conntui.capture import ListSource
+    from conntui.engine import Engine, StaticTables
+    from conntui.session import Session
+
+    from .scenario import socket_table
+
+    engine = Engine(ListSource(frames()), StaticTables(socket_table()), Session())
+    app = make_app(engine=engine)
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if len(shown(app)) == N:
+                break
+        assert len(shown(app)) == N
+        await pilot.press("q")
+    assert not engine.running
+
+
+async def test_quit_is_clean() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0
+    assert app._engine_stopped
+    assert not app.engine.running
+
+
+async def test_hostile_process_name_renders_literally() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        lines = list_text(app)
+        hostile_rows = [line for line in lines if "evil" in line]
+        assert hostile_rows
+        for line in hostile_rows:
+            assert "[bold red]evil[/]\\x" in line  # brackets kept, ESC as a visible escape
+            assert "\x1b" not in line
+        await type_filter(pilot, "proc:evil")
+        await pilot.press("home")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        detail = app.main.detail_pane.text.plain
+        assert "[bold red]evil[/]\\x1b[31m[6666] fd 7" in detail
+        assert "\x1b" not in detail and "\u202e" not in detail
+        tree = [str(node.label) for node in app.main.socket_tree._group_nodes.values()]
+        assert any("[bold red]evil[/]\\x1b[31m" in label for label in tree)
+        status_and_tree = "".join(tree)
+        assert "\x1b" not in status_and_tree
+    assert HOSTILE.startswith("[bold red]")
+
+
+async def test_narrow_terminal() -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.main.has_class("-narrow")
+        assert not app.main.socket_tree.display or app.main.socket_tree.has_class("-hidden-when-narrow")
+        await pilot.press("tab")
+        await pilot.pause()
+        assert app.focused is app.main.socket_tree
+        assert not app.main.socket_tree.has_class("-hidden-when-narrow")
+        assert app.main.detail_pane.has_class("-hidden-when-narrow")
+        await pilot.press("tab")
+        assert app.focused is app.main.detail_pane
+        await pilot.press("w")
+        await pilot.pause()
+        assert isinstance(app.screen, ExportScreen)
+        await pilot.press("escape")
+        await pilot.press("question_mark")
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.resize_terminal(60, 15)
+        await pilot.pause()
+        await pilot.resize_terminal(200, 50)
+        await pilot.pause()
+        assert not app.main.has_class("-narrow")
+        assert app.is_running
+
+
+async def test_capture_error_is_shown_not_raised() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        app.engine.error = "interface lo went away: [red]No such device[/red]"
+        await pilot.pause(0.3)
+        status = str(app.main.status_bar.render())
+        assert "interface lo went away: [red]No such device[/red]" in status
+        assert any("went away" in m for m in notes(app))
+        assert app.is_running
+
+
+async def test_saved_session_socket_view_comes_from_attributions() -> None:
+    from conntui.engine import StaticTables
+
+    engine = make_engine_no_table()
+    assert not engine.tables.current().entries and isinstance(engine.tables, StaticTables)
+    app = make_app(engine=engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        tree = app.main.socket_tree
+        groups = [str(node.label) for node in tree._group_nodes.values()]
+        assert any(":8080" in g and "pyserver[4242] fd 3" in g for g in groups)
+        assert any(g.startswith("curl[5151]") for g in groups)
+
+
+def make_engine_no_table():  # type: ignore[no-untyped-def]
+    """A session read back from a file: attributions, but no live socket table (-r)."""
+    from conntui.engine import StaticTables
+
+    from .scenario import make_engine
+
+    engine = make_engine()
+    engine.tables = StaticTables()
+    return engine
+
+
+async def test_late_match_replaces_a_row_in_place() -> None:
+    from dataclasses import replace
+
+    app = make_app(socket_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "match:none")
+        await pilot.press("home")
+        await pilot.pause()
+        rec = app.main.segment_list.selected_record
+        assert rec is not None
+        late = replace(rec.attribution, match=Match.UNKNOWN, explain="late: [b]re-attributed[/b]")
+        assert app.engine.session.reattribute(rec.seq, late)
+        await pilot.pause(0.4)
+        assert any("unknown" in line for line in list_text(app))
+        assert "late: [b]re-attributed[/b]" in app.main.detail_pane.text.plain
+
+
+async def test_following_list_keeps_details_on_the_newest_row() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        for f in frames()[:4]:
+            app.engine.process(f)  # type: ignore[attr-defined]
+            await pilot.pause(0.12)
+        await pilot.pause(0.7)
+        newest = app.engine.session.last_seq
+        assert app.main.segment_list.selected_record.seq == newest  # type: ignore[union-attr]
+        assert app.main.detail_pane.record is not None and app.main.detail_pane.record.seq == newest
+
+
+async def test_space_pauses_from_every_pane() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        for _pane in range(3):
+            await pilot.press("space")
+            assert app.paused
+            await pilot.press("space")
+            assert not app.paused
+            await pilot.press("tab")
