@@ -19,6 +19,7 @@ from .capture import CaptureError, FrameSource
 from .decode import IcmpError, decode_frame, decode_icmp_error
 from .demux import attribute
 from .export import ExportError, Writer, attribution_from_comment
+from .gcpolicy import GcPolicy
 from .model import Attribution, Frame, Match, Record, Segment, SocketTable
 from .session import Session
 from .verify import Note, Verifier
@@ -97,11 +98,14 @@ class Engine:
         use_file_attributions: bool = True,
         settle: float = 0.5,
         verify_window: float = 0.4,
+        kernel_filtered: bool = False,
     ) -> None:
         self.source = source
         self.tables = tables
         self.session = session if session is not None else Session()  # an empty one is falsy
         self.keep = keep
+        # segments already passed ``keep`` in the kernel's BPF filter
+        self._keep_segments = None if kernel_filtered else keep
         self.writer = writer
         self.on_record = on_record
         self.refresh_interval = refresh_interval
@@ -119,6 +123,8 @@ class Engine:
         self.verifier = Verifier(window=verify_window)
         self._resets: dict[tuple[str, int, str, int], float] = {}
         self._listener_checks: dict[tuple[str, int], float] = {}
+        self._cache: dict[tuple[str, str, int, str, int, str, int, int], Attribution] = {}
+        self._cache_table: SocketTable | None = None
         self.settle = settle if source.live else 0.0
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
         self.started_at = time.time()
@@ -147,7 +153,7 @@ class Engine:
             if self.keep is None:
                 self._pending.append((time.monotonic(), frame, None))
             return None
-        if self.keep is not None and not self.keep(seg):
+        if self._keep_segments is not None and not self._keep_segments(seg):
             counters.filtered += 1
             return None
         att = self._attribute(frame, seg)
@@ -207,8 +213,21 @@ class Engine:
                 explain="Read from a file with no attribution recorded: the socket table of that "
                 "moment is not known.",
             )
+        # Most segments are data and ACKs of flows already seen: with the same table, the
+        # demux would answer exactly as before (it reads only addresses, ports, flags,
+        # packet type and interface for them), so reuse that answer.
+        flags = seg.flags
+        cacheable = "S" not in flags and "F" not in flags and "R" not in flags
+        if cacheable:
+            if self._cache_table is not table:
+                self._cache.clear()
+                self._cache_table = table
+            key = (seg.proto, seg.src, seg.sport, seg.dst, seg.dport, flags, seg.pkttype, seg.ifindex)
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
         after_reset = False
-        if seg.proto == "tcp" and seg.flags:
+        if seg.proto == "tcp" and flags:
             pruned = self._forget_reset(seg, table)
             after_reset, table = pruned is not table, pruned
         att = attribute(seg, table)
@@ -220,6 +239,12 @@ class Engine:
             fresher = self.tables.resolve(seg)
             if fresher is not None:
                 att = attribute(seg, self._forget_reset(seg, fresher) if seg.is_syn else fresher)
+            # a fresher table came in: the cache is keyed to the old one
+            return att
+        if cacheable and self.tables.current() is table and not _needs_resolve(seg, att, table):
+            if len(self._cache) >= 65536:
+                self._cache.clear()
+            self._cache[key] = att
         return att
 
     def _forget_reset(self, seg: Segment, table: SocketTable) -> SocketTable:
@@ -324,6 +349,7 @@ class Engine:
                 target=self._refresh_loop, args=(refresh_stop,), name="conntui-refresh", daemon=True
             )
             self._refresher.start()
+        gc_policy = GcPolicy()
         try:
             while not self._stop.is_set() and not self._stop_requested:
                 timeout = poll
@@ -341,6 +367,7 @@ class Engine:
                     last_drop_check = now
                     self.session.counters.kernel_drops = self.source.kernel_drops()
                 self.emit()
+                gc_policy.tick()
                 if self.writer is not None and now - last_flush > 0.25:
                     last_flush = now
                     self._flush()
@@ -349,6 +376,7 @@ class Engine:
                 if deadline is not None and now >= deadline:
                     break
         finally:
+            gc_policy.stop()
             refresh_stop.set()
             self.session.counters.kernel_drops = self.source.kernel_drops()
             self.emit(final=True)

@@ -99,9 +99,8 @@ class Endpoint:
         return unmap(self.addr)
 
 
-@dataclass(frozen=True, slots=True)
-class FlowKey:
-    """A directed 5-tuple with unmapped addresses (what a segment carries)."""
+class FlowKey(NamedTuple):
+    """A directed 5-tuple (what a segment carries); a NamedTuple: built per packet."""
 
     proto: str
     src: str

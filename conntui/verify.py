@@ -48,6 +48,7 @@ class Verifier:
         self._challenge: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._syns: OrderedDict[tuple[FlowKey, int], _Question] = OrderedDict()
         self._reuseport: OrderedDict[FlowKey, _Question] = OrderedDict()
+        self._next_expire = float("-inf")
 
     def _remember(self, book: OrderedDict[FlowKey, _Question], key: FlowKey, q: _Question) -> None:
         book[key] = q
@@ -60,9 +61,8 @@ class Verifier:
         notes: list[Note] = []
         if seg.proto == "tcp":
             flags = seg.flags
-            back = seg.key.reversed()
-            if "R" in flags:
-                q = self._rst.pop(back, None)
+            if "R" in flags and self._rst:
+                q = self._rst.pop(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport), None)
                 if q is not None:
                     notes.append(
                         Note(q.seq, f"verified: the kernel answered with a RST (record #{rec.seq})", rec.seq)
@@ -74,8 +74,8 @@ class Verifier:
                             q.seq,
                         )
                     )
-            elif flags == "A" and seg.payload_len == 0:
-                q = self._challenge.pop(back, None)
+            elif flags == "A" and seg.payload_len == 0 and self._challenge:
+                q = self._challenge.pop(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport), None)
                 if q is not None:
                     notes.append(
                         Note(q.seq, f"the kernel answered with a challenge ACK (record #{rec.seq})", rec.seq)
@@ -205,7 +205,11 @@ class Verifier:
         ]
 
     def expire(self, now: float) -> list[Note]:
-        """Questions whose answer did not come within the window (``now``: capture time)."""
+        """Questions whose answer did not come within the window (``now``: capture time).
+        Called per batch of frames; does its work at most every 50 ms of capture time."""
+        if now < self._next_expire:
+            return []
+        self._next_expire = now + 0.05
         horizon = now - self.window
         notes: list[Note] = []
         for book, text in (

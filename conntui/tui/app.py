@@ -19,11 +19,11 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 
 from ..filters import DisplayFilter, FilterError, parse_display_filter
+from ..gcpolicy import GcPolicy
 from ..model import Record, SocketTable
 from ..session import Session
 from .commands import ConntuiCommands
 from .feed import Feed, RowBuffer, record_filter
-from .gcpolicy import GcPolicy
 from .messages import ExportDone, ExportFailed, FilterReady
 from .screens.export import ExportRequest, ExportScreen
 from .screens.help import HelpScreen

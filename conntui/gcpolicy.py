@@ -1,12 +1,13 @@
-"""Keep Python's full garbage collections from freezing the screen.
+"""Keep Python's full garbage collections from stalling the capture and the screen.
 
 The session holds a window of up to 200,000 records (several objects each). A full (gen2)
-collection scans all of them, and at 20,000 segments/s one ran every second or so and held
-the GIL for 300-550 ms: the UI stalled. Records form no reference cycles (refcounting frees
-them), so they need not be scanned at all: ``gc.freeze()`` once a second moves everything
-alive into the permanent generation, which collections skip. Cyclic garbage frozen by
-mistake is released by an ``unfreeze`` every minute (one full scan then).
-Measured with ``tests/tui/bench_tui.py``: event-loop lag p99 370 ms → 120 ms, max 546 → 225 ms.
+collection scans all of them: at 20,000 segments/s one ran every second or so and held the
+GIL for 150-550 ms, long enough to overflow the capture socket's buffer and to freeze the UI
+(bench/hotpath.py --gc: 43 % of conntui's CPU at 40k pkt/s went to the collector). Records
+form no reference cycles (refcounting frees them), so they need not be scanned at all:
+``gc.freeze()`` once a second moves everything alive into the permanent generation, which
+collections skip. Cyclic garbage frozen by mistake is released by an ``unfreeze`` every
+minute (one full scan then). Both the capture loop and the TUI tick it.
 """
 
 from __future__ import annotations
