@@ -475,6 +475,17 @@ def _tcp_classify(
 ) -> _Result:
     """What kind of established-hash entry ``hit`` is, for a segment that is not a new SYN."""
     state = hit.state
+    if state == "TIME_WAIT" and "F" in seg.flags and "R" not in seg.flags:
+        # The table is read after the fact: the FIN that *moved* a closing socket (FIN_WAIT2)
+        # into TIME_WAIT finds it there already. A retransmitted FIN would also hit TIME_WAIT,
+        # but the first one is by far the common case.
+        closed = f" ({_closed_by(hit)})" if hit.former_holders else ""
+        why = (
+            f"{s_ep} → {d_ep}: the peer's FIN reaches a socket its process already closed{closed}, "
+            "waiting in FIN_WAIT2; it completes the close and the kernel alone keeps the "
+            "remains in TIME_WAIT for about a minute (a repeated FIN would just be re-acknowledged)."
+        )
+        return Match.ESTABLISHED, hit, None, (), why
     if state == "TIME_WAIT":
         closed = f" ({_closed_by(hit)})" if hit.former_holders else ""
         why = (

@@ -48,6 +48,7 @@ class Scenario:
     expect: Callable[[Result], list[Check]]  # verdicts over the run
     two_hosts: bool = False  # a client namespace on a veth pair, or one namespace's loopback
     uses_node: bool = False  # Node's net module is used when node is on PATH
+    conntui_args: tuple[str, ...] = ()  # extra options for conntui in this scenario
 
 
 class Aborted(Exception):
@@ -409,7 +410,7 @@ def _finish(scn: Scenario, lab: Lab, rows: list[Row], error: str | None, console
 def _run_headless(scn: Scenario, lab: Lab, emit: Emitter, opts: RunOptions) -> int:
     """conntui headless in the server namespace; the traffic on this thread; verdicts."""
     emit.say(scn.narrative.rstrip() + "\n")
-    cap = HeadlessCapture(lab.topo, emit, list(opts.conntui_args), opts.cap_seconds)
+    cap = HeadlessCapture(lab.topo, emit, [*scn.conntui_args, *opts.conntui_args], opts.cap_seconds)
     error: str | None = None
     try:
         cap.wait_ready()
@@ -437,7 +438,10 @@ def _run_tui(scn: Scenario, lab: Lab, emit: Emitter, opts: RunOptions) -> int:
     out.write(f"{opts.tui_start_delay:g} s. Quit the TUI to tear the lab down.\n")
     out.flush()
     time.sleep(1.5)
-    argv = [sys.executable, "-m", "conntui", "-i", lab.topo.capture_iface, "-w", pcap, *opts.conntui_args]
+    argv = [
+        sys.executable, "-m", "conntui", "-i", lab.topo.capture_iface, "-w", pcap,
+        *scn.conntui_args, *opts.conntui_args,
+    ]  # fmt: skip
     errors: list[str] = []
 
     def traffic() -> None:

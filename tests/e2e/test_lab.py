@@ -37,19 +37,6 @@ pytestmark = pytest.mark.root
 
 # scenario → check-name prefixes the core does not satisfy yet (see the lab's report).
 KNOWN_GAPS: dict[str, dict[str, str]] = {
-    "accept-queue": {
-        "client-3: the SYN to the full queue": "headless mode never refreshes the table, so the "
-        "listener's queue length is stale and the SYN is not marked as (maybe) dropped",
-    },
-    "stale-client": {
-        "the retransmitted SYN reaches the listener": "the reset old socket stays in the table",
-        "the new connection's data goes to the new fd": "the reset old socket stays in the table",
-        "no new data blamed on the old fd": "the reset old socket stays in the table",
-    },
-    "port-conflict": {
-        "each SYN lists both group members": "SO_REUSEPORT: the SYN lists no candidates",
-        "each SYN is resolved to the member": "SO_REUSEPORT: SYN not resolved to the accepting member",
-    },
     "redirect": {
         "8081: SYN attributed": "no conntrack translation (NAT REDIRECT)",
         "8081: data attributed": "no conntrack translation",

@@ -186,10 +186,18 @@ CASES = [
     Case(
         "time-wait",
         (LST_ANY, TW),
-        seg(CLIENT, SERVER, "FA"),
+        seg(CLIENT, SERVER, "A"),
         Match.TIME_WAIT,
         TW,
         ("TIME_WAIT", "kernel"),
+    ),
+    Case(
+        "fin-that-moved-a-closing-socket-into-time-wait",
+        (LST_ANY, TW),
+        seg(CLIENT, SERVER, "FA"),
+        Match.ESTABLISHED,
+        TW,
+        ("FIN_WAIT2", "TIME_WAIT"),
     ),
     Case(
         "syn-to-time-wait",

@@ -239,4 +239,7 @@ SCENARIO = Scenario(
     narrative=NARRATIVE,
     traffic=traffic,
     expect=expect,
+    # the member that took each SYN is known once its process accept()s: give the printed
+    # rows time to carry that resolution
+    conntui_args=("--settle", "3"),
 )
