@@ -8,6 +8,7 @@ session with ``since(seq)``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -20,11 +21,25 @@ from .decode import IcmpError, decode_frame, decode_icmp_error
 from .demux import attribute
 from .export import ExportError, Writer, attribution_from_comment
 from .gcpolicy import GcPolicy
-from .model import Attribution, Frame, Match, Record, Segment, SocketTable
+from .model import (
+    PACKET_OUTGOING,
+    Attribution,
+    FlowKey,
+    Frame,
+    Lookup,
+    Match,
+    Record,
+    Segment,
+    SocketTable,
+    unmap,
+)
 from .session import Session
+from .sockets.conntrack import Conntrack, NatMapping, local_socket_tuple
 from .verify import Note, Verifier
 
 SegmentPredicate = Callable[[Segment], bool]
+_NAT_SUSPECTS = frozenset((Match.NONE, Match.NOT_LOCAL, Match.UNKNOWN))
+_UNSET = object()
 
 
 class TableSource(Protocol):
@@ -125,6 +140,9 @@ class Engine:
         self._listener_checks: dict[tuple[str, int], float] = {}
         self._cache: dict[tuple[str, str, int, str, int, str, int, int], Attribution] = {}
         self._cache_table: SocketTable | None = None
+        self._nat: Conntrack | None = None
+        self._nat_next_check = 0.0
+        self._nat_cache: dict[FlowKey, object] = {}
         self.settle = settle if source.live else 0.0
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
         self.started_at = time.time()
@@ -240,12 +258,92 @@ class Engine:
             if fresher is not None:
                 att = attribute(seg, self._forget_reset(seg, fresher) if seg.is_syn else fresher)
             # a fresher table came in: the cache is keyed to the old one
-            return att
+            return self._through_nat(seg, att) if self.source.live else att
+        if self.source.live and (seg.is_syn or att.match in _NAT_SUSPECTS):
+            natted = self._through_nat(seg, att)
+            if natted is not att:
+                return natted
         if cacheable and self.tables.current() is table and not _needs_resolve(seg, att, table):
             if len(self._cache) >= 65536:
                 self._cache.clear()
             self._cache[key] = att
         return att
+
+    def _through_nat(self, seg: Segment, att: Attribution) -> Attribution:
+        """What conntrack says about a segment NAT may have rewritten.
+
+        The capture sees ingress frames before DNAT/REDIRECT and egress frames after SNAT and
+        the reverse translation, so with NAT the captured addresses are not the socket's
+        (KERNEL-DEMUX.md §6). A miss (none, not_local, unknown) is looked up again with the
+        socket's real tuple; a SYN that already found its socket learns what the client
+        dialled. ``conntui.sockets.conntrack`` has the direction rules.
+        """
+        if not (seg.is_syn or att.match in _NAT_SUSPECTS):
+            return att
+        nat = self._conntrack()
+        if nat is None:
+            return att
+        key = seg.key
+        mapping = self._nat_cache.get(key, _UNSET)
+        if mapping is _UNSET:
+            outgoing = seg.pkttype == PACKET_OUTGOING or seg.src == seg.dst or seg.iface == "lo"
+            mapping = nat.lookup(key, seg.family, outgoing=outgoing)
+            if len(self._nat_cache) > 65536:
+                self._nat_cache.clear()
+            self._nat_cache[key] = mapping
+        if not isinstance(mapping, NatMapping) or not mapping.nat:
+            return att
+        table = self.tables.current()
+        sock = local_socket_tuple(mapping, key, is_local=table.is_local)
+        if sock is None:
+            return att
+        laddr, lport, raddr, rport = sock
+        o = mapping.original
+        dialled = f"{o.dst}:{o.dport}" if ":" not in o.dst else f"[{o.dst}]:{o.dport}"
+        kind = "REDIRECT/DNAT" if mapping.dst_nat else "SNAT"
+        if att.match not in _NAT_SUSPECTS:  # found already (post-NAT capture, e.g. on lo)
+            note = f"NAT ({kind}): the client dialled {dialled}; conntrack sent it to this socket"
+            return replace(att, notes=(*att.notes, note))
+        incoming = unmap(seg.src) == unmap(raddr) and seg.sport == rport
+        if incoming:
+            real = seg._replace(src=raddr, sport=rport, dst=laddr, dport=lport)
+        else:
+            real = seg._replace(src=laddr, sport=lport, dst=raddr, dport=rport)
+        if real == seg:
+            return att
+        real_att = attribute(real, table)
+        local_end = real_att.receiver if incoming else real_att.sender
+        if _needs_resolve(real, real_att, table) or local_end is None or not local_end.holders:
+            fresher = self.tables.resolve(real)
+            if fresher is not None:
+                real_att = attribute(real, fresher)
+        here = f"{laddr}:{lport}" if ":" not in laddr else f"[{laddr}]:{lport}"
+        step = Lookup(
+            f"conntrack: {seg.src}:{seg.sport} → {seg.dst}:{seg.dport} ({kind})",
+            f"the local socket is {here} ↔ {raddr}:{rport}",
+        )
+        why = (
+            f"NAT ({kind}): the client dialled {dialled}; conntrack rewrote the connection so the "
+            f"socket on {here} {'receives' if incoming else 'sends'} it (the capture shows the "
+            f"addresses as they were on the wire). {real_att.explain}"
+        )
+        return replace(real_att, explain=why, steps=(step, *real_att.steps))
+
+    def _conntrack(self) -> Conntrack | None:
+        """The conntrack table, once the kernel has one (NAT rules load it on demand)."""
+        if self._nat is not None:
+            return self._nat if self._nat.available else None
+        now = time.monotonic()
+        if now < self._nat_next_check:
+            return None
+        self._nat_next_check = now + 5.0
+        if not os.path.exists("/proc/sys/net/netfilter/nf_conntrack_max"):
+            return None
+        try:
+            self._nat = Conntrack()
+        except OSError:
+            return None
+        return self._nat
 
     def _forget_reset(self, seg: Segment, table: SocketTable) -> SocketTable:
         """Remember RSTs; hide a connection from the SYN that follows its reset.

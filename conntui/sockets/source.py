@@ -314,28 +314,39 @@ class SocketTableSource:
         look(seg.src, seg.sport, seg.dst, seg.dport)
         if proto == "tcp" and receiver and receiver[0].state != TCP_LISTEN:
             look(seg.dst, seg.dport, "0.0.0.0" if family == 4 else "::", 0)
+        gone: list[SocketEntry] = []
         if proto == "tcp" and seg.is_syn:
             # The exact look-up applies the SO_REUSEPORT choice, so it names one member of a
-            # group; a listeners-only dump (cheap: LISTEN sockets only) finds them all.
+            # group; a listeners-only dump (cheap: LISTEN sockets only) finds them all, and
+            # tells which listeners the table shows that have closed since.
             for fam in (4, 6) if family == 4 else (6,):
                 try:
                     listeners = self.lookup_diag.dump(proto, fam, 1 << TCP_LISTEN)
                 except OSError:
                     continue
+                alive = set()
                 for raw in listeners:
                     if raw.sport == seg.dport:
                         found.setdefault(raw.cookie, raw)
+                        alive.add(raw.cookie)
+                gone += [
+                    e
+                    for e in table.on_port(proto, seg.dport)
+                    if e.state == "LISTEN" and e.family == fam and e.cookie not in alive
+                ]
 
         fresh = [raw for raw in found.values() if self._differs(table, raw)]
-        if not fresh:
+        if not fresh and not gone:
             return None
         self._find_missing_holders(table, fresh)
         now = self.clock()
         entries = [self._entry(raw, now) for raw in fresh]
-        new_table = table.with_entries(entries)
+        new_table = table.with_entries(entries, removed=gone)
         with self._swap_lock:
             if self._current is not table:  # a refresh swapped in a newer table meanwhile
-                new_table = self._current.with_entries(entries)
+                current = self._current
+                still = [c for e in gone if (c := current.by_cookie(e.proto, e.cookie)) is not None]
+                new_table = current.with_entries(entries, removed=still)
             self._current = new_table
         return new_table
 

@@ -36,19 +36,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.root
 
 # scenario → check-name prefixes the core does not satisfy yet (see the lab's report).
-KNOWN_GAPS: dict[str, dict[str, str]] = {
-    "redirect": {
-        "8081: SYN attributed": "no conntrack translation (NAT REDIRECT)",
-        "8081: data attributed": "no conntrack translation",
-        "8081: the answer shown": "no conntrack translation",
-        "8082: SYN attributed": "no conntrack translation",
-        "8082: data attributed": "no conntrack translation",
-        "8082: the answer shown": "no conntrack translation",
-        "8083: SYN attributed": "no conntrack translation",
-        "8083: data attributed": "no conntrack translation",
-        "8083: the answer shown": "no conntrack translation",
-    },
-}
+KNOWN_GAPS: dict[str, dict[str, str]] = {}
 
 RUN_TIMEOUT = 60.0
 
