@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .tui.app import ConntuiApp
 
 PROG = "conntui"
+HEADLESS_WINDOW = 50_000  # rows kept in memory in headless mode (~100 MB at most)
 
 
 class UsageError(Exception):
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="print one line per segment instead of the TUI")
     p.add_argument("--json", action="store_true", help="with --headless: one JSON object per line")
     p.add_argument("-q", "--quiet", action="store_true", help="with --headless: print no per-segment lines")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how long printed lines and -w wait for later segments (the kernel's RST, a challenge ACK) "
+        "to complete a row (default 0.5; 0 prints at once)",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
     return p
@@ -98,6 +107,7 @@ class Options:
     json: bool
     quiet: bool
     overwrite: bool = False
+    settle: float = 0.5
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -106,6 +116,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         ports = parse_ports(args.port)
     except FilterError as exc:
         raise UsageError(str(exc), 2) from None
+    if not 0 <= args.settle <= 60:
+        raise UsageError(f"bad settle time {args.settle}: between 0 and 60 seconds", 2)
     if args.count is not None and args.count <= 0:
         raise UsageError(f"bad count {args.count}: it must be a positive number", 2)
     if args.duration is not None and not args.duration > 0:
@@ -124,6 +136,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         json=args.json,
         quiet=args.quiet,
         overwrite=args.overwrite,
+        settle=args.settle,
     )
 
 
@@ -182,7 +195,16 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
         raise UsageError(str(exc)) from None
     tables = make_tables(source.live)
     keep = opts.ports.matches if opts.ports else None
-    return Engine(source, tables, session, keep=keep, writer=writer)
+    if session is None and opts.headless:
+        # Headless mode prints and writes each row once and never reads it back: keep only the
+        # recent rows late re-attribution needs, so memory stays flat on a long capture.
+        session = Session(window=HEADLESS_WINDOW, keep_spilled=False)
+    # With libpcap the kernel filter already holds the ports: checking every segment again
+    # in Python is pure cost (the engine still checks the datagram an ICMP error quotes).
+    in_kernel = source.live and bool(opts.ports) and libpcap_available()
+    return Engine(
+        source, tables, session, keep=keep, writer=writer, kernel_filtered=in_kernel, settle=opts.settle
+    )
 
 
 def make_app(opts: Options, engine: Engine) -> ConntuiApp:

@@ -201,7 +201,7 @@ def attribution_from_comment(comment: str) -> Attribution | None:
                 return _parsed[line]
             try:
                 att: Attribution | None = dict_to_attribution(json.loads(line[len(COMMENT_JSON_PREFIX) :]))
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except Exception:  # a hostile file: deep nesting, 1e400 as a pid, ... → no attribution
                 att = None
             if len(_parsed) >= 4096:
                 _parsed.clear()
@@ -815,6 +815,10 @@ class CaptureReader:
         except StopIteration:
             self.close()
             raise
+        except (struct.error, ValueError, IndexError, OverflowError):
+            # a hostile or damaged file: a block too short for its own fields, ...
+            self.close()
+            raise self._error(f"corrupt capture file near offset {self._offset}") from None
 
     def close(self) -> None:
         if self._owned:

@@ -77,13 +77,17 @@ def invoking_user(env: Mapping[str, str] | None = None, euid: int | None = None)
         return None
     uid_text = env.get("SUDO_UID", "")
     gid_text = env.get("SUDO_GID", "")
-    if not uid_text.isdigit():
+    if not _number(uid_text):
         return None
     uid = int(uid_text)
-    gid = int(gid_text) if gid_text.isdigit() else -1
+    gid = int(gid_text) if _number(gid_text) else -1
     if uid == 0:
         return None
     return uid, gid
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 10
 
 
 def give_to_invoking_user(fd: int, env: Mapping[str, str] | None = None) -> bool:

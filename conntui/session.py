@@ -41,13 +41,15 @@ class Counters:
 class Session:
     """Thread-safe append-only store with a bounded in-memory window."""
 
-    def __init__(self, window: int = 200_000) -> None:
+    def __init__(self, window: int = 200_000, *, keep_spilled: bool = True) -> None:
+        """``keep_spilled`` False: rows that leave the window are dropped, so memory stays
+        flat however long the capture runs (headless mode, where nothing reads them back)."""
         self._rows: deque[Record] = deque(maxlen=window)
         self._lock = threading.Lock()
         self._next_seq = 0
         self.counters = Counters()
         self._spilled: list[Record] = []  # rows pushed out of the window (until a spool exists)
-        self._keep_spilled = True
+        self._keep_spilled = keep_spilled
 
     @property
     def last_seq(self) -> int:
