@@ -49,17 +49,21 @@ def read_stat(proc_root: str, pid: int) -> tuple[str, int] | None:
     return comm, starttime
 
 
+_MAX_NAME = 256
+
+
 def _full_name(proc_root: str, pid: int, comm: str) -> str:
     """``comm``, or the longer program name from cmdline when comm was cut at 15 bytes."""
     if len(comm.encode()) < _COMM_LEN:
         return comm
     try:
         with open(f"{proc_root}/{pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0", 1)[0]
+            argv0 = f.read(4096).split(b"\0", 1)[0]
     except OSError:
         return comm
     base = os.path.basename(argv0.decode("utf-8", "replace").split(" ", 1)[0])
-    return base if base.startswith(comm) else comm
+    # any user sets argv[0]: a name, not a novel (the cap keeps rows and memory sane)
+    return base[:_MAX_NAME] if base.startswith(comm) else comm
 
 
 class ProcessNames:

@@ -825,12 +825,6 @@ def test_an_exited_process_and_a_reused_pid_never_lend_their_name(runs: Any, por
     assert second["match"] == "listener"
 
 
-@pytest.mark.xfail(
-    strict=False,  # a timed refresh landing between the exit and the SYN hides it: no flake
-    reason="known: a SYN's listener dump only adds listeners to the table, so until the next "
-    "refresh an exited process's listener is still named, as a second SO_REUSEPORT "
-    "candidate (sockets/source.py resolve)",
-)
 def test_an_exited_processs_listener_is_not_named_as_a_candidate(runs: Any, port: int) -> None:
     _, _, _, second = pid_reuse_scenario(runs, port)
     assert "alpha" not in json.dumps(second)
