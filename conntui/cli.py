@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import __version__
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
 from .engine import Engine, StaticTables, TableSource
-from .export import ExportError, open_writer
+from .export import ExportError, PcapngSpool, open_writer
 from .filters import FilterError, PortSet, parse_ports
 from .jsonout import json_line, text_line
 from .model import Record
@@ -198,7 +198,10 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     if session is None and opts.headless:
         # Headless mode prints and writes each row once and never reads it back: keep only the
         # recent rows late re-attribution needs, so memory stays flat on a long capture.
-        session = Session(window=HEADLESS_WINDOW, keep_spilled=False)
+        session = Session(window=HEADLESS_WINDOW)
+    elif session is None:
+        # The TUI exports the whole session: rows that leave the window go to a disk spool.
+        session = Session(spool=PcapngSpool())
     # With libpcap the kernel filter already holds the ports: checking every segment again
     # in Python is pure cost (the engine still checks the datagram an ICMP error quotes).
     in_kernel = source.live and bool(opts.ports) and libpcap_available()

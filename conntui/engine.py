@@ -525,6 +525,7 @@ class Engine:
 
     def close(self) -> None:
         self.emit(final=True)
+        self.session.close()
         if self.writer is not None:
             try:
                 self.writer.close()

@@ -43,17 +43,20 @@ reads every whole packet and warns that the file was cut short).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import stat
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO, Final
 
+from .decode import decode_frame
 from .jsonout import dict_to_attribution, safe_text, socket_summary, socket_to_dict
 from .model import (
     PACKET_BROADCAST,
@@ -63,6 +66,8 @@ from .model import (
     PACKET_OUTGOING,
     Attribution,
     Frame,
+    Match,
+    Record,
     Segment,
     SocketEntry,
 )
@@ -886,3 +891,63 @@ def read_capture(source: Target) -> CaptureReader:
     truncated last packet just ends the iteration (``reader.truncated`` = 1).
     """
     return CaptureReader(source)
+
+
+# ---------------------------------------------------------------------------------------
+# spool
+
+
+class PcapngSpool:
+    """Session rows that left the in-memory window, kept in a private temporary pcapng.
+
+    The same format as ``-w`` (the attribution rides in each packet's comment), so reading
+    rows back is reading a conntui capture file; the file is 0600 and removed on close (and
+    unlinked at once where the platform allows reading an unlinked file through /proc).
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="conntui-spool-", suffix=".pcapng", dir=directory)
+        self._stream = os.fdopen(fd, "wb")
+        self._writer = open_writer(self._stream, "pcapng")
+        self._lock = threading.Lock()
+        self.count = 0
+        self._closed = False
+
+    def add(self, rec: Record) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._writer.write(rec.frame, rec.segment, rec.attribution)
+            self.count += 1
+
+    def records(self, count: int, first_seq: int) -> Iterator[Record]:
+        """The first ``count`` spooled rows, numbered from ``first_seq``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._writer.flush()
+            self._stream.flush()
+        reader = read_capture(self.path)
+        try:
+            for i, frame in enumerate(reader):
+                if i >= count:
+                    break
+                seg = decode_frame(frame)
+                if seg is None:
+                    continue
+                att = attribution_from_comment(frame.comment) or Attribution(Match.UNKNOWN)
+                yield Record(first_seq + i, frame, seg, att)
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(OSError, ExportError):
+                self._writer.close()
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)

@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .model import Attribution, Frame, Match, Record, Segment
 
@@ -38,18 +39,31 @@ class Counters:
         return 100.0 * self.attributed / self.segments if self.segments else 100.0
 
 
+class Spool(Protocol):
+    """Where rows that leave the in-memory window go (``export.PcapngSpool``: a private
+    temporary pcapng), so an export still holds every row while memory stays flat."""
+
+    def add(self, rec: Record) -> None: ...
+
+    def records(self, count: int, first_seq: int) -> Iterator[Record]: ...
+
+    def close(self) -> None: ...
+
+
 class Session:
     """Thread-safe append-only store with a bounded in-memory window."""
 
-    def __init__(self, window: int = 200_000, *, keep_spilled: bool = True) -> None:
-        """``keep_spilled`` False: rows that leave the window are dropped, so memory stays
-        flat however long the capture runs (headless mode, where nothing reads them back)."""
+    def __init__(self, window: int = 200_000, *, spool: Spool | None = None) -> None:
+        """Rows that leave the window go to ``spool``, or are dropped when there is none
+        (headless mode and tests, where nothing reads old rows back): memory stays flat
+        however long the capture runs."""
         self._rows: deque[Record] = deque(maxlen=window)
+        self.window_size = window
         self._lock = threading.Lock()
         self._next_seq = 0
         self.counters = Counters()
-        self._spilled: list[Record] = []  # rows pushed out of the window (until a spool exists)
-        self._keep_spilled = keep_spilled
+        self._spool = spool
+        self._spooled = 0  # rows handed to the spool (seqs 0 .. _spooled - 1)
 
     @property
     def last_seq(self) -> int:
@@ -60,8 +74,9 @@ class Session:
         with self._lock:
             rec = Record(self._next_seq, frame, segment, attribution)
             self._next_seq += 1
-            if len(self._rows) == self._rows.maxlen and self._keep_spilled:
-                self._spilled.append(self._rows[0])
+            if len(self._rows) == self._rows.maxlen and self._spool is not None:
+                self._spool.add(self._rows[0])
+                self._spooled += 1
             self._rows.append(rec)
             c = self.counters
             c.segments += 1
@@ -112,9 +127,19 @@ class Session:
         return self._next_seq
 
     def all_records(self, keep: Callable[[Record], bool] | None = None) -> Iterator[Record]:
-        """Every row of the session (spilled ones first), for export."""
+        """Every row of the session still held (spooled ones first), for export."""
         with self._lock:
-            rows = [*self._spilled, *self._rows]
+            rows = list(self._rows)
+            spooled = self._spooled
+        if self._spool is not None and spooled:
+            first = rows[0].seq - spooled if rows else 0
+            for rec in self._spool.records(spooled, first):
+                if keep is None or keep(rec):
+                    yield rec
         for rec in rows:
             if keep is None or keep(rec):
                 yield rec
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()

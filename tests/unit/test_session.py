@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from conntui.model import Attribution, Frame, Match, Segment
@@ -29,15 +30,55 @@ def test_since_returns_new_rows_in_order():
     assert s.last_seq == 4 and len(s) == 5
 
 
-def test_window_is_bounded_and_export_still_sees_everything():
+def test_window_is_bounded_and_without_a_spool_old_rows_are_dropped():
     s = Session(window=3)
     for i in range(10):
         s.append(frame(i), seg(i), Attribution(Match.ESTABLISHED))
     assert [r.seq for r in s.window()] == [7, 8, 9]
     assert [r.seq for r in s.since(-1)] == [7, 8, 9]
     assert s.get(2) is None and s.get(8) is not None
-    assert [r.seq for r in s.all_records()] == list(range(10))
-    assert [r.seq for r in s.all_records(lambda r: r.seq % 2 == 0)] == [0, 2, 4, 6, 8]
+    assert [r.seq for r in s.all_records()] == [7, 8, 9]
+    assert len(s) == 10
+
+
+def real_frame(i: int) -> Frame:
+    from scapy.layers.inet import IP, TCP
+
+    data = bytes(
+        IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=1000 + i, dport=80, flags="PA") / (b"x" * i)
+    )
+    return Frame(ts=1.0 + i, data=data, linktype=101, iface="lo", ifindex=1, wire_len=len(data))
+
+
+def test_rows_leaving_the_window_are_spooled_to_disk_and_come_back_for_export(tmp_path):
+    from conntui.decode import decode_frame
+    from conntui.export import PcapngSpool
+    from conntui.model import Endpoint, Holder, SocketEntry
+
+    spool = PcapngSpool(str(tmp_path))
+    s = Session(window=3, spool=spool)
+    sock = SocketEntry(
+        "tcp",
+        4,
+        "ESTABLISHED",
+        Endpoint("127.0.0.1", 80),
+        Endpoint("127.0.0.1", 1000),
+        inode=5,
+        holders=(Holder(42, 7, "srv"),),
+    )
+    for i in range(10):
+        f = real_frame(i)
+        s.append(f, decode_frame(f), Attribution(Match.ESTABLISHED, receiver=sock, explain=f"row {i}"))
+    assert spool.count == 7 and [r.seq for r in s.window()] == [7, 8, 9]
+    back = list(s.all_records())
+    assert [r.seq for r in back] == list(range(10))
+    assert [r.segment.sport for r in back] == [1000 + i for i in range(10)]
+    assert [r.attribution.explain for r in back] == [f"row {i}" for i in range(10)]
+    assert back[0].attribution.receiver.holders == (Holder(42, 7, "srv"),)
+    assert [r.seq for r in s.all_records(lambda r: r.seq % 3 == 0)] == [0, 3, 6, 9]
+    assert oct(os.stat(spool.path).st_mode & 0o777) == "0o600"
+    s.close()
+    assert not os.path.exists(spool.path)
 
 
 def test_reattribute_moves_counters():
