@@ -327,8 +327,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.close()
         sys.stderr.write(f"{PROG}: the TUI is not available ({exc}); use --headless\n")
         return 1
-    app.run()
-    engine.stop()
+    # SIGTERM / SIGHUP (a closed terminal) end the app like `q`: the -w file is completed.
+    previous = {
+        s: signal.signal(s, lambda signum, frame: app.exit()) for s in (signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        app.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        engine.stop()
     if engine.writer_error:
         sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
         return 1

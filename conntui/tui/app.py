@@ -25,9 +25,11 @@ from ..session import Session
 from .commands import ConntuiCommands
 from .feed import Feed, RowBuffer, record_filter
 from .messages import ExportDone, ExportFailed, FilterReady
+from .screens.confirm import ConfirmScreen
 from .screens.export import ExportRequest, ExportScreen
 from .screens.help import HelpScreen
 from .screens.main import MainScreen
+from .text import safe
 from .widgets.filter_input import FilterInput
 from .widgets.segment_list import SegmentList
 from .widgets.status_bar import Status
@@ -322,19 +324,30 @@ class ConntuiApp(App[None]):
             return
         path = os.path.abspath(os.path.expanduser(request.path))
         keep = record_filter(self.display_filter) if request.only_filtered else None
+        if os.path.lexists(path):
+            # never replace a file without asking (and never through a link: open_writer)
+            def answered(replace: bool | None) -> None:
+                if replace:
+                    self._start_export(path, keep, overwrite=True)
+
+            self.push_screen(ConfirmScreen(f"{safe(path)} exists. Replace it?"), answered)
+            return
+        self._start_export(path, keep, overwrite=False)
+
+    def _start_export(self, path: str, keep: Callable[[Record], bool] | None, *, overwrite: bool) -> None:
         self._exporting = True
         self.export_state = f"exporting to {path}…"
-        self._export(path, keep)
+        self._export(path, keep, overwrite)
 
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
-    def _export(self, path: str, keep: Callable[[Record], bool] | None) -> None:
+    def _export(self, path: str, keep: Callable[[Record], bool] | None, overwrite: bool = False) -> None:
         try:
             from ..export import ExportError, open_writer
         except ImportError as exc:
             self.post_message(ExportFailed(path, f"export is not available: {exc}"))
             return
         try:
-            writer = open_writer(path)
+            writer = open_writer(path, overwrite=overwrite)
             written = 0
             try:
                 for rec in self.engine.session.all_records(keep):

@@ -172,6 +172,29 @@ async def test_export_all_reads_back(tmp_path) -> None:  # type: ignore[no-untyp
     assert [f.data for f in back] == [f.data for f in frames()]
 
 
+async def test_export_over_an_existing_file_asks_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conntui.tui.screens.confirm import ConfirmScreen
+
+    app = make_app()
+    path = tmp_path / "old.pcapng"
+    path.write_bytes(b"precious")
+    async with app.run_test(size=SIZE) as pilot:
+        for answer in ("n", "y"):
+            await pilot.press("w")
+            await pilot.pause()
+            app.screen.query_one("#export-path").value = str(path)  # type: ignore[attr-defined]
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press(answer)
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert isinstance(app.screen, MainScreen)
+            if answer == "n":
+                assert path.read_bytes() == b"precious"
+    assert len(list(read_capture(str(path)))) == N
+
+
 async def test_export_only_filtered(tmp_path) -> None:  # type: ignore[no-untyped-def]
     app = make_app()
     path = tmp_path / "none.pcap"
