@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long printed lines and -w wait for later segments (the kernel's RST, a challenge ACK) "
         "to complete a row (default 0.5; 0 prints at once)",
     )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also trace connect()/accept() with bpftrace (if installed), to name the process of "
+        "connections that close before conntui can look them up",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
     return p
@@ -108,6 +114,7 @@ class Options:
     quiet: bool
     overwrite: bool = False
     settle: float = 0.5
+    trace: bool = False
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -137,6 +144,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         quiet=args.quiet,
         overwrite=args.overwrite,
         settle=args.settle,
+        trace=args.trace,
     )
 
 
@@ -205,8 +213,24 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     # With libpcap the kernel filter already holds the ports: checking every segment again
     # in Python is pure cost (the engine still checks the datagram an ICMP error quotes).
     in_kernel = source.live and bool(opts.ports) and libpcap_available()
+    tracer = None
+    if opts.trace and source.live:
+        from .tracer import SocketTracer
+
+        tracer = SocketTracer.start()
+        if tracer is None:
+            notes.append(f"no socket tracer: {SocketTracer.why_not}")
+        elif not tracer.wait_ready(10.0):  # bpftrace takes a second or two to attach
+            notes.append("the socket tracer is still attaching: the first connections may be missed")
     return Engine(
-        source, tables, session, keep=keep, writer=writer, kernel_filtered=in_kernel, settle=opts.settle
+        source,
+        tables,
+        session,
+        keep=keep,
+        writer=writer,
+        kernel_filtered=in_kernel,
+        settle=opts.settle,
+        tracer=tracer,
     )
 
 

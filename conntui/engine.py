@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .capture import CaptureError, FrameSource
 from .decode import IcmpError, decode_frame, decode_icmp_error
@@ -30,10 +30,14 @@ from .model import (
     Match,
     Record,
     Segment,
+    SocketEntry,
     SocketTable,
     unmap,
 )
 from .session import Session
+
+if TYPE_CHECKING:
+    from .tracer import SocketTracer
 from .sockets.conntrack import Conntrack, NatMapping, local_socket_tuple
 from .verify import Note, Verifier
 
@@ -114,11 +118,13 @@ class Engine:
         settle: float = 0.5,
         verify_window: float = 0.4,
         kernel_filtered: bool = False,
+        tracer: SocketTracer | None = None,
     ) -> None:
         self.source = source
         self.tables = tables
         self.session = session if session is not None else Session()  # an empty one is falsy
         self.keep = keep
+        self.tracer = tracer  # optional: pid/fd of sockets gone before the table saw them
         # segments already passed ``keep`` in the kernel's BPF filter
         self._keep_segments = None if kernel_filtered else keep
         self.writer = writer
@@ -215,6 +221,8 @@ class Engine:
             if rec is None:
                 self._write(frame, None, None)
                 continue
+            if self.tracer is not None:
+                self._fill_from_tracer(rec)
             self._write(frame, rec.segment, rec.attribution)
             if self.on_record is not None:
                 self.on_record(rec)
@@ -344,6 +352,65 @@ class Engine:
         except OSError:
             return None
         return self._nat
+
+    def _fill_from_tracer(self, rec: Record) -> None:
+        """Name the process of a socket that was gone before conntui could look it up.
+
+        Runs when a row is handed on (after ``settle``), by then the tracer has seen the
+        connect()/accept() that made the socket, even for a connection that lived less than
+        a millisecond. Only sockets the table could not name are filled, as
+        ``former_holders``: the process had the socket, conntui did not see it hold it.
+        """
+        tracer = self.tracer
+        assert tracer is not None
+        seg, att = rec.segment, rec.attribution
+        table = self.tables.current()
+        receiver, sender, match = att.receiver, att.sender, att.match
+        filled = False
+
+        def unnamed(sock: SocketEntry | None) -> bool:
+            return sock is None or (not sock.holders and not sock.former_holders)
+
+        if (
+            match not in (Match.NOT_LOCAL, Match.LISTENER)
+            and table.is_local(seg.dst)
+            and (unnamed(receiver) or (receiver is not None and receiver.state == "LISTEN"))
+        ):
+            found = tracer.lookup_record(seg.proto, seg.dst, seg.dport, seg.src, seg.sport, at=seg.ts)
+            if found is not None:
+                if receiver is None or receiver.state == "LISTEN":
+                    receiver = found.former_entry()
+                else:
+                    receiver = replace(receiver, former_holders=(found.holder,))
+                if match in (Match.UNKNOWN, Match.NONE):
+                    match = (
+                        Match.ESTABLISHED
+                        if seg.proto == "tcp"
+                        else (Match.UDP_CONNECTED if found.raddr else Match.UDP_UNCONNECTED)
+                    )
+                filled = True
+        if table.is_local(seg.src) and unnamed(sender) and "R" not in seg.flags:
+            found = tracer.lookup_record(seg.proto, seg.src, seg.sport, seg.dst, seg.dport, at=seg.ts)
+            if found is not None:
+                sender = (
+                    found.former_entry()
+                    if sender is None
+                    else replace(sender, former_holders=(found.holder,))
+                )
+                filled = True
+        if filled:
+            new = replace(
+                att,
+                match=match,
+                receiver=receiver,
+                sender=sender,
+                notes=(
+                    *att.notes,
+                    "process named by the socket tracer: the socket was gone before conntui could look",
+                ),
+            )
+            if not self.session.reattribute(rec.seq, new):
+                rec.attribution = new  # already out of the in-memory window
 
     def _forget_reset(self, seg: Segment, table: SocketTable) -> SocketTable:
         """Remember RSTs; hide a connection from the SYN that follows its reset.
@@ -526,6 +593,8 @@ class Engine:
     def close(self) -> None:
         self.emit(final=True)
         self.session.close()
+        if self.tracer is not None:
+            self.tracer.close()
         if self.writer is not None:
             try:
                 self.writer.close()
