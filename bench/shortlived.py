@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--poll", type=float, default=0.1, help="psutil poll interval (s)")
     ap.add_argument("--no-nethogs", action="store_true")
+    ap.add_argument("--trace", action="store_true", help="run conntui with --trace (bpftrace socket tracer)")
     ap.add_argument("--show-misses", type=int, default=5, help="print up to this many conntui misses")
     args = ap.parse_args(argv)
     require_root()
@@ -214,7 +215,15 @@ def main(argv: list[str] | None = None) -> int:
             info = json.loads(server.stdout.readline())
             cerr, cout = tmp / "conntui.err", tmp / "conntui.jsonl"
             conntui = subprocess.Popen(
-                conntui_cmd("--headless", "--json", "-i", "lo", "-p", f"{port}-{port + 1}"),
+                conntui_cmd(
+                    "--headless",
+                    "--json",
+                    "-i",
+                    "lo",
+                    "-p",
+                    f"{port}-{port + 1}",
+                    *(["--trace"] if args.trace else []),
+                ),
                 stdout=cout.open("wb"),
                 stderr=cerr.open("wb"),
                 env=env,
