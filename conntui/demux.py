@@ -475,6 +475,17 @@ def _tcp_classify(
 ) -> _Result:
     """What kind of established-hash entry ``hit`` is, for a segment that is not a new SYN."""
     state = hit.state
+    if state == "TIME_WAIT" and "R" not in seg.flags and ("S" in seg.flags or seg.payload_len > 0):
+        # A TIME_WAIT socket takes no SYN-ACK and no data: this segment reached the socket while
+        # it was connecting or connected, and the connection closed before conntui looked.
+        closed = f" ({_closed_by(hit)})" if hit.former_holders else ""
+        what = "SYN-ACK answers its connect()" if "S" in seg.flags else "data arrived"
+        why = (
+            f"Established 4-tuple {s_ep} → {d_ep}: the {what} while the connection was open; it "
+            f"closed within moments{closed}, so conntui found only its TIME_WAIT remains (the "
+            "kernel keeps them about a minute; --trace names the process of such short connections)."
+        )
+        return Match.ESTABLISHED, hit, None, (), why
     if state == "TIME_WAIT" and "F" in seg.flags and "R" not in seg.flags:
         # The table is read after the fact: the FIN that *moved* a closing socket (FIN_WAIT2)
         # into TIME_WAIT finds it there already. A retransmitted FIN would also hit TIME_WAIT,

@@ -192,6 +192,14 @@ CASES = [
         ("TIME_WAIT", "kernel"),
     ),
     Case(
+        "data-to-a-connection-that-closed-before-the-look-up",
+        (LST_ANY, TW),
+        seg(CLIENT, SERVER, "PA", payload_len=10),
+        Match.ESTABLISHED,
+        TW,
+        ("while the connection was open", "TIME_WAIT"),
+    ),
+    Case(
         "fin-that-moved-a-closing-socket-into-time-wait",
         (LST_ANY, TW),
         seg(CLIENT, SERVER, "FA"),
