@@ -307,7 +307,7 @@ def _listener_where(seg: Segment, table: SocketTable, pick: _Pick) -> str:
     return where
 
 
-def _listener_notes(seg: Segment, table: SocketTable, winner: SocketEntry) -> str:
+def _listener_notes(seg: Segment, table: SocketTable, winner: SocketEntry, *, accepted: bool = False) -> str:
     notes = ""
     if winner.family == 6 and seg.family == 4:
         notes += f"; it is an IPv6 socket that also accepts IPv4 (it sees the client as ::ffff:{seg.src})"
@@ -323,7 +323,8 @@ def _listener_notes(seg: Segment, table: SocketTable, winner: SocketEntry) -> st
             if e.state == "LISTEN" and e.local.key_addr in _WILDCARDS:
                 notes += f"; its exact address beats the wildcard listener on {e.local}"
                 break
-    if winner.tx_queue and winner.rx_queue > winner.tx_queue:
+    if winner.tx_queue and winner.rx_queue > winner.tx_queue and not accepted:
+        # (when this SYN's connection exists, the queue filled after it: it was not dropped)
         notes += (
             f"; its accept queue looks full ({winner.rx_queue} waiting, backlog {winner.tx_queue}), "
             "so the kernel may drop this SYN"
@@ -444,7 +445,7 @@ def _tcp_syn_hit(
         cands = pick[1] if len(pick[1]) > 1 else ()
         why = (
             f"SYN to port {seg.dport}: {_listener_where(seg, table, pick)} takes it and creates "
-            f"the connection seen now ({child}){_listener_notes(seg, table, winner)}."
+            f"the connection seen now ({child}){_listener_notes(seg, table, winner, accepted=True)}."
         )
         return Match.LISTENER, winner, None, cands, why
 

@@ -53,7 +53,7 @@ class TableSource(Protocol):
 
     def refresh(self) -> SocketTable: ...
 
-    def resolve(self, seg: Segment) -> SocketTable | None: ...
+    def resolve(self, seg: Segment, *, prune: bool = False) -> SocketTable | None: ...
 
 
 class StaticTables:
@@ -68,13 +68,43 @@ class StaticTables:
     def refresh(self) -> SocketTable:
         return self._table
 
-    def resolve(self, seg: Segment) -> SocketTable | None:
+    def resolve(self, seg: Segment, *, prune: bool = False) -> SocketTable | None:
         return None
 
 
 def _quoted_segment(err: IcmpError) -> Segment:
     q = err.quoted
     return Segment(err.ts, "", q.proto, err.family, q.src, q.sport, q.dst, q.dport)
+
+
+LATE_AFTER_CLOSE = 0.2  # seconds after the second FIN: later segments are "late", not the close
+_OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
+
+
+def _shows_open(att: Attribution) -> bool:
+    return any(s is not None and s.state in _OPEN_STATES for s in (att.receiver, att.sender))
+
+
+def _late_after_close(seg: Segment, att: Attribution) -> Attribution:
+    """A segment after both FINs that finds TIME_WAIT is a late one, not a closing race."""
+    receiver = att.receiver
+    if att.match != Match.ESTABLISHED or receiver is None or receiver.state != "TIME_WAIT":
+        return att
+    s = f"{seg.src}:{seg.sport}" if ":" not in seg.src else f"[{seg.src}]:{seg.sport}"
+    d = f"{seg.dst}:{seg.dport}" if ":" not in seg.dst else f"[{seg.dst}]:{seg.dport}"
+    was = ""
+    if receiver.former_holders:
+        h = receiver.former_holders[0]
+        was = f" (closed by {h.process}[{h.pid}], was fd {h.fd})"
+    return replace(
+        att,
+        match=Match.TIME_WAIT,
+        explain=(
+            f"{s} → {d} arrives after both FINs of its connection{was}: the kernel alone keeps the "
+            "closed connection's remains in TIME_WAIT for about a minute and re-acknowledges late "
+            "segments like this one; no process sees it."
+        ),
+    )
 
 
 def _needs_resolve(seg: Segment, att: Attribution, table: SocketTable) -> bool:
@@ -141,8 +171,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._refresher: threading.Thread | None = None
         self._recent_resolves: dict[tuple[str, str, int, str, int], float] = {}
-        self.verifier = Verifier(window=verify_window)
+        self.verifier = Verifier(window=verify_window, accepted=self._syn_was_accepted)
         self._resets: dict[tuple[str, int, str, int], float] = {}
+        self._fins: dict[tuple[str, int, str, int], tuple[int, float]] = {}
         self._listener_checks: dict[tuple[str, int], float] = {}
         self._cache: dict[tuple[str, str, int, str, int, str, int, int], Attribution] = {}
         self._cache_table: SocketTable | None = None
@@ -210,6 +241,9 @@ class Engine:
             self._apply(self.verifier.recheck(self.tables.current()))
         if final:
             self._apply(self.verifier.expire(float("inf")))
+        elif self.source.live:
+            # kernel timestamps are wall-clock time: a quiet capture still closes its questions
+            self._apply(self.verifier.expire(time.time()))
         elif self._pending:
             newest = self._pending[-1][2]
             if newest is not None:
@@ -243,7 +277,8 @@ class Engine:
         # demux would answer exactly as before (it reads only addresses, ports, flags,
         # packet type and interface for them), so reuse that answer.
         flags = seg.flags
-        cacheable = "S" not in flags and "F" not in flags and "R" not in flags
+        closed = seg.proto == "tcp" and self._note_close(seg)
+        cacheable = "S" not in flags and "F" not in flags and "R" not in flags and not closed
         if cacheable:
             if self._cache_table is not table:
                 self._cache.clear()
@@ -257,16 +292,31 @@ class Engine:
             pruned = self._forget_reset(seg, table)
             after_reset, table = pruned is not table, pruned
         att = attribute(seg, table)
+        stale_after_close = closed and not seg.is_syn and _shows_open(att)
         if (
             self.source.live
-            and (after_reset or _needs_resolve(seg, att, table) or self._listeners_stale(seg, att))
+            and (
+                after_reset
+                or stale_after_close
+                or _needs_resolve(seg, att, table)
+                or self._listeners_stale(seg, att)
+            )
             and self._may_resolve(seg, att)
         ):
-            fresher = self.tables.resolve(seg)
+            first = att
+            fresher = self.tables.resolve(seg, prune=stale_after_close)
             if fresher is not None:
                 att = attribute(seg, self._forget_reset(seg, fresher) if seg.is_syn else fresher)
+            if first.match == Match.TIME_WAIT and seg.is_syn and att.match == Match.LISTENER:
+                # The table read after the fact shows the connection this SYN made; the one
+                # before showed why the kernel let it through: keep both halves.
+                att = replace(att, explain=f"{att.explain} It reused a TIME_WAIT 4-tuple: {first.explain}")
+            if closed and not seg.is_syn:
+                att = _late_after_close(seg, att)
             # a fresher table came in: the cache is keyed to the old one
             return self._through_nat(seg, att) if self.source.live else att
+        if closed and not seg.is_syn:
+            att = _late_after_close(seg, att)
         if self.source.live and (seg.is_syn or att.match in _NAT_SUSPECTS):
             natted = self._through_nat(seg, att)
             if natted is not att:
@@ -352,6 +402,33 @@ class Engine:
         except OSError:
             return None
         return self._nat
+
+    def _syn_was_accepted(self, seg: Segment) -> bool:
+        """Whether the connection a SYN asks for exists (request sock or child): then the SYN
+        was not dropped, whatever the listener's queue shows now."""
+        return any(
+            e.state != "TIME_WAIT"
+            for e in self.tables.current().connected("tcp", seg.dst, seg.dport, seg.src, seg.sport)
+        )
+
+    def _note_close(self, seg: Segment) -> bool:
+        """Record FINs per 4-tuple; True for a segment well after both ends sent theirs: the
+        connection is over, whatever a socket table read later still shows. (The last ACK
+        of the close itself comes within a round trip and still reached a live socket.)"""
+        if seg.sport < seg.dport or (seg.sport == seg.dport and seg.src <= seg.dst):
+            key, bit = (seg.src, seg.sport, seg.dst, seg.dport), 1
+        else:
+            key, bit = (seg.dst, seg.dport, seg.src, seg.sport), 2
+        seen, done_at = self._fins.get(key, (0, 0.0))
+        if "S" in seg.flags and "A" not in seg.flags:
+            self._fins.pop(key, None)  # a new connection on the same 4-tuple
+            return False
+        if "F" in seg.flags and not seen & bit:
+            if len(self._fins) > 50_000:
+                self._fins.clear()
+            self._fins[key] = (seen | bit, seg.ts)
+        # data after both FINs is late whenever it comes (nobody sends data after its FIN)
+        return seen == 3 and (seg.payload_len > 0 or seg.ts - done_at > LATE_AFTER_CLOSE)
 
     def _fill_from_tracer(self, rec: Record) -> None:
         """Name the process of a socket that was gone before conntui could look it up.

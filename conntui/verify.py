@@ -13,11 +13,12 @@ Pure: it sees records and ICMP errors, and returns notes for the engine to attac
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from .decode import IcmpError
-from .model import FlowKey, Match, Record, SocketEntry, SocketTable
+from .model import FlowKey, Match, Record, Segment, SocketEntry, SocketTable
 
 
 class Note(NamedTuple):
@@ -40,8 +41,12 @@ class _Question:
 class Verifier:
     """Links answers to questions; bounded memory, no clocks of its own."""
 
-    def __init__(self, window: float = 0.5, limit: int = 50_000) -> None:
+    def __init__(
+        self, window: float = 0.5, limit: int = 50_000, accepted: Callable[[Segment], bool] | None = None
+    ) -> None:
         self.window = window
+        # whether a SYN's connection exists (then a full queue seen now filled after it)
+        self.accepted = accepted
         self.limit = limit
         self._rst: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._icmp: OrderedDict[FlowKey, _Question] = OrderedDict()
@@ -118,7 +123,12 @@ class Verifier:
             while len(self._syns) > self.limit:
                 self._syns.popitem(last=False)
         receiver = att.receiver
-        if att.match == Match.LISTENER and receiver is not None and receiver.rx_queue > receiver.tx_queue:
+        if (
+            att.match == Match.LISTENER
+            and receiver is not None
+            and receiver.rx_queue > receiver.tx_queue
+            and not (self.accepted is not None and self.accepted(seg))
+        ):
             notes.append(
                 Note(
                     rec.seq,

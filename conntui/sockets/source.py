@@ -279,7 +279,7 @@ class SocketTableSource:
 
     # -- fast path on a demux miss ---------------------------------------------------------
 
-    def resolve(self, seg: Segment) -> SocketTable | None:
+    def resolve(self, seg: Segment, *, prune: bool = False) -> SocketTable | None:
         """Ask the kernel about ``seg``'s sockets; a new current table if that found any
         socket the table lacks (or shows differently), else ``None``.
 
@@ -291,9 +291,9 @@ class SocketTableSource:
         at most once per ``min_scan_interval`` seconds.
         """
         with self._resolve_lock:
-            return self._resolve(seg)
+            return self._resolve(seg, prune)
 
-    def _resolve(self, seg: Segment) -> SocketTable | None:
+    def _resolve(self, seg: Segment, prune: bool = False) -> SocketTable | None:
         table = self._current
         proto = seg.proto
         if proto not in ("tcp", "udp"):
@@ -303,7 +303,9 @@ class SocketTableSource:
 
         def look(src: str, sport: int, dst: str, dport: int) -> list[RawSock]:
             try:
-                hits = self.lookup_diag.lookup_exact(proto, family, src, sport, dst, dport, ifindex=0)
+                hits = self.lookup_diag.lookup_exact(
+                    proto, family, src, sport, dst, dport, ifindex=seg.ifindex
+                )
             except (ValueError, OSError):
                 return []
             for raw in hits:
@@ -311,10 +313,20 @@ class SocketTableSource:
             return hits
 
         receiver = look(seg.dst, seg.dport, seg.src, seg.sport)
-        look(seg.src, seg.sport, seg.dst, seg.dport)
+        sender = look(seg.src, seg.sport, seg.dst, seg.dport)
         if proto == "tcp" and receiver and receiver[0].state != TCP_LISTEN:
             look(seg.dst, seg.dport, "0.0.0.0" if family == 4 else "::", 0)
         gone: list[SocketEntry] = []
+        if prune:
+            # The caller knows the connection ended (both FINs, or a RST, were seen): a view
+            # of it the kernel no longer has is stale. (Not by default: the last ACK of a
+            # close legitimately reached a socket that is gone by the time we look.)
+            for hits, tup in (
+                (receiver, (seg.dst, seg.dport, seg.src, seg.sport)),
+                (sender, (seg.src, seg.sport, seg.dst, seg.dport)),
+            ):
+                cookies = {raw.cookie for raw in hits}
+                gone += [e for e in table.connected(proto, *tup) if e.cookie and e.cookie not in cookies]
         if proto == "tcp" and seg.is_syn:
             # The exact look-up applies the SO_REUSEPORT choice, so it names one member of a
             # group; a listeners-only dump (cheap: LISTEN sockets only) finds them all, and
@@ -359,6 +371,8 @@ class SocketTableSource:
         state = state_text(raw.proto, raw.state)
         for entry in candidates:
             if entry.cookie == raw.cookie and entry.state == state and entry.inode == raw.inode:
+                if state == "LISTEN" and (entry.rx_queue, entry.tx_queue) != (raw.rqueue, raw.wqueue):
+                    return True  # the accept queue moved: whether a SYN was dropped depends on it
                 # Same socket: news only if it may now have holders the table lacks.
                 if not raw.inode or entry.holders:
                     return False

@@ -4,7 +4,8 @@ Run as ``python actor.py``; it reads one JSON command per line on stdin and answ
 line on stdout, so a test can open real sockets in a real, separate process step by step and
 know its pid and the exact fd numbers. Sockets are named by their fd.
 
-Commands: listen, connect, accept, send, recv, close, udp, sendto, recvfrom, fork_hold, exit.
+Commands: listen, connect, connect_nb, accept, send, recv, close, udp, sendto, recvfrom, fork_hold,
+exit.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def handle(cmd: dict) -> dict[str, object]:
             return {"error": exc.strerror or str(exc), "errno": exc.errno}
         s.settimeout(None)
         return keep(s)
+    if op == "connect_nb":
+        # A non-blocking connect: returns at once with the fd (the handshake goes on without
+        # us) and the errno connect_ex gave (EINPROGRESS normally).
+        s = socket.socket(family_of(cmd["host"]), socket.SOCK_STREAM)
+        if cmd.get("bind"):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(tuple(cmd["bind"]))
+        s.setblocking(False)
+        err = s.connect_ex((cmd["host"], cmd["port"]))
+        return {**keep(s), "errno": err}
     if op == "accept":
         lst = socks[cmd["fd"]]
         lst.settimeout(cmd.get("timeout", 5))
