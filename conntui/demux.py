@@ -221,16 +221,18 @@ def _listeners(
     AF_INET socket on IPv4; the first strictly best socket in table order wins. Several
     equally best sockets on the same address and device can only coexist as a
     ``SO_REUSEPORT`` group: the kernel hashes the 4-tuple with a boot-time secret to pick one,
-    so every member is returned. Not emulated: the reuseport short-circuit (a group met first
-    in the kernel's bucket order wins even over a later, better-scored socket; that order is
-    not observable), ``SO_INCOMING_CPU`` and BPF sk_lookup.
+    so every member is returned. The reuseport short-circuit is emulated: scanning in bucket
+    order (the table keeps sock_diag's dump order, which is the bucket's), the first socket
+    that beats the best score so far and belongs to a SO_REUSEPORT group returns its group at
+    once, before later (even better-scored) sockets are looked at. Group membership is
+    inferred: Linux lets two listeners share a port with overlapping addresses and devices
+    only if both set SO_REUSEPORT. Not emulated: ``SO_INCOMING_CPU`` and BPF sk_lookup.
     """
     exact: list[tuple[int, SocketEntry]] = []
     wild: list[tuple[int, SocketEntry]] = []
     rejected: list[str] = []
-    for e in table.on_port("tcp", port):
-        if e.state != "LISTEN":
-            continue
+    everyone = [e for e in table.on_port("tcp", port) if e.state == "LISTEN"]
+    for e in everyone:
         b = _bucket(e, addr, family)
         if b == 0:
             if family == 6 and e.family == 4 and e.local.key_addr == "0.0.0.0":
@@ -247,23 +249,46 @@ def _listeners(
 
     suffix = f", {why}" if why else ""
     note = f"; rejected {', '.join(rejected)}" if rejected else ""
-    pick = _best(exact)
+    pick = _best(exact, everyone)
     steps.append(Lookup(f"listeners on {_ep(addr, port)} (exact address){suffix}", _pick_text(pick, exact)))
     if pick[0] is not None:
         if note:
             steps.append(Lookup("listeners not eligible", note[2:]))
         return pick
-    pick = _best(wild)
+    pick = _best(wild, everyone)
     where = f"0.0.0.0:{port} / [::]:{port}" if family == 4 else f"[::]:{port}"
     steps.append(Lookup(f"listeners on {where} (wildcard){suffix}", _pick_text(pick, wild) + note))
     return pick
 
 
-def _best(scored: list[tuple[int, SocketEntry]]) -> _Pick:
+def _overlaps(a: SocketEntry, b: SocketEntry) -> bool:
+    """Whether two listeners on one port would conflict at bind() without SO_REUSEPORT
+    (``inet_bind_conflict``: overlapping addresses and devices)."""
+    if a.bound_ifindex and b.bound_ifindex and a.bound_ifindex != b.bound_ifindex:
+        return False
+    x, y = a.local.key_addr, b.local.key_addr
+    if a.family != b.family:
+        v6 = a if a.family == 6 else b
+        if v6.v6only:
+            return False
+    return x == y or x in _WILDCARDS or y in _WILDCARDS
+
+
+def _in_reuseport_group(e: SocketEntry, listeners: list[SocketEntry]) -> bool:
+    return any(o is not e and _overlaps(e, o) for o in listeners)
+
+
+def _best(scored: list[tuple[int, SocketEntry]], listeners: list[SocketEntry] | None = None) -> _Pick:
+    """``inet_lhash2_lookup``: the first strictly better score wins, and a SO_REUSEPORT
+    socket that beats the best so far ends the scan with its group."""
     if not scored:
         return _NO_PICK
-    best_score = max(s for s, _ in scored)
-    winner = next(e for s, e in scored if s == best_score)
+    best_score, winner = -1, scored[0][1]
+    for s, e in scored:
+        if s > best_score:
+            best_score, winner = s, e
+            if listeners is not None and _in_reuseport_group(e, listeners):
+                break
     la, dev, fam = winner.local.addr, winner.bound_ifindex, winner.family
     group = tuple(
         e

@@ -81,6 +81,12 @@ LATE_AFTER_CLOSE = 0.2  # seconds after the second FIN: later segments are "late
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
 
 
+def _pair(seg: Segment) -> tuple[str, int, str, int]:
+    """A 4-tuple the same in both directions."""
+    a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
+    return (*a, *b) if a <= b else (*b, *a)
+
+
 def _shows_open(att: Attribution) -> bool:
     return any(s is not None and s.state in _OPEN_STATES for s in (att.receiver, att.sender))
 
@@ -174,6 +180,8 @@ class Engine:
         self.verifier = Verifier(window=verify_window, accepted=self._syn_was_accepted)
         self._resets: dict[tuple[str, int, str, int], float] = {}
         self._fins: dict[tuple[str, int, str, int], tuple[int, float]] = {}
+        self._syn_after_close = False
+        self._old_conns: dict[tuple[str, int, str, int], SocketEntry] = {}
         self._listener_checks: dict[tuple[str, int], float] = {}
         self._cache: dict[tuple[str, str, int, str, int, str, int, int], Attribution] = {}
         self._cache_table: SocketTable | None = None
@@ -278,7 +286,15 @@ class Engine:
         # packet type and interface for them), so reuse that answer.
         flags = seg.flags
         closed = seg.proto == "tcp" and self._note_close(seg)
-        cacheable = "S" not in flags and "F" not in flags and "R" not in flags and not closed
+        old_conn = self._old_conns.get(_pair(seg)) if self._old_conns and seg.proto == "tcp" else None
+        if old_conn is not None:
+            # a SYN hit this old connection; until its RST is seen, it is the one on this tuple
+            table = table.with_entries((old_conn,))
+            if "R" in flags:
+                del self._old_conns[_pair(seg)]
+        cacheable = (
+            "S" not in flags and "F" not in flags and "R" not in flags and not closed and old_conn is None
+        )
         if cacheable:
             if self._cache_table is not table:
                 self._cache.clear()
@@ -305,8 +321,27 @@ class Engine:
         ):
             first = att
             fresher = self.tables.resolve(seg, prune=stale_after_close)
+            if fresher is not None and old_conn is not None:
+                fresher = fresher.with_entries((old_conn,))
             if fresher is not None:
                 att = attribute(seg, self._forget_reset(seg, fresher) if seg.is_syn else fresher)
+            old = first.receiver
+            if (
+                seg.is_syn
+                and first.match == Match.ESTABLISHED
+                and att.match == Match.LISTENER
+                and old is not None
+                and 0 < old.first_seen < seg.ts
+                and not after_reset
+                and not self._syn_after_close
+            ):
+                # Capture order decides: the old connection was alive when this SYN came (no RST
+                # or close of it was seen before), so the SYN hit it (challenge ACK); the new
+                # connection the table shows now was made after its RST, further on.
+                att = first
+                if len(self._old_conns) > 10_000:
+                    self._old_conns.clear()
+                self._old_conns[_pair(seg)] = old
             if first.match == Match.TIME_WAIT and seg.is_syn and att.match == Match.LISTENER:
                 # The table read after the fact shows the connection this SYN made; the one
                 # before showed why the kernel let it through: keep both halves.
@@ -421,7 +456,8 @@ class Engine:
             key, bit = (seg.dst, seg.dport, seg.src, seg.sport), 2
         seen, done_at = self._fins.get(key, (0, 0.0))
         if "S" in seg.flags and "A" not in seg.flags:
-            self._fins.pop(key, None)  # a new connection on the same 4-tuple
+            # a new connection on the same 4-tuple; remember whether the old one had closed
+            self._syn_after_close = self._fins.pop(key, (0, 0.0))[0] == 3
             return False
         if "F" in seg.flags and not seen & bit:
             if len(self._fins) > 50_000:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # Linux packet types (linux/if_packet.h), as reported by AF_PACKET for each frame.
 PACKET_HOST = 0
@@ -336,42 +336,72 @@ class SocketTable:
         Runs on the capture thread on a miss, so it patches the indexes instead of
         rebuilding them: the cost grows with the few keys touched, not the table.
         """
-        extra = tuple(extra)
+        # one view per socket (the last one given wins)
+        extra = tuple({(e.proto, e.cookie) if e.cookie else id(e): e for e in extra}.values())
         gone: dict[int, SocketEntry] = {id(e): e for e in removed}
+        swap: dict[int, SocketEntry] = {}  # id(old view) → new view of the same socket
+        front: list[SocketEntry] = []
         for e in extra:
-            if e.cookie:
-                old = self._by_cookie.get((e.proto, e.cookie))
-                if old is not None:
-                    gone[id(old)] = old
-            key = _tuple_key(e)
+            old = self._by_cookie.get((e.proto, e.cookie)) if e.cookie else None
+            if old is not None and id(old) not in gone:
+                swap[id(old)] = e  # keeps its place: table order is the kernel's bucket order
+            else:
+                front.append(e)
+        for e in extra:
+            key = _tuple_key(e) if e.proto == "tcp" else None
             if key is not None:
-                for old in self._by_tuple.get(key, ()):
-                    gone[id(old)] = old
+                for o in self._by_tuple.get(key, ()):
+                    if o.cookie != e.cookie and id(o) not in swap:
+                        gone[id(o)] = o  # another TCP connection on this 4-tuple: superseded
         new = SocketTable.__new__(SocketTable)
         new.taken_at = self.taken_at if taken_at is None else taken_at
         new.local_addrs = self.local_addrs
         new.ifnames = self.ifnames
-        if gone:
-            new.entries = (*extra, *(e for e in self.entries if id(e) not in gone))
-        else:
-            new.entries = (*extra, *self.entries)
+        new.entries = (*front, *(swap.get(id(x), x) for x in self.entries if id(x) not in gone))
         by_tuple = dict(self._by_tuple)
         by_local = dict(self._by_local)
         by_cookie = dict(self._by_cookie)
-        for old in gone.values():
+
+        def patch(index: dict[Any, list[SocketEntry]], key: Any, keyfn: Callable[[SocketEntry], Any]) -> None:
+            kept: list[SocketEntry] = []
+            for x in index[key]:
+                if id(x) in gone:
+                    continue
+                y = swap.get(id(x))
+                if y is None:
+                    kept.append(x)
+                elif keyfn(y) == key:
+                    kept.append(y)  # the same socket's newer view, in the same place
+            if kept:
+                index[key] = kept
+            else:
+                del index[key]
+
+        touched_t: set[TupleKey] = set()
+        touched_p: set[tuple[str, int]] = set()
+        for old in (*gone.values(), *(x for x in self.entries if id(x) in swap)):
             key = _tuple_key(old)
             if key is not None and key in by_tuple:
-                by_tuple[key] = [x for x in by_tuple[key] if id(x) not in gone]
-                if not by_tuple[key]:
-                    del by_tuple[key]
-            pkey = (old.proto, old.local.port)
-            if _on_port(old) and pkey in by_local:
-                by_local[pkey] = [x for x in by_local[pkey] if id(x) not in gone]
-                if not by_local[pkey]:
-                    del by_local[pkey]
+                touched_t.add(key)
+            if _on_port(old) and (old.proto, old.local.port) in by_local:
+                touched_p.add((old.proto, old.local.port))
             if old.cookie and by_cookie.get((old.proto, old.cookie)) is old:
                 del by_cookie[(old.proto, old.cookie)]
-        for e in reversed(extra):  # extra go first, in their own order
+        for key in touched_t:
+            patch(by_tuple, key, _tuple_key)
+        for pkey in touched_p:
+            patch(by_local, pkey, lambda e: (e.proto, e.local.port) if _on_port(e) else None)
+        moved_t: set[TupleKey] = set()
+        moved_p: set[tuple[str, int]] = set()
+        for e in swap.values():  # a new view whose keys changed (e.g. a UDP socket connect()ed)
+            key = _tuple_key(e)
+            if key is not None and not any(x is e for x in by_tuple.get(key, ())):
+                moved_t.add(key)
+            pkey = (e.proto, e.local.port)
+            if _on_port(e) and not any(x is e for x in by_local.get(pkey, ())):
+                moved_p.add(pkey)
+            by_cookie[(e.proto, e.cookie)] = e
+        for e in reversed(front):  # new sockets go first, in their own order
             key = _tuple_key(e)
             if key is not None:
                 by_tuple[key] = [e, *by_tuple.get(key, ())]
@@ -380,6 +410,11 @@ class SocketTable:
                 by_local[pkey] = [e, *by_local.get(pkey, ())]
             if e.cookie:
                 by_cookie[(e.proto, e.cookie)] = e
+        if moved_t or moved_p:  # rare: rebuild just those keys, in table order
+            for key in moved_t:
+                by_tuple[key] = [x for x in new.entries if _tuple_key(x) == key]
+            for pkey in moved_p:
+                by_local[pkey] = [x for x in new.entries if _on_port(x) and (x.proto, x.local.port) == pkey]
         new._by_tuple = by_tuple
         new._by_local = by_local
         new._by_cookie = by_cookie

@@ -354,14 +354,6 @@ def test_connection_accepted_from_a_device_bound_listener_is_found(conntui, acto
     assert holder_pairs(data["sender"]) == {(t["client"].pid, t["conn"]["fd"])}, dump([data])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="demux does not emulate the SO_REUSEPORT short-circuit of inet_lhash2_lookup "
-    "(KERNEL-DEMUX §1.4, trap 2): the first reuseport socket in bucket order that beats the "
-    "best score so far wins at once, so an unbound listener that listened last beats an "
-    "earlier device-bound one; sock_diag dumps the listeners in that bucket order",
-)
 def test_unbound_reuseport_listener_first_in_bucket_beats_device_bound(conntui, actors, port):
     """The device-bound listener listens first: the unbound one is now at the head of the
     bucket and, being in a reuseport group, returns from the lookup before the better-scored

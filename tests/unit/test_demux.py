@@ -350,7 +350,8 @@ CASES = [
     ),
     Case(
         "syn-af-inet-beats-dual-stack",
-        (LST_V6ANY, LST_ANY),
+        # both need SO_REUSEPORT to coexist; the kernel keeps AF_INET6 reuseport ones at the tail
+        (LST_ANY, LST_V6ANY),
         seg(CLIENT, SERVER, "S"),
         Match.LISTENER,
         LST_ANY,
@@ -372,11 +373,18 @@ CASES = [
     ),
     Case(
         "syn-bindtodevice-scores-higher",
-        (LST_ANY, LST_DEV),
+        (LST_DEV, LST_ANY),  # the device-bound one listened last: head of the bucket
         seg(CLIENT, SERVER, "S", ifindex=1),
         Match.LISTENER,
         LST_DEV,
         ("SO_BINDTODEVICE", "lo"),
+    ),
+    Case(
+        "syn-reuseport-short-circuit-first-in-bucket-wins",
+        (LST_ANY, LST_DEV),  # the unbound one is first: its group ends the scan at once
+        seg(CLIENT, SERVER, "S", ifindex=1),
+        Match.LISTENER,
+        LST_ANY,
     ),
     Case(
         "syn-bindtodevice-other-device-rejected",
