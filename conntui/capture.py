@@ -165,6 +165,10 @@ _PKT_HDR = struct.Struct("@IIIII4xHH")  # tpacket3_hdr: next, sec, nsec, snaplen
 _SLL_AT = 48  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)): the sockaddr_ll follows
 _SLL = struct.Struct("@2xHiHB")  # sockaddr_ll: (family), protocol (BE), ifindex, hatype, pkttype
 _STATS_V3 = struct.Struct("@III")
+# A block is handed over when full or after this many ms: short, because every look-up the
+# demux makes is a race with the sockets it looks for (a process may exit a few ms after its
+# last segment); a full block at high rates comes sooner anyway.
+RETIRE_MS = 1
 
 
 class _Ring:
@@ -177,7 +181,7 @@ class _Ring:
 
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         frame_size = 2048
-        req = _REQ3.pack(block_size, blocks, frame_size, block_size * blocks // frame_size, 20, 0, 0)
+        req = _REQ3.pack(block_size, blocks, frame_size, block_size * blocks // frame_size, RETIRE_MS, 0, 0)
         sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         self.map = mmap.mmap(
             sock.fileno(), block_size * blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE

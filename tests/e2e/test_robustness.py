@@ -809,9 +809,10 @@ def pid_reuse_scenario(runs: Any, port: int) -> tuple[Holder, Holder, dict[str, 
     beta = spawn_with_pid("beta-srv", port, alpha.pid)
     try:
         syn_to(port)
+        time.sleep(0.3)  # beta lives until its SYN is looked up: the race tested is alpha's exit
+        assert cap.stop() == 0, cap.stderr
     finally:
         beta.exit()
-    assert cap.stop() == 0, cap.stderr
     syns = [r for r in cap.rows() if r["flags"] == "S" and r["dport"] == port]
     assert len(syns) == 2, syns
     return alpha, beta, syns[0], syns[1]
