@@ -7,6 +7,7 @@ socket a segment was just routed to). Bounded by ``sockview.build_view``.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
 from rich.style import Style
@@ -38,6 +39,15 @@ SPARK = " ▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 8
 
 NodeData = tuple[str, object]  # ("section" | "group" | "socket" | "more", key)
+
+
+QUEUE_WIDTH = 12
+
+
+def queue_sparkline(series: list[int], capacity: int) -> str:
+    """Accept-queue length over the last seconds, full height = the queue's capacity."""
+    cap = max(1, capacity)
+    return "".join(SPARK[min(8, round(v * 8 / cap))] if v else SPARK[0] for v in series)
 
 
 def sparkline(series: list[int]) -> str:
@@ -88,6 +98,9 @@ class SocketTree(Tree[NodeData]):
         self._collapsed: set[str] = set()
         self._expanded: set[str] = set()  # groups collapsed by default that the user opened
         self.view: SocketView | None = None
+        # accept-queue length of each listener (by cookie), one sample a second
+        self._queue_hist: dict[int, deque[int]] = {}
+        self._queue_sampled = 0.0
 
     # -- labels ------------------------------------------------------------------------
 
@@ -117,7 +130,10 @@ class SocketTree(Tree[NodeData]):
             t.append(f" {_addr(lst)}  ")
             t.append_text(_holders(lst))
             t.append(f"  backlog {lst.tx_queue} accept queue {lst.rx_queue}", style=DIM)
-            if lst.rx_queue and lst.tx_queue and lst.rx_queue >= lst.tx_queue:
+            hist = self._queue_hist.get(lst.cookie)
+            if hist and any(hist):
+                t.append(" " + queue_sparkline(list(hist), lst.tx_queue + 1), style=Style(color="yellow"))
+            if lst.tx_queue and lst.rx_queue > lst.tx_queue:  # sk_acceptq_is_full: backlog + 1 fit
                 t.append(" FULL", style=Style(color="red", bold=True))
             if g.rows:
                 t.append(f"  {len(g.rows) + g.hidden} conn", style=DIM)
@@ -172,6 +188,16 @@ class SocketTree(Tree[NodeData]):
     ) -> None:
         view = build_view(entries, flt)
         self.view = view
+        if now - self._queue_sampled >= 1.0:
+            self._queue_sampled = now
+            seen = set()
+            for g in view.groups:
+                if g.listener is not None:
+                    seen.add(g.listener.cookie)
+                    hist = self._queue_hist.setdefault(g.listener.cookie, deque(maxlen=QUEUE_WIDTH))
+                    hist.append(g.listener.rx_queue)
+            for cookie in [c for c in self._queue_hist if c not in seen]:
+                del self._queue_hist[cookie]
         sig = view.signature()
         if sig != self._signature:
             self._rebuild(view, activity, now)
