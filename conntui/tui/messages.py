@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from ..filters import DisplayFilter
-from .feed import RowBuffer
-
 
 @dataclass
 class Dissected(Message):
@@ -28,16 +25,3 @@ class ExportDone(Message):
 class ExportFailed(Message):
     path: str
     error: str
-
-
-@dataclass
-class FilterReady(Message):
-    """A worker filtered the session window for a new display filter."""
-
-    flt: DisplayFilter | None
-    buffer: RowBuffer
-    upto_seq: int
-    generation: int
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, FilterReady)

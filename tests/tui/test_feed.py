@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections import deque
 from dataclasses import replace
 
 import pytest
@@ -11,7 +13,7 @@ from conntui.model import Attribution, Frame, Match, Record, Segment
 from conntui.session import Session
 from conntui.tui.detail_text import detail_text
 from conntui.tui.dissect import dissect
-from conntui.tui.feed import Feed, RowBuffer, socket_key
+from conntui.tui.feed import Feed, RowBuffer, row_selector, socket_key
 from conntui.tui.row_text import Layout, row_text
 from conntui.tui.sockview import SECTION_LISTEN, SECTION_TCP, SECTION_UDP, build_view, socket_passes
 
@@ -35,6 +37,57 @@ def test_ring_buffer_keeps_the_newest_and_indexes_in_order() -> None:
     assert buf.nearest_index(100) == 4 and buf.nearest_index(0) == 0
     with pytest.raises(IndexError):
         buf[5]
+
+
+def test_ring_buffer_bulk_operations_match_a_deque() -> None:
+    """extend (batched list copies), prepend (older rows at the front) and of (a whole
+    window at once) keep the same rows, in the same order, as a bounded deque."""
+    rng = random.Random(7)
+    for capacity in (1, 5, 16):
+        buf = RowBuffer(capacity)
+        model: deque[int] = deque()
+        seq = 10_000  # rows come in seq order; older ones are prepended below 10_000
+        low = 10_000
+        dropped = 0
+        for _ in range(300):
+            if rng.random() < 0.6:
+                n = rng.randrange(0, 2 * capacity + 2)
+                batch = [_rec(seq + i) for i in range(n)]
+                seq += n
+                evicted = buf.extend(batch)
+                model.extend(r.seq for r in batch)
+                extra = max(0, len(model) - capacity)
+                for _ in range(extra):
+                    model.popleft()
+                assert evicted == extra
+                dropped += extra
+            else:
+                n = rng.randrange(0, capacity + 2)
+                older = [_rec(low - n + i) for i in range(n)]
+                added = buf.prepend(older)
+                fit = min(n, capacity - len(model))
+                assert added == fit
+                model.extendleft(r.seq for r in reversed(older[n - fit :]))
+                low = model[0] if model else low - n
+            assert [buf[i].seq for i in range(len(buf))] == list(model)
+            assert buf.dropped == dropped
+        rows = [_rec(i) for i in range(capacity * 3)]
+        whole = RowBuffer.of(rows, capacity)
+        assert [whole[i].seq for i in range(len(whole))] == [r.seq for r in rows[-capacity:]]
+        assert whole.dropped == 2 * capacity
+        whole.extend([_rec(999_999)])
+        assert whole[-1].seq == 999_999 and len(whole) == capacity
+
+
+def test_row_selector_agrees_with_the_display_filter() -> None:
+    rows = make_engine().session.window()
+    texts = ("8080", "tcp", "udp 5353", "80,443 tcp", "proc:curl 8080 tcp", "match:none", "pid:6666")
+    for text in texts:
+        flt = parse_display_filter(text)
+        select = row_selector(flt)
+        assert select is not None
+        assert select(rows) == [r for r in rows if flt(r.segment, r.attribution)], text
+    assert row_selector(None) is None
 
 
 def _session(n: int) -> Session:
@@ -79,9 +132,10 @@ def test_drain_filters_rows_but_counts_every_socket() -> None:
     session = make_engine().session
     feed = Feed(session)
     flt = parse_display_filter("match:none")
-    buf, upto = feed.filtered_window(flt)
-    feed.install(flt, buf, upto, now=1.0)
-    assert len(feed.buffer) == 2
+    feed.drain(10_000, now=1.0)
+    feed.apply_filter(flt, want=100, budget=1.0)
+    assert len(feed.buffer) == 2 and feed.backfill is None
+    assert feed.buffer is not feed.all and len(feed.all) == len(session)
     feed2 = Feed(session)
     feed2.filter = flt
     feed2.drain(10_000, now=5.0)
@@ -90,6 +144,85 @@ def test_drain_filters_rows_but_counts_every_socket() -> None:
     act = feed2.activity.get(curl)
     assert act is not None and act.segments == 9 and act.last_hit == 5.0  # 5 sent + 4 received
     assert sum(act.series(int(feed2.activity.newest_ts))) == act.segments
+
+
+def _seqs(buf: RowBuffer) -> list[int]:
+    return [buf[i].seq for i in range(len(buf))]
+
+
+def test_a_new_filter_shows_the_newest_matches_first_then_fills_in_the_rest() -> None:
+    session = _session(3000)
+    feed = Feed(session, capacity=5000)
+    feed.drain(10_000, now=0.0)
+    flt = parse_display_filter("8080")
+    full, _ = feed.filtered_window(flt)
+    expected = _seqs(full)
+    assert 100 < len(expected) < 3000
+    feed.apply_filter(flt, want=20, budget=10.0, chunk=16)
+    first = _seqs(feed.buffer)
+    # at once: at least a screenful, and they are the newest matching rows
+    assert len(first) >= 20 and first == expected[-len(first) :]
+    assert len(first) < len(expected)
+    assert feed.backfill is not None and feed.filling is not None
+    done, total = feed.filling
+    assert total == 3000 and 0 < done < total
+    # new rows keep coming while the older ones are gone through
+    base = session.window()
+    new: list[int] = []
+    steps = 0
+    while feed.backfill is not None:
+        found = feed.fill(budget=0.0, chunk=16)  # one chunk per step
+        assert found <= 16
+        before = len(feed.buffer)
+        added, done = feed.flush()
+        assert added == found and len(feed.buffer) == before + found
+        assert done == (feed.backfill is None)
+        steps += 1
+        if steps % 5 == 0:
+            r = base[steps % len(base)]
+            rec = session.append(r.frame, r.segment, r.attribution)
+            if flt(rec.segment, rec.attribution):
+                new.append(rec.seq)
+            feed.drain(100, now=2.0)
+        assert _seqs(feed.buffer) == sorted(_seqs(feed.buffer))
+    assert steps > 10
+    assert feed.filling is None
+    assert _seqs(feed.buffer) == expected + new
+    assert feed.fill(budget=0.0) == 0 and feed.flush() == (0, False)
+
+
+def test_filling_in_keeps_the_newest_rows_when_the_buffer_fills_up() -> None:
+    session = _session(3000)
+    feed = Feed(session, capacity=300)
+    feed.drain(10_000, now=0.0)  # far behind: the newest 300
+    flt = parse_display_filter("0-65535")  # every row
+    feed.apply_filter(flt, want=10, budget=10.0, chunk=50)
+    assert feed.backfill is not None and len(feed.buffer) == 50
+    base = session.window()
+    for r in base[:40]:  # new rows push the oldest out of both buffers meanwhile
+        session.append(r.frame, r.segment, r.attribution)
+    feed.drain(100, now=1.0)
+    while feed.backfill is not None:
+        feed.fill(budget=0.0, chunk=50)
+        feed.flush()
+    assert _seqs(feed.buffer) == _seqs(feed.all) == list(range(2740, 3040))
+
+
+def test_no_filter_is_the_whole_window_at_once() -> None:
+    session = _session(3000)
+    feed = Feed(session, capacity=5000)
+    feed.drain(10_000, now=0.0)
+    feed.apply_filter(parse_display_filter("udp"), want=10, budget=10.0, chunk=16)
+    feed.apply_filter(None, want=10, budget=0.0, chunk=16)
+    assert feed.backfill is None and feed.filter is None
+    assert feed.buffer is feed.all and _seqs(feed.buffer) == list(range(3000))
+    # a filter nothing matches goes through the whole window, and says so meanwhile
+    feed.apply_filter(parse_display_filter("match:none pid:1"), want=10, budget=0.0, chunk=100)
+    assert len(feed.buffer) == 0 and feed.filling == (100, 3000)
+    while feed.backfill is not None:
+        feed.fill(budget=0.0, chunk=100)
+        feed.flush()
+    assert len(feed.buffer) == 0
 
 
 def test_socket_view_groups_like_the_kernel() -> None:

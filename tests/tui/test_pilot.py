@@ -38,7 +38,7 @@ async def type_filter(pilot, text: str) -> None:  # type: ignore[no-untyped-def]
     app = pilot.app
     app.main.filter_input.value = text
     await pilot.press("enter")
-    await pilot.pause()
+    await pilot.pause(2 * app.AFTER_FRAME)  # the socket view follows the list
 
 
 def expected(app: ConntuiApp, text: str) -> list[int]:
@@ -431,3 +431,146 @@ async def test_space_pauses_from_every_pane() -> None:
             await pilot.press("space")
             assert not app.paused
             await pilot.press("tab")
+
+
+def many_rows_app(copies: int = 120) -> ConntuiApp:
+    """The scenario's frames many times over (a window too big to filter in one go). The
+    filter's slices and the ticks that show what they found are driven by hand."""
+    from .scenario import make_engine
+
+    app = make_app(engine=make_engine(extra=frames() * copies), tick_interval=3600.0)
+    app.FILL_CHUNK = 64
+    app.FILL_SLICE = 0.0  # one chunk per slice
+    app.FILL_EVERY = 3600.0  # no timer slices: the test calls _fill
+    return app
+
+
+async def fill_all(pilot) -> int:  # type: ignore[no-untyped-def]
+    """Slices and ticks until the filter has gone through the window; how many slices."""
+    app = pilot.app
+    steps = 0
+    while app.feed.backfill is not None:
+        before = len(app.feed.buffer)
+        app._fill()
+        assert len(app.feed.buffer) == before  # found rows wait for the tick
+        app._tick()
+        steps += 1
+        if steps % 10 == 0:
+            await pilot.pause()
+    await pilot.pause()
+    return steps
+
+
+async def test_a_filter_shows_the_newest_matches_at_once_and_fills_in_the_rest() -> None:
+    app = many_rows_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        total = len(app.engine.session)
+        assert len(shown(app)) == total
+        await type_filter(pilot, "8080")
+        want = expected(app, "8080")
+        first = shown(app)
+        # the first frame: a screenful of the newest matching rows, the rest still to come
+        assert app.feed.backfill is not None
+        assert len(first) >= app.main.segment_list.size.height and first == want[-len(first) :]
+        lines = list_text(app)
+        assert sum(":8080" in line for line in lines[1:]) >= len(lines) - 2
+        status = str(app.main.status_bar.render())
+        assert "filtering…" in status and f"of {total:,}" in status
+        assert app.main.segment_list.following
+        assert app.main.segment_list.selected_record.seq == want[-1]  # type: ignore[union-attr]
+        steps = await fill_all(pilot)
+        assert steps > 5
+        assert shown(app) == want  # the same as filtering the whole window at once
+        assert "filtering" not in str(app.main.status_bar.render())
+        assert app.main.segment_list.following
+        assert app.main.segment_list.selected_record.seq == want[-1]  # type: ignore[union-attr]
+        assert app.main.segment_list.scroll_y == app.main.segment_list.max_scroll_y
+        assert app._fill_timer is None
+
+
+async def test_filling_in_keeps_the_row_a_person_is_on() -> None:
+    app = many_rows_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "tcp")
+        await pilot.press("up", "up", "up")
+        seg_list = app.main.segment_list
+        rec = seg_list.selected_record
+        assert rec is not None and not seg_list.following
+        top = seg_list.scroll_y
+        offset = seg_list.cursor - top
+        await fill_all(pilot)
+        assert shown(app) == expected(app, "tcp")
+        assert seg_list.selected_record is rec  # the same row, still where it was on screen
+        assert seg_list.cursor - seg_list.scroll_y == offset
+        assert not seg_list.following
+
+
+async def test_a_filter_goes_back_to_an_old_selected_row_once_it_gets_there() -> None:
+    app = many_rows_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("home", *["down"] * 5)  # an old row (seq 5), far from the newest
+        await type_filter(pilot, "udp")
+        assert app.feed.backfill is not None
+        await fill_all(pilot)
+        want = expected(app, "udp")
+        assert shown(app) == want
+        # the nearest matching row at or before the one selected (none: the first)
+        rec = app.main.segment_list.selected_record
+        assert rec is not None and rec.seq == max([s for s in want if s <= 5] or [want[0]])
+
+
+async def test_clearing_a_filter_half_way_shows_everything_at_once() -> None:
+    app = many_rows_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "proc:curl")
+        assert app.feed.backfill is not None
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.feed.backfill is None and app.display_filter is None
+        assert shown(app) == [r.seq for r in app.engine.session.window()]
+        await fill_all(pilot)  # a slice after the clear is a no-op
+        assert len(shown(app)) == len(app.engine.session)
+
+
+async def test_the_list_holds_still_under_the_help_and_catches_up_after() -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        for f in frames()[:3]:
+            app.engine.process(f)  # type: ignore[attr-defined]
+        await pilot.pause(0.3)
+        assert len(shown(app)) == N  # nothing repaints behind the help
+        await pilot.press("escape")
+        await pilot.pause(0.3)
+        assert len(shown(app)) == N + 3
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert app.screen is help_screen  # composed once, shown again
+
+
+async def test_footer_is_not_rebuilt_when_focus_moves() -> None:
+    from conntui.tui.widgets.keys_footer import KeysFooter
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        footer = app.main.query_one(KeysFooter)
+        keys = list(footer.children)
+        assert keys and any("Filter" in str(k.render()) for k in keys)
+        # the list and the detail pane offer the same keys: moving between them keeps them
+        for key in ("enter", "tab", "enter", "tab"):
+            await pilot.press(key)
+            await pilot.pause()
+        assert app.focused is app.main.segment_list
+        assert list(footer.children) == keys
+        # the socket tree offers other keys (Enter folds a node there): those are shown
+        await pilot.press("tab")
+        await pilot.pause()
+        assert app.focused is app.main.socket_tree
+        assert list(footer.children) != keys
+        assert not any("Details" in str(k.render()) for k in footer.children)

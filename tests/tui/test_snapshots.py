@@ -27,6 +27,7 @@ def test_main_screen(snap_compare) -> None:  # type: ignore[no-untyped-def]
 def test_filter_applied(snap_compare) -> None:  # type: ignore[no-untyped-def]
     async def run_before(pilot: Pilot[None]) -> None:
         await pilot.press("slash", *"8080", "enter", "home")
+        await pilot.pause(2 * pilot.app.AFTER_FRAME)  # type: ignore[attr-defined]  # the socket view follows
         await settle(pilot)
 
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=run_before)

@@ -11,11 +11,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from ..feed import RowBuffer
 from ..widgets.detail_pane import DetailPane
 from ..widgets.filter_input import FilterInput
+from ..widgets.keys_footer import KeysFooter
 from ..widgets.segment_list import SegmentList
 from ..widgets.socket_tree import SocketTree
 from ..widgets.status_bar import StatusBar
@@ -57,7 +57,7 @@ class MainScreen(Screen[None]):
             yield self.detail_pane
         yield self.filter_input
         yield self.status_bar
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.segment_list.focus()

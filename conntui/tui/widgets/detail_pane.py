@@ -8,17 +8,22 @@ never the whole screen's layout (as a ``Static.update`` would, on every cursor m
 
 from __future__ import annotations
 
+import time
+
+from rich.style import Style
 from rich.text import Text
 from textual import events, work
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.worker import get_current_worker
 
 from ...model import Record
 from ..detail_text import detail_text
 from ..dissect import dissect
 from ..messages import Dissected
 
+DISSECT_AFTER = 0.05  # seconds
 PLACEHOLDER = "select a segment (↑/↓ in the list) to see how the kernel routed it"
 
 
@@ -35,6 +40,7 @@ class DetailPane(ScrollView, can_focus=True):
         self._lines: list[Strip] = []
         self._wrapped_for = -1
         self._shown_attribution = 0
+        self._pass: tuple[int, Style] | None = None
 
     # -- content -----------------------------------------------------------------------
 
@@ -92,6 +98,11 @@ class DetailPane(ScrollView, can_focus=True):
 
     @work(thread=True, exclusive=True, group="dissect", exit_on_error=False)
     def _dissect(self, rec: Record) -> None:
+        # scapy is pure Python: started at once, it would compete for the interpreter with
+        # the frame that shows the new selection. A newer selection cancels this one.
+        time.sleep(DISSECT_AFTER)
+        if get_current_worker().is_cancelled:
+            return
         self.post_message(Dissected(rec.seq, dissect(rec.frame)))
 
     def on_dissected(self, message: Dissected) -> None:
@@ -102,12 +113,19 @@ class DetailPane(ScrollView, can_focus=True):
 
     # -- rendering ---------------------------------------------------------------------
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # looked up once per pass, not per line (``rich_style`` walks the DOM)
+        self._pass = (self.scrollable_content_region.width, self.rich_style)
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._pass = None
+
     def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
+        width, base = self._pass or (self.scrollable_content_region.width, self.rich_style)
         if self._wrapped_for != width and width > 0:
             self.call_after_refresh(self._wrap)
         index = round(self.scroll_y) + y
-        base = self.rich_style
         if 0 <= index < len(self._lines):
             return self._lines[index].crop_extend(0, width, base).apply_style(base)
         return Strip.blank(width, base)

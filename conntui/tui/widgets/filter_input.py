@@ -12,8 +12,12 @@ PLACEHOLDER = "filter: 8080  80,443  8000-8100  pid:1234  proc:nginx  match:none
 
 
 class FilterInput(Input):
+    """Drawn over the bottom of the panes, just above the status bar (the screen puts it on
+    its ``overlay`` layer): opening and closing it repaints its three lines and what they
+    cover, never the layout of every pane (a docked input shrinks them all)."""
+
     DEFAULT_CSS = """
-    FilterInput { dock: bottom; display: none; border: tall $accent; }
+    FilterInput { layer: overlay; dock: bottom; offset-y: -2; display: none; border: tall $accent; }
     FilterInput.-open { display: block; }
     """
 

@@ -8,13 +8,14 @@ user moves the cursor up, and follows again on ``end``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.cache import LRUCache
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -25,6 +26,16 @@ from ..feed import Drained, RowBuffer
 from ..row_text import Layout, endpoint_width, header_text, row_text
 
 NARROW_BELOW = 120  # columns
+
+
+class _Pass(NamedTuple):
+    """What every line of one render pass shares."""
+
+    scroll_x: int
+    scroll_y: int
+    width: int
+    base: Style
+    focused: bool
 
 
 class SegmentList(ScrollView, can_focus=True):
@@ -77,6 +88,10 @@ class SegmentList(ScrollView, can_focus=True):
         self._layout = Layout()
         self._cache: LRUCache[tuple[int, int, bool, bool, int, int], Strip] = LRUCache(1024)
         self._width = 0  # the widest row rendered so far (the virtual width)
+        self._pass: _Pass | None = None
+        self._header: tuple[object, Strip] | None = None
+        # while a new filter fills in older rows: the seq the cursor should end up near
+        self._pending_seq: int | None = None
 
     # -- data --------------------------------------------------------------------------
 
@@ -86,16 +101,25 @@ class SegmentList(ScrollView, can_focus=True):
             return self.buffer[self.cursor]
         return None
 
-    def set_buffer(self, buffer: RowBuffer, keep_seq: int | None = None) -> None:
-        """Show another buffer (a new filter); keep the cursor near ``keep_seq``."""
-        self.buffer = buffer
-        self._cache.clear()
+    def set_buffer(self, buffer: RowBuffer, keep_seq: int | None = None, *, partial: bool = False) -> None:
+        """Show another buffer (a new filter); keep the cursor near ``keep_seq``.
+
+        ``partial``: older rows will still be prepended (``rows_prepended``); if
+        ``keep_seq`` is older than what the buffer holds yet, the cursor goes to it then.
+        """
+        self.buffer = buffer  # (the line cache is keyed by record: rows shown before stay)
+        self._pending_seq = None
         if not len(buffer):
             self.cursor = -1
         elif self.following or keep_seq is None:
             self.cursor = len(buffer) - 1
         else:
             self.cursor = buffer.nearest_index(keep_seq)
+            if partial and keep_seq < buffer[0].seq:
+                self._pending_seq = keep_seq
+        if partial and not self.following and keep_seq is not None and not len(buffer):
+            self._pending_seq = keep_seq
+        self._widen(max(0, len(buffer) - self._widen_rows), len(buffer))
         self._update_size()
         if self.following:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
@@ -111,7 +135,9 @@ class SegmentList(ScrollView, can_focus=True):
         if drained.evicted and not self.following:
             self.cursor = max(0, self.cursor - drained.evicted)
             self.scroll_to(y=max(0, self.scroll_y - drained.evicted), animate=False, immediate=True)
-        self._widen(drained.added)
+        n = len(self.buffer)
+        # the endpoint column fits the rows a screen can show (not 2,000 new rows a tick)
+        self._widen(max(0, n - min(drained.added, self._widen_rows)), n)
         self._update_size()
         if self.following or self.cursor < 0:
             self.cursor = len(self.buffer) - 1
@@ -120,11 +146,38 @@ class SegmentList(ScrollView, can_focus=True):
         self.refresh()
         self._post_selection(user=False)
 
-    def _widen(self, added: int) -> None:
+    def rows_prepended(self, added: int, *, done: bool) -> None:
+        """Older rows were put at the front of the buffer (a new filter filling in). The
+        view stays on the rows it showed; ``done``: no more will come."""
+        pending = self._pending_seq
+        if done:
+            self._pending_seq = None
+        if not added:
+            return
+        self._widen(0, min(added, self._widen_rows))
+        self._update_size()
+        if self.following:
+            self.cursor = len(self.buffer) - 1
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        elif pending is not None:  # still on its way to the row selected before the filter
+            self.cursor = self.buffer.nearest_index(pending)
+            if self.buffer[0].seq <= pending:
+                self._pending_seq = None
+            self._scroll_to_cursor(center=True)
+        elif self.cursor >= 0:
+            self.cursor += added
+            self.scroll_to(y=self.scroll_y + added, animate=False, immediate=True)
+        else:
+            self.cursor = len(self.buffer) - 1
+            self._scroll_to_cursor()
+        self.refresh()
+        self._post_selection(user=False)
+
+    def _widen(self, start: int, stop: int) -> None:
         width = self._layout.endpoint_width
-        n = len(self.buffer)
-        for i in range(max(0, n - min(added, 500)), n):
-            width = max(width, endpoint_width(self.buffer[i]))
+        buffer = self.buffer
+        for i in range(start, stop):
+            width = max(width, endpoint_width(buffer[i]))
         if width != self._layout.endpoint_width:
             self._layout = Layout(self._layout.narrow, width)
             self._cache.clear()
@@ -159,6 +212,10 @@ class SegmentList(ScrollView, can_focus=True):
             self.post_message(self.Selected(self, seq, user))
 
     @property
+    def _widen_rows(self) -> int:
+        return max(100, 2 * self.size.height)
+
+    @property
     def _page(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
 
@@ -175,6 +232,7 @@ class SegmentList(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor - page + 1, animate=False, immediate=True)
 
     def move_cursor(self, index: int) -> None:
+        self._pending_seq = None  # a person moved: the list goes where they say
         n = len(self.buffer)
         if not n:
             return
@@ -215,6 +273,7 @@ class SegmentList(ScrollView, can_focus=True):
 
     def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
         self.following = False
+        self._pending_seq = None
 
     def on_focus(self) -> None:
         self.refresh()
@@ -224,15 +283,31 @@ class SegmentList(ScrollView, can_focus=True):
 
     # -- rendering ---------------------------------------------------------------------
 
-    def render_line(self, y: int) -> Strip:
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # what every line of this pass needs, looked up once (``rich_style`` alone walks
+        # the DOM: tens of microseconds, for each of some 30 lines, every tick)
+        self._pass = self._pass_context()
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._pass = None
+
+    def _pass_context(self) -> _Pass:
         scroll_x, scroll_y = self.scroll_offset
         width = self.scrollable_content_region.width
-        base = self.rich_style
+        return _Pass(scroll_x, scroll_y, width, self.rich_style, self.has_focus)
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y, width, base, focused = self._pass or self._pass_context()
         if y == 0:
-            header = header_text(self._layout)
-            style = self.get_component_rich_style("segment-list--header")
-            strip = Strip(header.render(self.app.console), header.cell_len)
-            return strip.apply_style(style).crop_extend(scroll_x, scroll_x + width, base + style)
+            hkey = (self._layout, width, scroll_x, base)
+            if self._header is None or self._header[0] != hkey:
+                header = header_text(self._layout)
+                style = self.get_component_rich_style("segment-list--header")
+                strip = Strip(header.render(self.app.console), header.cell_len)
+                strip = strip.apply_style(style).crop_extend(scroll_x, scroll_x + width, base + style)
+                self._header = (hkey, strip)
+            return self._header[1]
         index = scroll_y + y - 1
         n = len(self.buffer)
         if index >= n or index < 0:
@@ -244,7 +319,7 @@ class SegmentList(ScrollView, can_focus=True):
         is_cursor = index == self.cursor
         # The final (cropped, styled) line is cached: scrolling by one row, as a live list
         # does every tick, re-renders no row but the new ones.
-        key = (rec.seq, id(rec.attribution), is_cursor and self.has_focus, is_cursor, width, scroll_x)
+        key = (rec.seq, id(rec.attribution), is_cursor and focused, is_cursor, width, scroll_x)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -254,7 +329,7 @@ class SegmentList(ScrollView, can_focus=True):
             self._width = text.cell_len
             self.call_after_refresh(self._update_size)
         if is_cursor:
-            name = "segment-list--cursor" if self.has_focus else "segment-list--cursor-blurred"
+            name = "segment-list--cursor" if focused else "segment-list--cursor-blurred"
             strip = strip.extend_cell_length(max(scroll_x + width, self._width)).apply_style(
                 self.get_component_rich_style(name)
             )

@@ -27,6 +27,7 @@ class Status:
     paused: bool
     error: str | None
     source_ended: bool = False
+    filtering: tuple[int, int] | None = None  # (rows gone through, of) while a filter is applied
 
 
 def status_text(s: Status) -> Text:
@@ -44,7 +45,12 @@ def status_text(s: Status) -> Text:
         )
     parts.append(Text(f"{count(s.rate)} pkt/s"))
     seg = Text(f"{count(s.segments)} segments")
-    if s.display_filter:
+    if s.filtering is not None:
+        done, total = s.filtering
+        seg.append(f" ({count(s.shown)} shown, ", style=Style(dim=True))
+        seg.append(f"filtering… {count(done)} of {count(total)}", style=Style(color="yellow"))
+        seg.append(")", style=Style(dim=True))
+    elif s.display_filter:
         seg.append(f" ({count(s.shown)} shown)", style=Style(dim=True))
     parts.append(seg)
     parts.append(
