@@ -282,7 +282,7 @@ def test_rows_and_details_are_literal() -> None:
 @pytest.mark.parametrize("linktype", [101, 1, 113, 276, 147])
 def test_dissect_never_raises(linktype: int) -> None:
     frame = frames()[3]
-    lines = dissect(replace(frame, linktype=linktype))
+    lines = dissect(frame._replace(linktype=linktype))
     assert lines
     if linktype == 101:
         assert "###[ IP ]###" in lines[0]

@@ -199,7 +199,7 @@ def test_decode_frame() -> None:
     data = bytes(ether() / tcp4())
     frame = Frame(ts=3.0, data=data, linktype=d.LINKTYPE_ETHERNET, iface="lo", ifindex=1, pkttype=PACKET_HOST)
     assert d.decode_frame(frame) == expect(TCP4, data, ts=3.0, iface="lo", ifindex=1)
-    frame = dataclasses.replace(frame, linktype=d.LINKTYPE_RAW, data=bytes(tcp4()), protocol=0x0800)
+    frame = frame._replace(linktype=d.LINKTYPE_RAW, data=bytes(tcp4()), protocol=0x0800)
     assert d.decode_frame(frame) == expect(TCP4, frame.data, ts=3.0, iface="lo", ifindex=1)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -129,7 +128,7 @@ def test_pcapng_round_trip(tmp_path: Path) -> None:
     reader = read_capture(path)
     got = list(reader)
     assert reader.format == "pcapng" and reader.count == len(got) and reader.truncated == 0
-    assert [dataclasses.replace(f, comment="") for f in got] == frames()
+    assert [f._replace(comment="") for f in got] == frames()
     for f, att in zip(got, ATTS, strict=True):
         assert attribution_from_comment(f.comment) == att
         if att is None:
@@ -241,7 +240,7 @@ def test_flushed_packets_are_readable_while_writing(tmp_path: Path) -> None:
     path = tmp_path / "live.pcapng"
     w = open_writer(path, flush_bytes=1000)
     for i in range(200):
-        w.write(dataclasses.replace(frames()[0], ts=1.0 + i), None, ATT if i % 2 else None)
+        w.write(frames()[0]._replace(ts=1.0 + i), None, ATT if i % 2 else None)
         reader = read_capture(path)
         n = sum(1 for _ in reader)
         assert reader.truncated == 0 and n <= i + 1  # whole blocks only, never a torn one
