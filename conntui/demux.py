@@ -27,6 +27,7 @@ from conntui.model import (
     Segment,
     SocketEntry,
     SocketTable,
+    endpoint_text,
 )
 
 __all__ = ["attribute"]
@@ -91,8 +92,7 @@ def attribute(seg: Segment, table: SocketTable) -> Attribution:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _ep(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+_ep = endpoint_text
 
 
 def _who(e: SocketEntry) -> str:

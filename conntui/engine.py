@@ -21,6 +21,7 @@ from .decode import IcmpError, decode_frame, decode_icmp_error
 from .demux import attribute
 from .export import ExportError, Writer, attribution_from_comment
 from .gcpolicy import GcPolicy
+from .history import FlowHistory
 from .model import (
     PACKET_OUTGOING,
     Attribution,
@@ -32,6 +33,7 @@ from .model import (
     Segment,
     SocketEntry,
     SocketTable,
+    endpoint_text,
     unmap,
 )
 from .session import Session
@@ -77,14 +79,7 @@ def _quoted_segment(err: IcmpError) -> Segment:
     return Segment(err.ts, "", q.proto, err.family, q.src, q.sport, q.dst, q.dport)
 
 
-LATE_AFTER_CLOSE = 0.2  # seconds after the second FIN: later segments are "late", not the close
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
-
-
-def _pair(seg: Segment) -> tuple[str, int, str, int]:
-    """A 4-tuple the same in both directions."""
-    a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
-    return (*a, *b) if a <= b else (*b, *a)
 
 
 def _shows_open(att: Attribution) -> bool:
@@ -96,8 +91,7 @@ def _late_after_close(seg: Segment, att: Attribution) -> Attribution:
     receiver = att.receiver
     if att.match != Match.ESTABLISHED or receiver is None or receiver.state != "TIME_WAIT":
         return att
-    s = f"{seg.src}:{seg.sport}" if ":" not in seg.src else f"[{seg.src}]:{seg.sport}"
-    d = f"{seg.dst}:{seg.dport}" if ":" not in seg.dst else f"[{seg.dst}]:{seg.dport}"
+    s, d = endpoint_text(seg.src, seg.sport), endpoint_text(seg.dst, seg.dport)
     was = ""
     if receiver.former_holders:
         h = receiver.former_holders[0]
@@ -178,10 +172,7 @@ class Engine:
         self._refresher: threading.Thread | None = None
         self._recent_resolves: dict[tuple[str, str, int, str, int], float] = {}
         self.verifier = Verifier(window=verify_window, accepted=self._syn_was_accepted)
-        self._resets: dict[tuple[str, int, str, int], float] = {}
-        self._fins: dict[tuple[str, int, str, int], tuple[int, float]] = {}
-        self._syn_after_close = False
-        self._old_conns: dict[tuple[str, int, str, int], SocketEntry] = {}
+        self.history = FlowHistory()  # what capture order showed: FINs, RSTs, old connections
         self._listener_checks: dict[tuple[str, int], float] = {}
         self._cache: dict[tuple[str, str, int, str, int, str, int, int], Attribution] = {}
         self._cache_table: SocketTable | None = None
@@ -285,13 +276,15 @@ class Engine:
         # demux would answer exactly as before (it reads only addresses, ports, flags,
         # packet type and interface for them), so reuse that answer.
         flags = seg.flags
-        closed = seg.proto == "tcp" and self._note_close(seg)
-        old_conn = self._old_conns.get(_pair(seg)) if self._old_conns and seg.proto == "tcp" else None
+        history = self.history
+        tcp = seg.proto == "tcp"
+        closed = tcp and history.note_close(seg)
+        old_conn = history.old_connection(seg) if tcp else None
         if old_conn is not None:
             # a SYN hit this old connection; until its RST is seen, it is the one on this tuple
             table = table.with_entries((old_conn,))
             if "R" in flags:
-                del self._old_conns[_pair(seg)]
+                history.drop_old_connection(seg)
         cacheable = (
             "S" not in flags and "F" not in flags and "R" not in flags and not closed and old_conn is None
         )
@@ -304,7 +297,7 @@ class Engine:
             if hit is not None:
                 return hit
         after_reset = False
-        if seg.proto == "tcp" and flags:
+        if tcp and flags:
             pruned = self._forget_reset(seg, table)
             after_reset, table = pruned is not table, pruned
         att = attribute(seg, table)
@@ -333,15 +326,13 @@ class Engine:
                 and old is not None
                 and 0 < old.first_seen < seg.ts
                 and not after_reset
-                and not self._syn_after_close
+                and not history.syn_after_close
             ):
                 # Capture order decides: the old connection was alive when this SYN came (no RST
                 # or close of it was seen before), so the SYN hit it (challenge ACK); the new
                 # connection the table shows now was made after its RST, further on.
                 att = first
-                if len(self._old_conns) > 10_000:
-                    self._old_conns.clear()
-                self._old_conns[_pair(seg)] = old
+                history.keep_old_connection(seg, old)
             if first.match == Match.TIME_WAIT and seg.is_syn and att.match == Match.LISTENER:
                 # The table read after the fact shows the connection this SYN made; the one
                 # before showed why the kernel let it through: keep both halves.
@@ -392,7 +383,7 @@ class Engine:
             return att
         laddr, lport, raddr, rport = sock
         o = mapping.original
-        dialled = f"{o.dst}:{o.dport}" if ":" not in o.dst else f"[{o.dst}]:{o.dport}"
+        dialled = endpoint_text(o.dst, o.dport)
         kind = "REDIRECT/DNAT" if mapping.dst_nat else "SNAT"
         if att.match not in _NAT_SUSPECTS:  # found already (post-NAT capture, e.g. on lo)
             note = f"NAT ({kind}): the client dialled {dialled}; conntrack sent it to this socket"
@@ -410,10 +401,10 @@ class Engine:
             fresher = self.tables.resolve(real)
             if fresher is not None:
                 real_att = attribute(real, fresher)
-        here = f"{laddr}:{lport}" if ":" not in laddr else f"[{laddr}]:{lport}"
+        here = endpoint_text(laddr, lport)
         step = Lookup(
-            f"conntrack: {seg.src}:{seg.sport} → {seg.dst}:{seg.dport} ({kind})",
-            f"the local socket is {here} ↔ {raddr}:{rport}",
+            f"conntrack: {endpoint_text(seg.src, seg.sport)} → {endpoint_text(seg.dst, seg.dport)} ({kind})",
+            f"the local socket is {here} ↔ {endpoint_text(raddr, rport)}",
         )
         why = (
             f"NAT ({kind}): the client dialled {dialled}; conntrack rewrote the connection so the "
@@ -445,26 +436,6 @@ class Engine:
             e.state != "TIME_WAIT"
             for e in self.tables.current().connected("tcp", seg.dst, seg.dport, seg.src, seg.sport)
         )
-
-    def _note_close(self, seg: Segment) -> bool:
-        """Record FINs per 4-tuple; True for a segment well after both ends sent theirs: the
-        connection is over, whatever a socket table read later still shows. (The last ACK
-        of the close itself comes within a round trip and still reached a live socket.)"""
-        if seg.sport < seg.dport or (seg.sport == seg.dport and seg.src <= seg.dst):
-            key, bit = (seg.src, seg.sport, seg.dst, seg.dport), 1
-        else:
-            key, bit = (seg.dst, seg.dport, seg.src, seg.sport), 2
-        seen, done_at = self._fins.get(key, (0, 0.0))
-        if "S" in seg.flags and "A" not in seg.flags:
-            # a new connection on the same 4-tuple; remember whether the old one had closed
-            self._syn_after_close = self._fins.pop(key, (0, 0.0))[0] == 3
-            return False
-        if "F" in seg.flags and not seen & bit:
-            if len(self._fins) > 50_000:
-                self._fins.clear()
-            self._fins[key] = (seen | bit, seg.ts)
-        # data after both FINs is late whenever it comes (nobody sends data after its FIN)
-        return seen == 3 and (seg.payload_len > 0 or seg.ts - done_at > LATE_AFTER_CLOSE)
 
     def _fill_from_tracer(self, rec: Record) -> None:
         """Name the process of a socket that was gone before conntui could look it up.
@@ -533,20 +504,10 @@ class Engine:
         it. Capture order settles it: a SYN after a RST on its 4-tuple is a new connection
         attempt, and the old connection must not explain it.
         """
-        key = (
-            (seg.src, seg.sport, seg.dst, seg.dport)
-            if seg.sport < seg.dport
-            else (seg.dst, seg.dport, seg.src, seg.sport)
-        )
         if "R" in seg.flags:
-            if len(self._resets) > 50_000:
-                self._resets.clear()
-            self._resets[key] = seg.ts
+            self.history.note_reset(seg)
             return table
-        if not seg.is_syn:
-            return table
-        reset_at = self._resets.get(key)
-        if reset_at is None or reset_at > seg.ts:
+        if not seg.is_syn or not self.history.reset_before(seg):
             return table
         old = [
             e
