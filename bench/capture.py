@@ -21,6 +21,8 @@ ratio conntui/tcpdump.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -70,7 +72,72 @@ class Result:
         return self.in_file / self.offered if self.offered else 0.0
 
 
-def start_tool(tool: str, port: int, out: Path, errf: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+class TuiProcess:
+    """``conntui -i lo -p PORT -w FILE`` with its TUI, in a detached 160x48 tmux session: the
+    capture thread shares the process (and the GIL) with the screen, as a person runs it."""
+
+    def __init__(self, port: int, out: Path) -> None:
+        self.session = f"conntui-bench-{port}"
+        env = env_with_repo()
+        argv = [
+            "env",
+            f"PYTHONPATH={env['PYTHONPATH']}",
+            *conntui_cmd("-i", "lo", "-p", str(port), "-w", str(out)),
+        ]
+        # no redirection: Textual draws on stderr (its output is the pane, read by ``screen``)
+        shell = f"exec {shlex.join(argv)}"
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", self.session, "-x", "160", "-y", "48", shell], check=True
+        )
+        out_pid = subprocess.run(
+            ["tmux", "display-message", "-p", "-t", self.session, "#{pane_pid}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        self.pid = int(out_pid.strip())
+
+    def screen(self) -> str:
+        return subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", self.session], capture_output=True, text=True, check=False
+        ).stdout
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            if "Segments" in self.screen():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def quit(self, timeout: float = 30.0) -> int:
+        """``q``, as a person quits (the -w file is finished); 0 if it exited by itself."""
+        subprocess.run(["tmux", "send-keys", "-t", self.session, "q"], check=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(0.1)
+        rc = 0 if not self.alive() else 1
+        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True, check=False)
+        return rc
+
+
+def start_tool(
+    tool: str, port: int, out: Path, errf: Path, extra: list[str]
+) -> subprocess.Popen[bytes] | TuiProcess:
+    if tool == "conntui-tui":
+        tui = TuiProcess(port, out)
+        if not tui.wait_ready():
+            tui.quit(5)
+            raise RuntimeError(f"the TUI did not start: {' '.join(tui.screen().split())[-300:]}")
+        time.sleep(0.5)  # the first socket-table refresh
+        return tui
     if tool == "conntui":
         cmd = conntui_cmd("--headless", "-q", "-i", "lo", "-p", str(port), "-w", str(out), *extra)
         ready = "listening on"
@@ -85,14 +152,17 @@ def start_tool(tool: str, port: int, out: Path, errf: Path, extra: list[str]) ->
     return proc
 
 
-def finish(res: Result, proc: subprocess.Popen[bytes], cpu0: float, out: Path, errf: Path) -> None:
-    res.drain = wait_idle(proc.pid)
+def finish(
+    res: Result, proc: subprocess.Popen[bytes] | TuiProcess, cpu0: float, out: Path, errf: Path
+) -> None:
+    # the TUI keeps redrawing: "idle" is a few percent of a core, not nothing
+    res.drain = wait_idle(proc.pid, busy=0.25 if isinstance(proc, TuiProcess) else 0.02)
     if res.tool == "tcpdump":
         # libpcap's TPACKET_V3 ring hands over a block when it fills or after its 1 s timeout
         time.sleep(max(0.0, 1.3 - res.drain))
     res.cpu = cpu_seconds(proc.pid) - cpu0
-    rc = stop(proc, signal.SIGTERM)
-    text = errf.read_text(errors="replace")
+    rc = proc.quit() if isinstance(proc, TuiProcess) else stop(proc, signal.SIGTERM)
+    text = errf.read_text(errors="replace") if errf.exists() else ""  # the TUI prints no counters
     counters = parse_counters(text)
     res.captured = counters.get("captured")
     res.drops = counters.get("drops")
@@ -101,7 +171,7 @@ def finish(res: Result, proc: subprocess.Popen[bytes], cpu0: float, out: Path, e
     fc = count_capture(out)
     res.in_file = fc.packets
     res.matches = fc.matches
-    if res.tool == "conntui":
+    if res.tool.startswith("conntui"):
         res.commented = fc.commented
     if fc.error:
         res.error = (res.error + "; " if res.error else "") + f"file: {fc.error}"
@@ -121,7 +191,7 @@ def measure(
             running = []
             for tool in group:
                 out = tmp / (
-                    f"{tool}-{int(rate)}.pcapng" if tool == "conntui" else f"{tool}-{int(rate)}.pcap"
+                    f"{tool}-{int(rate)}.pcapng" if tool.startswith("conntui") else f"{tool}-{int(rate)}.pcap"
                 )
                 errf = tmp / f"{tool}-{int(rate)}.err"
                 res = Result(tool, rate)
@@ -158,13 +228,15 @@ def report(results: list[Result]) -> str:
     for r in results:
         by_rate.setdefault(r.rate, {})[r.tool] = r
     for rate, tools in by_rate.items():
-        for tool in ("conntui", "tcpdump"):
+        for tool in ("conntui", "conntui-tui", "tcpdump"):
             r = tools.get(tool)
             if r is None:
                 continue
             other = tools.get("tcpdump")
             ratio = (
-                f"{r.in_file / other.in_file:.3f}" if tool == "conntui" and other and other.in_file else ""
+                f"{r.in_file / other.in_file:.3f}"
+                if tool.startswith("conntui") and other and other.in_file
+                else ""
             )
             rows.append(
                 [
@@ -209,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=1, help="generator processes")
     ap.add_argument("--together", action="store_true", help="run conntui and tcpdump at the same time")
     ap.add_argument("--no-tcpdump", action="store_true")
+    ap.add_argument(
+        "--no-tui", action="store_true", help="skip conntui with its TUI (in tmux), run headless only"
+    )
     ap.add_argument("--max-rate", action="store_true", help="also measure the generator alone, unpaced")
     ap.add_argument("--python-gen", action="store_true", help="use the Python generator even if gcc works")
     args = ap.parse_args(argv)
@@ -218,7 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.rates, args.seconds = [5_000], 1.0
     args.seconds = min(args.seconds, 60.0)
-    tools = ["conntui"] + ([] if args.no_tcpdump or not have("tcpdump") else ["tcpdump"])
+    tools = ["conntui"]
+    if not args.no_tui and have("tmux"):
+        tools.append("conntui-tui")
+    elif not args.no_tui:
+        print("   conntui-tui: skipped (needs tmux)")
+    tools += [] if args.no_tcpdump or not have("tcpdump") else ["tcpdump"]
     banner("capture: conntui --headless -q -i lo -p PORT -w x.pcapng vs tcpdump -w (16-byte UDP on lo)")
     gen = "C sendmmsg" if _gen.build_c() else "Python"
     if not _gen.build_c():
@@ -246,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     print("\n" + report(results))
     for r in results:
-        if r.tool == "conntui" and r.matches:
+        if r.tool.startswith("conntui") and r.matches:
             kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(r.matches.items(), key=lambda kv: -kv[1]))
-            print(f"   conntui @ {int(r.rate):,}/s: matches in the file: {kinds}; drained in {r.drain:.1f} s")
+            print(
+                f"   {r.tool} @ {int(r.rate):,}/s: matches in the file: {kinds}; drained in {r.drain:.1f} s"
+            )
     print("   recv/offered = packets in the written file / datagrams the generator sent (lossless = 100%).")
     return 0
 
