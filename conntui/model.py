@@ -257,17 +257,30 @@ class SocketTable:
 
     Built by ``sockets``; read by ``demux``. Never mutated after construction: the refresher
     builds a new one (``refresh``, or ``with_entries`` on a miss) and swaps the reference.
+
+    ``with_entries`` runs on the capture thread for every miss, so its cost must not grow
+    with the table (at 20,000 sockets, rebuilding the entry tuple and copying the indexes
+    took ~4 ms). A derived table shares its parent's big indexes and keeps only the keys
+    it changed in small overlays; its ``entries`` are a recipe over the last materialised
+    tuple (new sockets in front, removed ones, newer views), built when first read. Both are
+    folded back in once the changes pile up (``_FOLD_AT``), so look-ups stay two dict reads
+    at most and no chain of old tables is kept alive.
     """
 
     __slots__ = (
-        "_by_cookie",
-        "_by_local",
-        "_by_tuple",
-        "entries",
+        "_cookie_base",
+        "_cookie_over",
+        "_entries",
+        "_local",
+        "_recipe",
+        "_tuple_base",
+        "_tuple_over",
         "ifnames",
         "local_addrs",
         "taken_at",
     )
+
+    _FOLD_AT = 2048  # overlay keys / recipe changes before they are folded in
 
     def __init__(
         self,
@@ -277,18 +290,18 @@ class SocketTable:
         local_addrs: Iterable[str] = (),
         ifnames: dict[int, str] | None = None,
     ) -> None:
-        self.entries: tuple[SocketEntry, ...] = tuple(entries)
+        self._entries: tuple[SocketEntry, ...] | None = tuple(entries)
+        self._recipe: _Recipe | None = None
         self.taken_at = taken_at
         self.local_addrs: frozenset[str] = frozenset(unmap(a) for a in local_addrs)
         self.ifnames: dict[int, str] = dict(ifnames or {})
         # (proto, local addr, local port, remote addr, remote port) → sockets, in table order
-        self._by_tuple: dict[TupleKey, list[SocketEntry]] = {}
+        by_tuple: dict[TupleKey, list[SocketEntry]] = {}
         # (proto, local port) → sockets with no remote end (listeners, unconnected UDP),
         # plus connected UDP sockets (they are also reached through the port).
-        self._by_local: dict[tuple[str, int], list[SocketEntry]] = {}
-        self._by_cookie: dict[tuple[str, int], SocketEntry] = {}
-        by_tuple, by_local, by_cookie = self._by_tuple, self._by_local, self._by_cookie
-        for e in self.entries:
+        by_local: dict[tuple[str, int], list[SocketEntry]] = {}
+        by_cookie: dict[tuple[str, int], SocketEntry | None] = {}
+        for e in self._entries:
             key = _tuple_key(e)
             if key is not None:
                 lst = by_tuple.get(key)
@@ -305,17 +318,36 @@ class SocketTable:
                     plst.append(e)
             if e.cookie:
                 by_cookie[(e.proto, e.cookie)] = e
+        self._tuple_base = by_tuple
+        self._tuple_over: dict[TupleKey, list[SocketEntry]] = {}  # [] = key removed
+        self._local = by_local
+        self._cookie_base = by_cookie
+        self._cookie_over: dict[tuple[str, int], SocketEntry | None] = {}  # None = removed
+
+    # -- look-ups (the demux's hot path) -----------------------------------------------------
+
+    def _tuple(self, key: TupleKey) -> list[SocketEntry]:
+        hit = self._tuple_over.get(key)
+        if hit is None:
+            return self._tuple_base.get(key, _NONE)
+        return hit
+
+    def _cookie(self, key: tuple[str, int]) -> SocketEntry | None:
+        over = self._cookie_over
+        if key in over:
+            return over[key]
+        return self._cookie_base.get(key)
 
     def connected(self, proto: str, laddr: str, lport: int, raddr: str, rport: int) -> list[SocketEntry]:
         """Sockets whose (local, remote) is exactly this 4-tuple (addresses unmapped)."""
-        return self._by_tuple.get((proto, unmap(laddr), lport, unmap(raddr), rport), [])
+        return self._tuple((proto, unmap(laddr), lport, unmap(raddr), rport))
 
     def on_port(self, proto: str, lport: int) -> list[SocketEntry]:
         """Listeners and UDP sockets bound to a local port, in table order."""
-        return self._by_local.get((proto, lport), [])
+        return self._local.get((proto, lport), _NONE)
 
     def by_cookie(self, proto: str, cookie: int) -> SocketEntry | None:
-        return self._by_cookie.get((proto, cookie))
+        return self._cookie((proto, cookie))
 
     def is_local(self, addr: str) -> bool:
         """Whether ``addr`` is an address of this host (every loopback address is)."""
@@ -324,6 +356,39 @@ class SocketTable:
 
     def ifname(self, ifindex: int) -> str:
         return self.ifnames.get(ifindex, str(ifindex) if ifindex else "")
+
+    # -- every socket ------------------------------------------------------------------------
+
+    @property
+    def entries(self) -> tuple[SocketEntry, ...]:
+        """Every socket, in table order (the kernel's bucket order within a port)."""
+        entries = self._entries
+        if entries is None:
+            recipe = self._recipe
+            assert recipe is not None
+            entries = self._entries = recipe.build()
+            self._recipe = None
+        return entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def _by_tuple(self) -> dict[TupleKey, list[SocketEntry]]:
+        """The whole 4-tuple index as one dict (tests and debugging; look-ups use ``_tuple``)."""
+        merged = {**self._tuple_base, **self._tuple_over}
+        return {k: v for k, v in merged.items() if v}
+
+    @property
+    def _by_local(self) -> dict[tuple[str, int], list[SocketEntry]]:
+        return dict(self._local)
+
+    @property
+    def _by_cookie(self) -> dict[tuple[str, int], SocketEntry]:
+        merged = {**self._cookie_base, **self._cookie_over}
+        return {k: v for k, v in merged.items() if v is not None}
+
+    # -- a patched copy ----------------------------------------------------------------------
 
     def with_entries(
         self,
@@ -336,38 +401,47 @@ class SocketTable:
         socket (same cookie) or of the same connection (same 4-tuple), and without the
         ``removed`` sockets (ones the kernel no longer has).
 
-        Runs on the capture thread on a miss, so it patches the indexes instead of
-        rebuilding them: the cost grows with the few keys touched, not the table.
+        Runs on the capture thread on a miss: the cost grows with the few keys touched and
+        the changes since the last fold, not with the table.
         """
         # one view per socket (the last one given wins)
         extra = tuple({(e.proto, e.cookie) if e.cookie else id(e): e for e in extra}.values())
         gone: dict[int, SocketEntry] = {id(e): e for e in removed}
         swap: dict[int, SocketEntry] = {}  # id(old view) → new view of the same socket
+        swapped: list[SocketEntry] = []  # the old views
         front: list[SocketEntry] = []
         for e in extra:
-            old = self._by_cookie.get((e.proto, e.cookie)) if e.cookie else None
+            old = self._cookie((e.proto, e.cookie)) if e.cookie else None
             if old is not None and id(old) not in gone:
                 swap[id(old)] = e  # keeps its place: table order is the kernel's bucket order
+                swapped.append(old)
             else:
                 front.append(e)
         for e in extra:
             key = _tuple_key(e) if e.proto == "tcp" else None
             if key is not None:
-                for o in self._by_tuple.get(key, ()):
+                for o in self._tuple(key):
                     if o.cookie != e.cookie and id(o) not in swap:
                         gone[id(o)] = o  # another TCP connection on this 4-tuple: superseded
         new = SocketTable.__new__(SocketTable)
         new.taken_at = self.taken_at if taken_at is None else taken_at
         new.local_addrs = self.local_addrs
         new.ifnames = self.ifnames
-        new.entries = (*front, *(swap.get(id(x), x) for x in self.entries if id(x) not in gone))
-        by_tuple = dict(self._by_tuple)
-        by_local = dict(self._by_local)
-        by_cookie = dict(self._by_cookie)
+        new._recipe = _Recipe.derive(self, front, gone, swap)
+        new._entries = None
+        tuple_over = dict(self._tuple_over)
+        cookie_over = dict(self._cookie_over)
+        by_local = dict(self._local)
 
-        def patch(index: dict[Any, list[SocketEntry]], key: Any, keyfn: Callable[[SocketEntry], Any]) -> None:
+        def read_tuple(key: TupleKey) -> list[SocketEntry]:
+            hit = tuple_over.get(key)
+            return self._tuple_base.get(key, _NONE) if hit is None else hit
+
+        def patched(
+            current: list[SocketEntry], key: Any, keyfn: Callable[[SocketEntry], Any]
+        ) -> list[SocketEntry]:
             kept: list[SocketEntry] = []
-            for x in index[key]:
+            for x in current:
                 if id(x) in gone:
                     continue
                 y = swap.get(id(x))
@@ -375,56 +449,127 @@ class SocketTable:
                     kept.append(x)
                 elif keyfn(y) == key:
                     kept.append(y)  # the same socket's newer view, in the same place
-            if kept:
-                index[key] = kept
-            else:
-                del index[key]
+            return kept
 
         touched_t: set[TupleKey] = set()
         touched_p: set[tuple[str, int]] = set()
-        for old in (*gone.values(), *(x for x in self.entries if id(x) in swap)):
+        for old in (*gone.values(), *swapped):
             key = _tuple_key(old)
-            if key is not None and key in by_tuple:
+            if key is not None and read_tuple(key):
                 touched_t.add(key)
             if _on_port(old) and (old.proto, old.local.port) in by_local:
                 touched_p.add((old.proto, old.local.port))
-            if old.cookie and by_cookie.get((old.proto, old.cookie)) is old:
-                del by_cookie[(old.proto, old.cookie)]
+            if old.cookie and self._cookie((old.proto, old.cookie)) is old:
+                cookie_over[(old.proto, old.cookie)] = None
         for key in touched_t:
-            patch(by_tuple, key, _tuple_key)
+            tuple_over[key] = patched(read_tuple(key), key, _tuple_key)
         for pkey in touched_p:
-            patch(by_local, pkey, lambda e: (e.proto, e.local.port) if _on_port(e) else None)
+            kept = patched(by_local[pkey], pkey, lambda e: (e.proto, e.local.port) if _on_port(e) else None)
+            if kept:
+                by_local[pkey] = kept
+            else:
+                del by_local[pkey]
         moved_t: set[TupleKey] = set()
         moved_p: set[tuple[str, int]] = set()
         for e in swap.values():  # a new view whose keys changed (e.g. a UDP socket connect()ed)
             key = _tuple_key(e)
-            if key is not None and not any(x is e for x in by_tuple.get(key, ())):
+            if key is not None and not any(x is e for x in read_tuple(key)):
                 moved_t.add(key)
             pkey = (e.proto, e.local.port)
             if _on_port(e) and not any(x is e for x in by_local.get(pkey, ())):
                 moved_p.add(pkey)
-            by_cookie[(e.proto, e.cookie)] = e
+            cookie_over[(e.proto, e.cookie)] = e
         for e in reversed(front):  # new sockets go first, in their own order
             key = _tuple_key(e)
             if key is not None:
-                by_tuple[key] = [e, *by_tuple.get(key, ())]
+                tuple_over[key] = [e, *read_tuple(key)]
             if _on_port(e):
                 pkey = (e.proto, e.local.port)
                 by_local[pkey] = [e, *by_local.get(pkey, ())]
             if e.cookie:
-                by_cookie[(e.proto, e.cookie)] = e
+                cookie_over[(e.proto, e.cookie)] = e
         if moved_t or moved_p:  # rare: rebuild just those keys, in table order
+            entries = new.entries
             for key in moved_t:
-                by_tuple[key] = [x for x in new.entries if _tuple_key(x) == key]
+                tuple_over[key] = [x for x in entries if _tuple_key(x) == key]
             for pkey in moved_p:
-                by_local[pkey] = [x for x in new.entries if _on_port(x) and (x.proto, x.local.port) == pkey]
-        new._by_tuple = by_tuple
-        new._by_local = by_local
-        new._by_cookie = by_cookie
+                by_local[pkey] = [x for x in entries if _on_port(x) and (x.proto, x.local.port) == pkey]
+        new._local = by_local
+        if len(tuple_over) > self._FOLD_AT:
+            merged = {**self._tuple_base, **tuple_over}
+            new._tuple_base, new._tuple_over = {k: v for k, v in merged.items() if v}, {}
+        else:
+            new._tuple_base, new._tuple_over = self._tuple_base, tuple_over
+        if len(cookie_over) > self._FOLD_AT:
+            cmerged = {**self._cookie_base, **cookie_over}
+            new._cookie_base, new._cookie_over = {k: v for k, v in cmerged.items() if v is not None}, {}
+        else:
+            new._cookie_base, new._cookie_over = self._cookie_base, cookie_over
         return new
 
-    def __len__(self) -> int:
-        return len(self.entries)
+
+_NONE: list[SocketEntry] = []  # the empty answer (never mutated)
+
+
+class _Recipe:
+    """A table's entries as changes over the last materialised tuple ``root``: ``front``
+    first, then ``root`` without ``gone`` and with ``swap``'s newer views in place."""
+
+    __slots__ = ("front", "gone", "rev", "root", "swap")
+
+    def __init__(
+        self,
+        root: tuple[SocketEntry, ...],
+        front: tuple[SocketEntry, ...],
+        gone: set[int],
+        swap: dict[int, SocketEntry],
+        rev: dict[int, int],
+    ) -> None:
+        self.root = root  # holds every root entry, so the ids in ``gone`` and ``swap`` stay theirs
+        self.front = front
+        self.gone = gone  # ids of root entries left out
+        self.swap = swap  # id(root entry) → its newer view
+        self.rev = rev  # id(newer view) → id(root entry)
+
+    @staticmethod
+    def derive(
+        parent: SocketTable,
+        front: list[SocketEntry],
+        gone: dict[int, SocketEntry],
+        swap: dict[int, SocketEntry],
+    ) -> _Recipe:
+        """``parent``'s entries with new ``front`` sockets, ``gone`` ones left out and
+        ``swap``'s newer views in place (ids are of ``parent``'s entries)."""
+        p = parent._recipe
+        if p is None:
+            return _Recipe(
+                parent.entries, tuple(front), set(gone), dict(swap), {id(v): k for k, v in swap.items()}
+            )
+        in_front = {id(y) for y in p.front}
+        nfront = (*front, *(swap.get(id(y), y) for y in p.front if id(y) not in gone))
+        ngone, nswap, nrev = set(p.gone), dict(p.swap), dict(p.rev)
+        for idy in gone:
+            if idy in in_front:
+                continue
+            idx = nrev.pop(idy, idy)  # the root entry this visible one stands for
+            nswap.pop(idx, None)
+            ngone.add(idx)
+        for idy, view in swap.items():
+            if idy in in_front:
+                continue
+            idx = nrev.pop(idy, idy)
+            nswap[idx] = view
+            nrev[id(view)] = idx
+        recipe = _Recipe(p.root, nfront, ngone, nswap, nrev)
+        if len(nfront) + len(ngone) + len(nswap) > SocketTable._FOLD_AT:
+            return _Recipe(recipe.build(), (), set(), {}, {})
+        return recipe
+
+    def build(self) -> tuple[SocketEntry, ...]:
+        gone, swap = self.gone, self.swap
+        if not gone and not swap:
+            return (*self.front, *self.root)
+        return (*self.front, *(swap.get(id(x), x) for x in self.root if id(x) not in gone))
 
 
 class Frame(NamedTuple):
