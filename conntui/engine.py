@@ -20,6 +20,7 @@ from .capture import CaptureError, FrameSource
 from .decode import IcmpError, decode_frame, decode_icmp_error
 from .demux import attribute
 from .export import ExportError, Writer, attribution_from_comment
+from .flowcache import FlowCache, cache_key
 from .gcpolicy import GcPolicy
 from .history import FlowHistory
 from .model import (
@@ -174,8 +175,7 @@ class Engine:
         self.verifier = Verifier(window=verify_window, accepted=self._syn_was_accepted)
         self.history = FlowHistory()  # what capture order showed: FINs, RSTs, old connections
         self._listener_checks: dict[tuple[str, int], float] = {}
-        self._cache: dict[tuple[str, str, int, str, int, str, int, int], Attribution] = {}
-        self._cache_table: SocketTable | None = None
+        self.flow_cache = FlowCache()
         self._nat: Conntrack | None = None
         self._nat_next_check = 0.0
         self._nat_cache: dict[FlowKey, object] = {}
@@ -289,11 +289,8 @@ class Engine:
             "S" not in flags and "F" not in flags and "R" not in flags and not closed and old_conn is None
         )
         if cacheable:
-            if self._cache_table is not table:
-                self._cache.clear()
-                self._cache_table = table
-            key = (seg.proto, seg.src, seg.sport, seg.dst, seg.dport, flags, seg.pkttype, seg.ifindex)
-            hit = self._cache.get(key)
+            key = cache_key(seg)
+            hit = self.flow_cache.get(table, key)
             if hit is not None:
                 return hit
         after_reset = False
@@ -339,7 +336,7 @@ class Engine:
                 att = replace(att, explain=f"{att.explain} It reused a TIME_WAIT 4-tuple: {first.explain}")
             if closed and not seg.is_syn:
                 att = _late_after_close(seg, att)
-            # a fresher table came in: the cache is keyed to the old one
+            # a fresher table came in: the next segment of the flow is cached against it
             return self._through_nat(seg, att) if self.source.live else att
         if closed and not seg.is_syn:
             att = _late_after_close(seg, att)
@@ -348,9 +345,7 @@ class Engine:
             if natted is not att:
                 return natted
         if cacheable and self.tables.current() is table and not _needs_resolve(seg, att, table):
-            if len(self._cache) >= 65536:
-                self._cache.clear()
-            self._cache[key] = att
+            self.flow_cache.put(table, key, att)
         return att
 
     def _through_nat(self, seg: Segment, att: Attribution) -> Attribution:

@@ -276,6 +276,7 @@ class SocketTable:
         "_tuple_base",
         "_tuple_over",
         "ifnames",
+        "lineage",
         "local_addrs",
         "taken_at",
     )
@@ -323,6 +324,7 @@ class SocketTable:
         self._local = by_local
         self._cookie_base = by_cookie
         self._cookie_over: dict[tuple[str, int], SocketEntry | None] = {}  # None = removed
+        self.lineage: Lineage | None = None  # a full snapshot: related to no other table
 
     # -- look-ups (the demux's hot path) -----------------------------------------------------
 
@@ -495,6 +497,15 @@ class SocketTable:
             for pkey in moved_p:
                 by_local[pkey] = [x for x in entries if _on_port(x) and (x.proto, x.local.port) == pkey]
         new._local = by_local
+        changed_t: set[TupleKey] = set()
+        changed_p: set[tuple[str, int]] = set()
+        for e in (*extra, *gone.values(), *swapped):
+            key = _tuple_key(e)
+            if key is not None:
+                changed_t.add(key)
+            if _on_port(e):
+                changed_p.add((e.proto, e.local.port))
+        new.lineage = Lineage(id(self), frozenset(changed_t), frozenset(changed_p))
         if len(tuple_over) > self._FOLD_AT:
             merged = {**self._tuple_base, **tuple_over}
             new._tuple_base, new._tuple_over = {k: v for k, v in merged.items() if v}, {}
@@ -509,6 +520,16 @@ class SocketTable:
 
 
 _NONE: list[SocketEntry] = []  # the empty answer (never mutated)
+
+
+class Lineage(NamedTuple):
+    """How a table derived by ``with_entries`` differs from its parent: a look-up for any
+    other 4-tuple or port answers as the parent's did (so answers cached against the parent
+    stay true, except those that read these keys)."""
+
+    parent: int  # id() of the parent table (meaningful only while the parent is alive)
+    tuples: frozenset[TupleKey]  # (proto, local addr, local port, remote addr, remote port)
+    ports: frozenset[tuple[str, int]]  # (proto, local port) of listeners and UDP sockets
 
 
 class _Recipe:
