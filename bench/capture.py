@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
 import socket
@@ -161,11 +162,22 @@ def finish(
         # libpcap's TPACKET_V3 ring hands over a block when it fills or after its 1 s timeout
         time.sleep(max(0.0, 1.3 - res.drain))
     res.cpu = cpu_seconds(proc.pid) - cpu0
-    rc = proc.quit() if isinstance(proc, TuiProcess) else stop(proc, signal.SIGTERM)
-    text = errf.read_text(errors="replace") if errf.exists() else ""  # the TUI prints no counters
-    counters = parse_counters(text)
-    res.captured = counters.get("captured")
-    res.drops = counters.get("drops")
+    if isinstance(proc, TuiProcess):
+        # the TUI's status bar: "… │ 200,000 segments │ 0 dropped │ …"
+        time.sleep(1.5)  # its next tick
+        bar = proc.screen()
+        rc = proc.quit()
+        text = ""
+        seen = re.search(r"([\d,]+) segments", bar)
+        dropped = re.search(r"([\d,]+) dropped", bar)
+        res.captured = int(seen.group(1).replace(",", "")) if seen else None
+        res.drops = int(dropped.group(1).replace(",", "")) if dropped else None
+    else:
+        rc = stop(proc, signal.SIGTERM)
+        text = errf.read_text(errors="replace")
+        counters = parse_counters(text)
+        res.captured = counters.get("captured")
+        res.drops = counters.get("drops")
     if rc not in (0, -signal.SIGTERM, -signal.SIGINT, 130, 143):
         res.error = f"exit {rc}: {text.strip().splitlines()[-1] if text.strip() else ''}"
     fc = count_capture(out)
