@@ -11,12 +11,15 @@ process:
 * ``ss -tanp`` (TCP with processes) and ``ss -tan`` (TCP, no processes), output discarded;
 * a miss: the helper opens one more connection after the snapshot, and
   ``resolve(segment)`` for its first data segment (client → server) is timed, and checked
-  against the helper's own pid and fds; plus one bare exact sock_diag look-up.
+  against the helper's own pid and fds; plus one bare exact sock_diag look-up. The detail
+  splits it: kernel look-ups, the holder search (links read; the pass that found them, see
+  ``HolderScanner.find_holders``), and the new table (``SocketTable.with_entries``).
 
 Medians over ``--repeat`` runs (the first, cold, run is reported apart).
 
     sudo python bench/sockets.py            # N = 1k, 5k, 20k
     sudo python bench/sockets.py --smoke    # N = 500
+    sudo python bench/sockets.py --sizes 20000 --steady 30   # + refreshes every 0.5 s
 """
 
 from __future__ import annotations
@@ -115,8 +118,12 @@ def start_helpers(n: int, timeout: float = 600) -> list[Helper]:
     return helpers
 
 
-def misses(src: SocketTableSource, helper: Helper, k: int) -> tuple[list[float], int, list[float]]:
-    """Resolve ``k`` connections the table has not seen; (µs each, right holders, exact µs)."""
+def misses(
+    src: SocketTableSource, helper: Helper, k: int, stages: dict[str, list[float]]
+) -> tuple[list[float], int, list[float]]:
+    """Resolve ``k`` connections the table has not seen; (µs each, right holders, exact µs).
+    ``stages`` collects each resolve()'s own split (seconds), the links its holder search
+    read and the pass that found them."""
     times, right, exact = [], 0, []
     for i in range(k):
         if i % 5 == 0:
@@ -136,8 +143,17 @@ def misses(src: SocketTableSource, helper: Helper, k: int) -> tuple[list[float],
             payload_len=1024,
         )
         t0 = time.perf_counter()
-        table = src.resolve(seg)
+        fresh = src.resolve(seg)
         times.append((time.perf_counter() - t0) * 1e6)
+        # (assigned after the clock stops: dropping the previous table, right after a refresh
+        # the last reference to the old 20k-socket one, takes milliseconds of deallocation)
+        table = fresh
+        for key, value in getattr(src, "resolve_stats", {}).items():
+            stages.setdefault(key, []).append(value)
+        scanner = src.scanner
+        stages.setdefault("links", []).append(float(getattr(scanner, "last_find_reads", -1)))
+        stages.setdefault("listed", []).append(float(getattr(scanner, "last_find_listed", -1)))
+        stages.setdefault("pass:" + getattr(scanner, "last_find_pass", "?"), []).append(1.0)
         att = attribute(seg, table if table is not None else src.current())
         rx = att.receiver.holders if att.receiver else ()
         tx = att.sender.holders if att.sender else ()
@@ -153,7 +169,22 @@ def misses(src: SocketTableSource, helper: Helper, k: int) -> tuple[list[float],
     return times, right, exact
 
 
-def measure(n: int, repeat: int, k: int) -> tuple[list[list[object]], list[str]]:
+def steady(src: SocketTableSource, helper: Helper, seconds: float, every: float = 0.5) -> list[float]:
+    """Refresh every ``every`` seconds for ``seconds`` (one new connection between two), as
+    the refresher does: the periodic work (each fd link read again once per
+    ``full_scan_interval``, fallbacks) shows up in the tail. Seconds per refresh."""
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(every)
+        helper.new_connection()
+        t0 = time.perf_counter()
+        src.refresh()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[list[object]], list[str]]:
     import psutil
 
     helpers = start_helpers(n)
@@ -172,8 +203,9 @@ def measure(n: int, repeat: int, k: int) -> tuple[list[list[object]], list[str]]
                 "conntui SocketTableSource().refresh()",
                 f"{med * 1e3:.1f} ms",
                 f"{cold * 1e3:.1f} ms",
-                "dump {dump:.0f} + scan {scan:.0f} + route {route:.0f} + build {build:.0f} ms".format(
-                    **{key: st.get(key, 0) * 1e3 for key in ("dump", "scan", "route", "build")}
+                "dump {dump:.0f} + scan {scan:.0f} + route {route:.0f} + entries {entries:.0f} "
+                "+ table {table:.0f} ms".format(
+                    **{key: st.get(key, 0) * 1e3 for key in ("dump", "scan", "route", "entries", "table")}
                 ),
             ]
         )
@@ -205,7 +237,8 @@ def measure(n: int, repeat: int, k: int) -> tuple[list[list[object]], list[str]]
                     "subprocess, output discarded",
                 ]
             )
-        times, right, exact = misses(src, helper, k)
+        stages: dict[str, list[float]] = {}
+        times, right, exact = misses(src, helper, k, stages)
         rows.append(
             [
                 n,
@@ -217,7 +250,38 @@ def measure(n: int, repeat: int, k: int) -> tuple[list[list[object]], list[str]]
                 f"right pid+fd both ends {right}/{k}",
             ]
         )
+        if "holders" in stages:
+            passes = ", ".join(
+                f"{key[5:] or 'none'} {len(v)}" for key, v in stages.items() if key.startswith("pass:")
+            )
+            rows.append(
+                [
+                    n,
+                    "",
+                    "  of which (medians)",
+                    "",
+                    "",
+                    f"look-ups {statistics.median(stages['lookup']) * 1e3:.2f} + holders "
+                    f"{statistics.median(stages['holders']) * 1e3:.2f} + table "
+                    f"{statistics.median(stages['table']) * 1e3:.2f} ms; links read "
+                    f"{statistics.median(stages['links']):.0f}, fd dirs listed "
+                    f"{statistics.median(stages['listed']):.0f}; found by: {passes}",
+                ]
+            )
         rows.append([n, "", "one exact sock_diag look-up", f"{statistics.median(exact):.1f} µs", "", ""])
+        if steady_s > 0:
+            st = steady(src, helper, steady_s)
+            rows.append(
+                [
+                    n,
+                    "",
+                    f"conntui refresh() every 0.5 s for {steady_s:.0f} s",
+                    f"{statistics.median(st) * 1e3:.1f} ms",
+                    "",
+                    f"p90 {percentile(st, 90) * 1e3:.1f} ms, max {max(st) * 1e3:.1f} ms "
+                    f"({len(st)} refreshes)",
+                ]
+            )
     finally:
         for h in helpers:
             h.close()
@@ -230,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--misses", type=int, default=20)
+    ap.add_argument(
+        "--steady", type=float, default=0.0, metavar="S", help="also refresh every 0.5 s for S s at each N"
+    )
     args = ap.parse_args(argv)
     require_root()
     if args.smoke:
@@ -238,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[object]] = []
     notes: list[str] = []
     for n in args.sizes:
-        r, nn = measure(n, args.repeat, args.misses)
+        r, nn = measure(n, args.repeat, args.misses, args.steady)
         rows += r
         notes += nn
     print(table(["N", "rows", "what", "median", "cold (1st)", "detail"], rows))

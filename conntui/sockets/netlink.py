@@ -32,6 +32,7 @@ NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 CLONE_NEWNET = 0x40000000
 
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_LEN_TYPE_SEQ = struct.Struct("=IH2xI")  # the header's len, type and seq
 NLA_HDR = struct.Struct("=HH")  # len, type
 _ERRNO = struct.Struct("=i")
 
@@ -192,25 +193,30 @@ class NetlinkChannel:
     def _dump(self, msg_type: int, payload: bytes, want_type: int) -> list[bytes]:
         seq = self._send(msg_type, NLM_F_DUMP, payload)
         out: list[bytes] = []
-        unpack_hdr = NLMSG_HDR.unpack_from
+        append = out.append
+        unpack_hdr = _LEN_TYPE_SEQ.unpack_from
         while True:
-            # Hot loop (one pass per socket in the table): split_messages inlined.
+            # Hot loop (one pass per socket in the table): split_messages inlined, and the
+            # usual message (an answer to this request, well formed) tested at once.
             data = self._recv()
             offset, end = 0, len(data)
             while offset + 16 <= end:
-                length, kind, _flags, mseq, _pid = unpack_hdr(data, offset)
-                if length < 16 or offset + length > end:
+                length, kind, mseq = unpack_hdr(data, offset)
+                stop = offset + length
+                if kind == want_type and mseq == seq and length >= 16 and stop <= end:
+                    append(data[offset + 16 : stop])
+                    offset = (stop + 3) & ~3
+                    continue
+                if length < 16 or stop > end:
                     raise NetlinkError(errno.EBADMSG, "malformed netlink message")
                 if mseq == seq:
-                    if kind == want_type:
-                        out.append(data[offset + 16 : offset + length])
-                    elif kind == NLMSG_DONE:
+                    if kind == NLMSG_DONE:
                         return out
-                    elif kind == NLMSG_ERROR:
-                        code = error_code(data[offset + 16 : offset + length])
+                    if kind == NLMSG_ERROR:
+                        code = error_code(data[offset + 16 : stop])
                         if code:
                             raise NetlinkError(code, os.strerror(code))
-                offset += (length + 3) & ~3
+                offset = (stop + 3) & ~3
 
     def query(self, msg_type: int, payload: bytes, want_type: int) -> list[bytes]:
         """Send a non-dump request; its answer, or ``[]`` when the kernel says ENOENT (no such

@@ -10,20 +10,31 @@ fds that are new in a process's listing, and fds whose socket is gone from the k
 Anything left unexplained (a live inode with no holder found) falls back to reading every
 link, as does a scan without that set.
 
+Between scans, a socket the table lacks (a demux miss) is searched for where it most likely
+is, cheapest first (:meth:`HolderScanner.find_holders`): the kernel gives a process the
+lowest free fd number, so in a likely process (the listener's holder, say) only the numbers
+that were free at the last scan, and those whose socket closed since, are read — a few
+``readlink`` calls, where listing a 10,000-fd process costs milliseconds. A process created
+since the last scan is read in full; listing every process is the last resort. Holders are
+only ever what a link read says, never inferred from a prediction.
+
 Process names are cached per (pid, start time): a reused pid gets its own name, never the
 previous owner's.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from ..model import Holder
 
 _SOCKET_PREFIX = "socket:["
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _COMM_LEN = 15  # TASK_COMM_LEN - 1: longer names are cut in comm and stat
 
 Holders = tuple[Holder, ...]
@@ -31,11 +42,22 @@ Holders = tuple[Holder, ...]
 
 def read_stat(proc_root: str, pid: int) -> tuple[str, int] | None:
     """``(comm, starttime)`` from ``/proc/PID/stat``; ``None`` if the process is gone."""
+    got = read_stat_ppid(proc_root, pid)
+    return None if got is None else (got[0], got[2])
+
+
+def read_stat_ppid(proc_root: str, pid: int) -> tuple[str, int, int] | None:
+    """``(comm, ppid, starttime)`` from ``/proc/PID/stat``; ``None`` if the process is gone."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"{proc_root}/{pid}/stat", _FILE_FLAGS)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)  # one read: the kernel formats the whole line at once
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # comm may hold spaces and parentheses: it ends at the last ")".
     head, sep, rest = data.rpartition(b")")
     if not sep:
@@ -43,10 +65,11 @@ def read_stat(proc_root: str, pid: int) -> tuple[str, int] | None:
     comm = head.partition(b"(")[2].decode("utf-8", "replace")
     fields = rest.split()
     try:
+        ppid = int(fields[1])  # field 4
         starttime = int(fields[19])  # field 22 of stat; fields[0] is field 3 (state)
     except (IndexError, ValueError):
         return None
-    return comm, starttime
+    return comm, ppid, starttime
 
 
 _MAX_NAME = 256
@@ -129,6 +152,44 @@ def read_fds(
     is gone from ``alive``. When nothing may have changed, ``previous`` itself is returned.
     ``None`` when the process is gone or its fds cannot be read.
     """
+    got = _list_fds(proc_root, pid, previous, alive, previous_sockets)
+    if got is None:
+        return None
+    if got is _UNCHANGED:
+        assert previous is not None
+        return previous, 0
+    return got.fds, got.reads
+
+
+@dataclass(slots=True)
+class _Listing:
+    """One process's fds as :func:`_list_fds` read them."""
+
+    fds: dict[str, int]  # fd name → socket inode, 0 for other files
+    order: list[str]  # the names in ``fds`` as the kernel listed them (ascending on /proc)
+    reads: int  # links read
+    removed: list[tuple[str, int]]  # (fd name, socket inode) no longer there
+    added: list[tuple[str, int]]  # (fd name, socket inode) new
+
+
+_UNCHANGED = _Listing({}, [], 0, [], [])
+
+
+def _list_fds(
+    proc_root: str,
+    pid: int,
+    previous: dict[str, int] | None,
+    alive: set[int] | frozenset[int] | None,
+    previous_sockets: frozenset[int] = frozenset(),
+    previous_order: list[str] | None = None,
+    gone: set[int] | frozenset[int] | None = None,
+) -> _Listing | None:
+    """:func:`read_fds` with what changed: ``_UNCHANGED`` when nothing may have.
+
+    Set operations (in C) find the names to read, so a process with thousands of fds and
+    a few new ones costs its listing and those few links. ``previous_order`` (the last
+    listing) makes the common "same names" case one list comparison; ``gone`` (a superset
+    of the sockets closed since, small) spares checking every socket against ``alive``."""
     try:
         dfd = os.open(f"{proc_root}/{pid}/fd", _DIR_FLAGS)
     except OSError:
@@ -138,27 +199,66 @@ def read_fds(
             names = os.listdir(dfd)
         except OSError:
             return None
-        if previous is not None and alive is not None:
-            if len(names) == len(previous) and previous.keys() == set(names) and previous_sockets <= alive:
-                return previous, 0
-        else:
-            previous = None
         readlink = os.readlink
-        out: dict[str, int] = {}
+        removed: list[tuple[str, int]] = []
+        added: list[tuple[str, int]] = []
         reads = 0
-        for name in names:
-            if previous is not None and alive is not None:
-                inode = previous.get(name)
-                if inode is not None and (inode == 0 or inode in alive):
-                    out[name] = inode
+        vanished = False  # a listed fd closed before its link was read
+        if previous is None or alive is None:
+            out: dict[str, int] = {}
+            for name in names:
+                try:
+                    target = readlink(name, dir_fd=dfd)
+                except OSError:
+                    vanished = True
                     continue
+                reads += 1
+                inode = out[name] = _socket_inode(target)
+                if inode:
+                    added.append((name, inode))
+            return _Listing(out, [n for n in names if n in out] if vanished else names, reads, removed, added)
+        if previous_order is not None and names == previous_order:
+            same_names = True
+            name_set: set[str] | None = None
+        else:
+            name_set = set(names)
+            same_names = len(names) == len(previous) and previous.keys() == name_set
+        # sockets closed since: their fds may have been reused
+        dead = previous_sockets.intersection(gone) if gone is not None else previous_sockets.difference(alive)
+        if same_names and not dead:
+            return _UNCHANGED
+        if name_set is None:
+            name_set = set(names)
+        out = dict(previous)
+        to_read: list[str] = []
+        if not same_names:
+            for name in previous.keys() - name_set:
+                inode = out.pop(name)
+                if inode:
+                    removed.append((name, inode))
+            to_read += name_set - previous.keys()
+        if dead:
+            to_read += [n for n, i in previous.items() if i in dead and n in name_set]
+        for name in to_read:
+            old = out.get(name)
             try:
                 target = readlink(name, dir_fd=dfd)
-            except OSError:
-                continue  # closed meanwhile
+            except OSError:  # closed meanwhile
+                vanished = True
+                if old is not None:
+                    del out[name]
+                    if old:
+                        removed.append((name, old))
+                continue
             reads += 1
-            out[name] = _socket_inode(target)
-        return out, reads
+            inode = _socket_inode(target)
+            if inode != old:
+                if old:
+                    removed.append((name, old))
+                if inode:
+                    added.append((name, inode))
+            out[name] = inode
+        return _Listing(out, [n for n in names if n in out] if vanished else names, reads, removed, added)
     finally:
         os.close(dfd)
 
@@ -177,6 +277,62 @@ class _PidState:
     name: str
     fds: dict[str, int]  # fd name → socket inode, 0 for other files
     sockets: frozenset[int]  # the socket inodes among them
+    order: list[str] = field(default_factory=list)  # fd names as listed (ascending on /proc)
+    # Filled on first use by a targeted search (most processes are never searched):
+    free: tuple[int, ...] = ()  # the lowest fd numbers below ``top`` that were free
+    top: int = -1  # highest open fd + 1 (-1: not computed yet)
+    uid: int = -1  # owner of /proc/PID (the process's euid); -1: not read yet
+
+
+_HOLES = 16  # free fd numbers remembered per process, lowest first
+_PROBE_GAP = 3  # consecutive free numbers after which a process is taken to have no newer fd
+_PROBE_MAX = 32  # links one process's probe reads at most
+_PROBE_PIDS = 64  # processes beyond the hinted and recent ones that are probed at most
+_RECENT = 16  # processes where searches found sockets lately, tried right after the hints
+
+
+def free_slots(
+    fds: Collection[str], order: Sequence[str] = (), limit: int = _HOLES
+) -> tuple[tuple[int, ...], int]:
+    """The lowest ``limit`` fd numbers missing from ``fds`` below its highest one, and that
+    highest + 1: where the kernel puts the next fds (it gives the lowest free number).
+
+    ``order`` is how ``/proc/PID/fd`` listed them: in ascending order, which a large table
+    is trusted to be in (a binary search costs microseconds where sorting 10,000 names
+    costs 1.5 ms); the answer is checked, and a table in any other order is sorted. A wrong
+    answer would only make a search read the wrong links first: holders come from what the
+    links say.
+    """
+    n = len(order)
+    if n > 256 and n == len(fds):
+        try:
+            top = int(order[-1]) + 1
+            holes = top - n
+            if holes == 0 and order[0] == "0":
+                return (), top
+            if holes > 0:
+
+                def below(i: int) -> int:  # free numbers below order[i] (order ascending)
+                    return int(order[i]) - i
+
+                found = [k + bisect.bisect_right(range(n), k, key=below) for k in range(min(holes, limit))]
+                if all(a < b for a, b in itertools.pairwise(found)) and not any(str(h) in fds for h in found):
+                    return tuple(found), top
+        except ValueError:
+            pass
+    nums = sorted(int(x) for x in fds if x.isdigit())
+    if not nums:
+        return (), 0
+    free: list[int] = []
+    expect = 0
+    for v in nums:
+        while expect < v and len(free) < limit:
+            free.append(expect)
+            expect += 1
+        if len(free) >= limit:
+            break
+        expect = v + 1
+    return tuple(free), nums[-1] + 1
 
 
 class HolderScanner:
@@ -192,11 +348,27 @@ class HolderScanner:
         self.names = names if names is not None else ProcessNames(proc_root)
         self.last_reads = 0  # links read by the last scan (for tests and stats)
         self.last_full = False  # whether the last scan read every link
+        self.generation = 0  # scans so far
+        self._links = 0  # fd links the last scan knew of
+        self._verify_at = (0, 0)  # (pid, index in its listing) where re-reading resumes
+        # inodes whose holders the last scan changed from the one before (None: any may have)
+        self.last_changed: frozenset[int] | None = None
         self.last_find_deep = False  # whether the last find_holders read every link
+        self.last_find_reads = 0  # links the last find_holders read
+        self.last_find_listed = 0  # /proc/PID/fd directories it listed
+        self.last_find_pass = ""  # the pass that found its first holder ("" if none): see find_holders
         self._pids: dict[int, _PidState] = {}
         self._by_inode: dict[int, Holders] = {}
         self._unheld: frozenset[int] = frozenset()  # live inodes a full scan found no holder for
         self._holder_cache: dict[tuple[int, int, str], Holder] = {}
+        # What searches learnt since the last scan (each scan starts them afresh; a search on
+        # another thread may write to the old ones meanwhile, which only loses hints):
+        self._opened: dict[int, dict[int, int]] = {}  # pid → {fd: inode} of links read
+        self._read_inodes: dict[int, list[tuple[int, int]]] = {}  # the same, inode → (pid, fd)
+        self._freed: dict[int, set[int]] = {}  # pid → fds whose socket was seen to close
+        # (ns_last_pid, pids not in the scan, the scan's states): see new_pids()
+        self._new: tuple[int | None, list[int], dict[int, _PidState]] | None = None
+        self._recent: dict[int, None] = {}  # pids where searches found sockets, latest last
 
     @property
     def unheld(self) -> frozenset[int]:
@@ -222,6 +394,7 @@ class HolderScanner:
         *,
         full: bool = False,
         recheck: Callable[[set[int]], set[int]] | None = None,
+        verify: float = 0.0,
     ) -> dict[int, Holders]:
         """inode → every holder, sorted by (pid, fd), over all of ``/proc``.
 
@@ -230,25 +403,53 @@ class HolderScanner:
         inode is then left without a holder that an earlier full scan did not also miss,
         every link is read again; ``recheck`` first narrows those down to the inodes the
         kernel still has (a socket closed between the dump and the scan needs no search).
+
+        A listing cannot show an fd closed and opened again under the same number while its
+        old socket lives on elsewhere (a dup2(), a shared socket): ``verify`` is the share of
+        all links to read again anyway, round-robin, so that a caller passing (time since
+        the last scan) / T has every link re-read at least once every T seconds, a slice per
+        scan, instead of all of them at once.
         Treat the result as read-only: it may be the same object as the last scan's.
         """
+        self.generation += 1
+        before = self._by_inode
         incremental = alive is not None and not full and bool(self._pids)
-        result = self._scan(alive if incremental else None)
+        result = self._scan(alive if incremental else None, verify if incremental else 0.0)
         if incremental and alive is not None:
             missing = set(alive.difference(result, self._unheld))
             if missing and recheck is not None:
                 missing = recheck(missing)
             if missing:
+                # Most often a file's fd number taken by a new socket (a listing shows the
+                # same name, and files' links are not read again): read those first.
+                result = self._reread_files()
+                missing.difference_update(result)
+            if missing:
                 result = self._scan(None)
                 incremental = False
         if not incremental and alive is not None:
             self._unheld = frozenset(alive.difference(result))
+        elif alive is not None and self._unheld:
+            self._unheld = self._unheld.intersection(alive)
+        if self.last_changed is None and before:
+            # A full read rebuilt the map: tell the caller what actually changed.
+            self.last_changed = frozenset(
+                k for k in before.keys() | result.keys() if before.get(k) != result.get(k)
+            )
         self.last_full = not incremental
         return result
 
-    def _scan(self, alive: set[int] | frozenset[int] | None) -> dict[int, Holders]:
+    def _scan(self, alive: set[int] | frozenset[int] | None, verify: float = 0.0) -> dict[int, Holders]:
         root = self.proc_root
+        last_pid = self._last_pid()  # before listing: a process started after it changes it
         prev_states = self._pids if alive is not None else {}
+        # links to read again whatever the listing says, from where the last scan stopped
+        budget = int(self._links * min(verify, 1.0)) + 1 if verify > 0 else 0
+        cursor_pid, cursor_at = self._verify_at
+        links = 0
+        # Every socket any process held at the last scan and the kernel no longer has: each
+        # process's own share of it is then a small intersection, not a pass over its sockets.
+        gone = self._by_inode.keys() - alive if alive is not None and prev_states else None
         states: dict[int, _PidState] = {}
         removed: list[tuple[int, int, int]] = []  # (inode, pid, fd)
         added: list[tuple[int, Holder]] = []
@@ -261,34 +462,50 @@ class HolderScanner:
             prev = prev_states.get(pid)
             if prev is not None and prev.starttime != starttime:
                 prev = None  # pid reused: the old process counts as gone (below)
-            got = read_fds(
+            got = _list_fds(
                 root,
                 pid,
                 prev.fds if prev is not None else None,
                 alive,
                 prev.sockets if prev is not None else frozenset(),
+                prev.order if prev is not None else None,
+                gone,
             )
             if got is None:
                 continue
-            fds, n = got
-            reads += n
-            if prev is not None and fds is prev.fds:
-                states[pid] = prev
-                continue
-            name = prev.name if prev is not None else self.names.name_for(pid, comm, starttime)
-            states[pid] = _PidState(starttime, name, fds, frozenset(i for i in fds.values() if i))
-            if alive is None:
-                continue
-            old = prev.fds if prev is not None else {}
-            for fd_name, inode in old.items():
-                if inode and fds.get(fd_name) != inode:
-                    removed.append((inode, pid, int(fd_name)))
-            for fd_name, inode in fds.items():
-                if inode and old.get(fd_name) != inode:
-                    added.append((inode, self._holder(pid, int(fd_name), name, self._holder_cache)))
+            if got is _UNCHANGED and prev is not None:
+                st = prev
+            else:
+                reads += got.reads
+                fds = got.fds
+                name = prev.name if prev is not None else self.names.name_for(pid, comm, starttime)
+                if prev is not None and not got.removed:
+                    sockets = (
+                        prev.sockets.union(inode for _, inode in got.added) if got.added else prev.sockets
+                    )
+                else:
+                    sockets = frozenset(filter(None, fds.values()))
+                st = _PidState(starttime, name, fds, sockets, got.order)
+                if alive is not None:
+                    removed.extend((inode, pid, int(fd_name)) for fd_name, inode in got.removed)
+                    for fd_name, inode in got.added:
+                        added.append((inode, self._holder(pid, int(fd_name), name, self._holder_cache)))
+            if budget > 0 and pid >= cursor_pid:
+                start = cursor_at if pid == cursor_pid else 0
+                st, n = self._verify(pid, st, st.order[start : start + budget], removed, added)
+                reads += n
+                budget -= n
+                if budget <= 0:
+                    self._verify_at = (pid, start + n)
+            states[pid] = st
+            links += len(st.fds)
+        if budget > 0:
+            self._verify_at = (0, 0)  # every process done: start over next time
+        self._links = links
         self.last_reads = reads
         if alive is None:
             result = self._build(states)
+            self.last_changed = None
         else:
             for pid, st in prev_states.items():
                 now = states.get(pid)
@@ -297,6 +514,76 @@ class HolderScanner:
             result = self._patch(removed, added)
         self._pids = states
         self._by_inode = result
+        self._opened, self._read_inodes, self._freed = {}, {}, {}
+        self._new = (last_pid, [], states)
+        return result
+
+    def _verify(
+        self,
+        pid: int,
+        st: _PidState,
+        names: list[str],
+        removed: list[tuple[int, int, int]],
+        added: list[tuple[int, Holder]],
+    ) -> tuple[_PidState, int]:
+        """Read these links of ``pid`` again; the state patched where they differ from
+        what it says (holder changes go to ``removed`` and ``added``), and how many were
+        read."""
+        if not names:
+            return st, 0
+        try:
+            dfd = os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS)
+        except OSError:
+            return st, 0
+        fds = st.fds
+        changes: dict[str, int | None] = {}
+        try:
+            for name in names:
+                try:
+                    inode: int | None = _socket_inode(os.readlink(name, dir_fd=dfd))
+                except OSError:
+                    inode = None  # closed since the listing
+                if inode != fds.get(name):
+                    changes[name] = inode
+        finally:
+            os.close(dfd)
+        if not changes:
+            return st, len(names)
+        fds = dict(fds)
+        for fd_name, inode in changes.items():
+            old = fds.get(fd_name)
+            if old:
+                removed.append((old, pid, int(fd_name)))
+            if inode is None:
+                fds.pop(fd_name, None)
+                continue
+            fds[fd_name] = inode
+            if inode:
+                added.append((inode, self._holder(pid, int(fd_name), st.name, self._holder_cache)))
+        order = [n for n in st.order if n in fds] if len(fds) != len(st.fds) else st.order
+        return _PidState(st.starttime, st.name, fds, frozenset(filter(None, fds.values())), order), len(names)
+
+    def _reread_files(self) -> dict[int, Holders]:
+        """Read again every link that was not a socket at the last scan, and patch."""
+        states = dict(self._pids)
+        removed: list[tuple[int, int, int]] = []
+        added: list[tuple[int, Holder]] = []
+        reads = 0
+        for pid, st in self._pids.items():
+            files = [n for n, inode in st.fds.items() if not inode]
+            new, n = self._verify(pid, st, files, removed, added)
+            reads += n
+            if new is not st:
+                states[pid] = new
+        changed = self.last_changed
+        result = self._patch(removed, added)
+        if changed is not None and self.last_changed is not None:
+            self.last_changed = changed | self.last_changed
+        if self._new is not None and self._new[2] is self._pids:
+            self._new = (self._new[0], self._new[1], states)
+        self._pids = states
+        self._by_inode = result
+        self.last_reads += reads
         return result
 
     def _build(self, states: dict[int, _PidState]) -> dict[int, Holders]:
@@ -320,6 +607,7 @@ class HolderScanner:
         self, removed: list[tuple[int, int, int]], added: list[tuple[int, Holder]]
     ) -> dict[int, Holders]:
         if not removed and not added:
+            self.last_changed = frozenset()
             return self._by_inode
         result = dict(self._by_inode)
         touched: dict[int, list[Holder]] = {}
@@ -338,7 +626,47 @@ class HolderScanner:
                 result[inode] = _sorted(lst)
             else:
                 result.pop(inode, None)
+        self.last_changed = frozenset(touched)
         return result
+
+    def _last_pid(self) -> int | None:
+        """The last pid the kernel handed out (``ns_last_pid``); ``None`` if unreadable."""
+        try:
+            fd = os.open(f"{self.proc_root}/sys/kernel/ns_last_pid", _FILE_FLAGS)
+        except OSError:
+            return None
+        try:
+            return int(os.read(fd, 32))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
+    def new_pids(self) -> list[int]:
+        """Processes started since the last scan, newest first.
+
+        Listing ``/proc`` costs a fraction of a millisecond; when ``ns_last_pid`` has not
+        moved since the last listing, no process (or thread) was created, and the last
+        answer stands.
+        """
+        states = self._pids
+        last = self._last_pid()
+        cached = self._new
+        if cached is not None and last is not None and cached[0] == last and cached[2] is states:
+            return cached[1]
+        new = sorted((p for p in list_pids(self.proc_root) if p not in states), reverse=True)
+        self._new = (last, new, states)
+        return new
+
+    def note_closed(self, holders: Iterable[Holder]) -> None:
+        """These holders' socket is gone (so, most likely, their fds): the numbers the
+        kernel hands out first again, so a search reads them first."""
+        freed = self._freed
+        for h in holders:
+            fds = freed.get(h.pid)
+            if fds is None:
+                fds = freed[h.pid] = set()
+            fds.add(h.fd)
 
     def scan_order(self, hint_pids: Iterable[int] = ()) -> list[int]:
         """Hinted pids, then pids that held sockets last time, then the rest newest first."""
@@ -361,65 +689,215 @@ class HolderScanner:
         hint_pids: Iterable[int] = (),
         *,
         deep: bool = True,
+        uids: Iterable[int] = (),
     ) -> dict[int, Holders]:
-        """Holders of ``inodes``: hinted pids first, then pids that held sockets, then the
-        rest newest first; stops once every inode has a holder (a second holder in a later
-        pid may then be missed, and the next scan finds it).
+        """Holders of ``inodes`` (sockets the last scan did not see), cheapest places first;
+        each pass runs only while some inode has no holder yet:
 
-        First pass: only the fds each process did not have at the last scan (cheap, and
-        where a new socket almost always is). Second pass, if ``deep``: every fd.
+        1. ``probe``: links read since the last scan that showed one of them; then, in the
+           hinted pids and those where searches found sockets lately, the fd numbers the
+           kernel hands out first: those free at the last scan, lowest first, and those
+           whose socket was seen to close (:meth:`note_closed`) — a few ``readlink`` calls;
+        2. ``new``: every fd of each process started since the last scan;
+        3. ``probe``: as 1, in other processes holding sockets (owner in ``uids`` first);
+        4. ``list``: every fd each process did not have at the last scan (one listing of
+           each ``/proc/PID/fd``);
+        5. ``deep`` (only if ``deep``): the fds that were not sockets at the last scan (a
+           file's number taken by the socket), then every fd.
+
+        Once an inode is found, the processes started since the last scan, and the parent
+        of a holder that is one of them, are checked at the same fd: a socket shared across
+        fork() lists all its holders. A socket passed to a process that existed at the
+        last scan (SCM_RIGHTS) is seen by the next scan. Every holder is a link read now.
         """
         wanted = {i for i in inodes if i}
+        self.last_find_deep = False
+        self.last_find_reads = self.last_find_listed = 0
+        self.last_find_pass = ""
         if not wanted:
             return {}
-        order = self.scan_order(hint_pids)
-        found: dict[int, list[Holder]] = {}
-        seen: set[tuple[int, int]] = set()
-        cache: dict[tuple[int, int, str], Holder] = {}
-        missing = set(wanted)
-        self.last_find_deep = False
-        for new_only in (True, False) if deep else (True,):
-            self.last_find_deep = not new_only
-            for pid in order:
-                hits = [
-                    h for h in self._find_in_pid(pid, wanted, missing, new_only) if (pid, h[0]) not in seen
-                ]
-                if not hits:
-                    continue
-                stat = read_stat(self.proc_root, pid)
-                if stat is None:
-                    continue
-                name = self.names.name_for(pid, *stat)
-                for fd, inode in hits:
-                    seen.add((pid, fd))
-                    found.setdefault(inode, []).append(self._holder(pid, fd, name, cache))
-                    missing.discard(inode)
-                if not missing:
-                    return {inode: _sorted(hs) for inode, hs in found.items()}
-        return {inode: _sorted(hs) for inode, hs in found.items()}
+        f = _Find(wanted)
+        states = self._pids
+        try:
+            self._confirm_read(f)
+            hints = list(dict.fromkeys(hint_pids))
+            first = [*hints, *(p for p in reversed(self._recent) if p not in hints)]
+            for pid in first:
+                if not f.missing:
+                    break
+                st = states.get(pid)
+                if st is not None:
+                    self._probe(f, pid, st)
+            if f.missing:
+                new = self.new_pids()
+                hinted_new = [p for p in hints if p not in states]
+                for pid in dict.fromkeys([*hinted_new, *new]):
+                    if not f.missing:
+                        break
+                    self._read_pid(f, pid, None, "all", "new")
+            if f.missing:
+                done = set(first)
+                rest = [p for p, st in states.items() if st.sockets and p not in done]
+                rest.sort(reverse=True)
+                uid_set = set(uids)
+                if uid_set:
+                    rest.sort(key=lambda p: self._uid(p, states[p]) not in uid_set)
+                for pid in rest[:_PROBE_PIDS]:
+                    if not f.missing:
+                        break
+                    self._probe(f, pid, states[pid])
+            passes = [("list", "new"), *([("deep", "files"), ("deep", "all")] if deep else [])]
+            for how, which in passes:
+                if not f.missing:
+                    break
+                self.last_find_deep = how == "deep"
+                for pid in self.scan_order(hints):
+                    if not f.missing:
+                        break
+                    st = states.get(pid)
+                    if pid not in f.full and (st is not None or which != "files"):
+                        self._read_pid(f, pid, st, which, how)
+            self._co_holders(f)
+        finally:
+            self.last_find_reads = f.reads
+            self.last_find_listed = f.listed
+        recent = self._recent
+        for pid in f.at:
+            recent.pop(pid, None)
+            recent[pid] = None
+        while len(recent) > _RECENT:
+            del recent[next(iter(recent))]
+        self.last_find_pass = f.how
+        return {inode: _sorted(hs) for inode, hs in f.found.items()}
 
-    def _find_in_pid(
-        self, pid: int, wanted: set[int], missing: set[int], new_only: bool
-    ) -> list[tuple[int, int]]:
+    def _uid(self, pid: int, st: _PidState) -> int:
+        if st.uid == -1:
+            try:
+                st.uid = os.stat(f"{self.proc_root}/{pid}").st_uid
+            except OSError:
+                st.uid = -2
+        return st.uid
+
+    def _take(self, f: _Find, pid: int, hits: list[tuple[int, int]], how: str) -> None:
+        """Record holders found in ``pid`` (named from its stat, read now)."""
+        hits = [(fd, inode) for fd, inode in hits if (pid, fd) not in f.seen]
+        if not hits:
+            return
+        stat = read_stat_ppid(self.proc_root, pid)
+        if stat is None:
+            return
+        comm, ppid, starttime = stat
+        name = self.names.name_for(pid, comm, starttime)
+        f.ppids[pid] = ppid
+        at = f.at.setdefault(pid, [])
+        for fd, inode in hits:
+            f.seen.add((pid, fd))
+            f.found.setdefault(inode, []).append(self._holder(pid, fd, name, f.cache))
+            f.missing.discard(inode)
+            at.append((fd, inode))
+        if not f.how:
+            f.how = how
+
+    def _learn(self, pid: int, fd: int, inode: int) -> None:
+        opened = self._opened.get(pid)
+        if opened is None:
+            opened = self._opened[pid] = {}
+        opened[fd] = inode
+        if inode:
+            self._read_inodes.setdefault(inode, []).append((pid, fd))
+
+    def _links_to(self, f: _Find, pid: int, fd: int, inode: int) -> bool:
+        """Whether ``pid``'s ``fd`` is, right now, the socket ``inode`` (one link read)."""
+        f.reads += 1
+        try:
+            return _socket_inode(os.readlink(f"{self.proc_root}/{pid}/fd/{fd}")) == inode
+        except OSError:
+            return False
+
+    def _confirm_read(self, f: _Find) -> None:
+        """Links read since the last scan that showed a wanted inode: read them again."""
+        read_inodes = self._read_inodes
+        for inode in list(f.missing):
+            for pid, fd in read_inodes.get(inode, ()):
+                if self._links_to(f, pid, fd, inode):
+                    self._take(f, pid, [(fd, inode)], "probe")
+
+    def _probe(self, f: _Find, pid: int, st: _PidState) -> None:
+        """Read the fd numbers of ``pid`` the kernel most likely gave out since the last
+        scan: those whose socket was seen to close, then those free at the scan (lowest
+        first, then above the highest), each run stopped after a few free ones in a row."""
+        if st.top < 0:
+            st.free, st.top = free_slots(st.fds, st.order)
+        opened = self._opened.get(pid, {})
+        freed = self._freed.get(pid, ())
         try:
             dfd = os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS)
         except OSError:
-            return []
+            return
+        hits: list[tuple[int, int]] = []
+        left = set(f.missing)
+        reads = 0
         try:
-            try:
-                names = os.listdir(dfd)
-            except OSError:
-                return []
-            prev = self._pids.get(pid)
-            if prev is not None:
-                known = prev.fds
-                if new_only:
-                    names = [n for n in names if n not in known]
-                else:
-                    names.sort(key=lambda n: (n in known, -int(n)))
-            hits: list[tuple[int, int]] = []
-            left = set(missing)
+            readlink = os.readlink
+            regions: tuple[tuple[Iterable[int], int], ...] = (
+                (sorted(freed), len(freed)),
+                (st.free, _PROBE_GAP),
+                (itertools.count(st.top), _PROBE_GAP),
+            )
+            for region, patience in regions:
+                gap = 0
+                for fd in region:
+                    if fd in opened and fd not in freed:
+                        continue  # read since the scan (and not wanted then or now)
+                    if reads >= _PROBE_MAX or not left:
+                        return
+                    reads += 1
+                    try:
+                        inode = _socket_inode(readlink(str(fd), dir_fd=dfd))
+                    except OSError:
+                        gap += 1
+                        if gap >= patience:
+                            break
+                        continue
+                    gap = 0
+                    self._learn(pid, fd, inode)
+                    if inode in f.wanted:
+                        hits.append((fd, inode))
+                        left.discard(inode)
+        finally:
+            os.close(dfd)
+            f.reads += reads
+            self._take(f, pid, hits, "probe")
+
+    def _read_pid(self, f: _Find, pid: int, st: _PidState | None, which: str, how: str) -> None:
+        """Read links of ``pid``: ``which`` is ``new`` (those its listing shows and the last
+        scan did not), ``files`` (those that were not sockets at the last scan: no listing)
+        or ``all`` (new ones first, then files, then sockets). Stops once every inode has a
+        holder."""
+        try:
+            dfd = os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS)
+        except OSError:
+            return
+        hits: list[tuple[int, int]] = []
+        try:
+            known = st.fds if st is not None else None
+            if which == "files" and known is not None:
+                names = [n for n, inode in known.items() if not inode]
+            else:
+                try:
+                    names = os.listdir(dfd)
+                except OSError:
+                    return
+                f.listed += 1
+                if known is not None:
+                    if which == "new":
+                        names = [n for n in names if n not in known]
+                    else:
+                        names.sort(key=lambda n: (n in known, known.get(n, 0) != 0, -int(n)))
+            left = set(f.missing)
+            wanted = f.wanted
             for name in names:
+                f.reads += 1
                 try:
                     inode = _socket_inode(os.readlink(name, dir_fd=dfd))
                 except OSError:
@@ -429,9 +907,48 @@ class HolderScanner:
                     left.discard(inode)
                     if not left:
                         break  # every inode has a holder: stop reading links
-            return hits
+            else:
+                if known is None or which == "all":
+                    f.full.add(pid)
         finally:
             os.close(dfd)
+            self._take(f, pid, hits, how)
+
+    def _co_holders(self, f: _Find) -> None:
+        """Other holders of what was found, where fork() puts them: the same fd in each
+        process started since the last scan, and in the parent of a holder that is one."""
+        if not f.at:
+            return
+        states = self._pids
+        targets = list(dict.fromkeys(x for hits in f.at.values() for x in hits))
+        candidates = [p for p in self.new_pids() if p not in f.at and p not in f.full]
+        candidates += [pp for p, pp in list(f.ppids.items()) if p not in states and pp > 0 and pp not in f.at]
+        for pid in dict.fromkeys(candidates):
+            hits = []
+            for fd, inode in targets:
+                if self._links_to(f, pid, fd, inode):
+                    hits.append((fd, inode))
+            self._take(f, pid, hits, f.how)
+
+
+@dataclass(slots=True)
+class _Find:
+    """One find_holders call's progress."""
+
+    wanted: set[int]
+    missing: set[int] = field(default_factory=set)
+    found: dict[int, list[Holder]] = field(default_factory=dict)  # inode → holders
+    at: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # pid → (fd, inode) found
+    ppids: dict[int, int] = field(default_factory=dict)  # holder pid → its parent
+    seen: set[tuple[int, int]] = field(default_factory=set)  # (pid, fd) recorded
+    full: set[int] = field(default_factory=set)  # pids whose every link was read
+    cache: dict[tuple[int, int, str], Holder] = field(default_factory=dict)
+    reads: int = 0
+    listed: int = 0
+    how: str = ""
+
+    def __post_init__(self) -> None:
+        self.missing = set(self.wanted)
 
 
 def _sorted(holders: list[Holder]) -> tuple[Holder, ...]:

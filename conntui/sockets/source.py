@@ -7,8 +7,18 @@ swaps in ``current().with_entries(found)``. Both swap one reference: readers cal
 ``current()`` and never lock.
 
 A refresh reads only the ``/proc/PID/fd`` links that may have changed (see
-:class:`~.procfs.HolderScanner`), re-reads all of them every ``full_scan_interval``
-seconds, and rebuilds only the entries whose kernel message changed (timers aside).
+:class:`~.procfs.HolderScanner`), plus a slice of the others so that each is read again
+at least once every ``full_scan_interval`` seconds. Python code runs only for the kernel
+messages that changed (a message seen byte for byte last time stands for the same entry,
+unless its socket's holders changed), and the new table is the last one patched
+(``SocketTable.with_entries``) when that answers every look-up as a fresh build would:
+a refresh then costs the dump and the listings, not the table's 20,000 Python objects.
+A full build happens whenever a patch could order sockets differently than the kernel
+where the order matters (sockets sharing a port).
+
+Between refreshes, ``resolve()`` finds the holders of a new socket where it most likely
+is (:meth:`~.procfs.HolderScanner.find_holders`): the fd numbers the kernel hands out
+next, in the process holding the listener or the other end, a few links in all.
 
 Memory across snapshots, keyed by the sock_diag cookie (stable for a socket's whole life,
 and copied into its TIME_WAIT entry by ``inet_twsk_alloc``):
@@ -26,6 +36,8 @@ and locks); only the swap of the current table is serialised.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import socket
 import struct
@@ -33,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..model import Holder, Segment, SocketEntry, SocketTable
+from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable
 from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
 from .procfs import HolderScanner
 from .route import RouteInfo
@@ -47,6 +59,13 @@ DUMPS: tuple[tuple[str, int], ...] = (
 
 # cookie[0], cookie[1] at offset 44 and inode at offset 68 of an inet_diag_msg
 _COOKIE_INODE = struct.Struct("=44xII16xI")
+_INODE = struct.Struct("=68xI")
+
+# Stands for "no entry from the last refresh" where None would need Python to test
+_NO_ENTRY = SocketEntry("", 0, "", Endpoint("", 0), None, inode=-1)
+_inode_of_entry = operator.attrgetter("inode")
+# (proto, af, messages, last refresh's entry for each or _NO_ENTRY, whether it was missing)
+_Batch = tuple[str, int, list[bytes], list[SocketEntry], list[bool]]
 
 Holders = tuple[Holder, ...]
 
@@ -54,6 +73,14 @@ Holders = tuple[Holder, ...]
 def _memory_key(udp: bool, cookie: int) -> int:
     """One int per (protocol, cookie): cheaper to hash and store than a tuple."""
     return (cookie << 1) | udp
+
+
+def _same_order(before: list[int], now: list[int]) -> bool:
+    """Whether the sockets in both lists come in the same relative order."""
+    if before == now:
+        return True
+    kept, seen = set(now), set(before)
+    return [k for k in before if k in kept] == [k for k in now if k in seen]
 
 
 def netns_path(name_or_path: str) -> str:
@@ -102,6 +129,9 @@ class SocketTableSource:
         self.full_scan_interval = full_scan_interval
         self.memory_limit = memory_limit
         self.stats: dict[str, float] = {}  # durations of the last refresh's phases (seconds)
+        # ... of the last resolve() that changed the table: kernel look-ups, holder search,
+        # the new table (SocketTable.with_entries)
+        self.resolve_stats: dict[str, float] = {}
         self._unheld_retry: dict[int, tuple[float, float]] = {}  # inode → (next look, backoff)
 
         # refresh() and resolve() never wait for each other: each has its own lock, and
@@ -112,12 +142,21 @@ class SocketTableSource:
         self._current = SocketTable()
         self._holders: dict[int, Holders] = {}  # inode → holders (last scan + targeted finds)
         self._last_scan = float("-inf")  # monotonic time of the last walk over all of /proc
-        self._last_full_scan = float("-inf")  # ... of the last one that read every fd link
+        self._last_refresh = float("-inf")  # ... of the last refresh
         # (proto, af) → inet_diag_msg bytes minus timer/retrans/expires → entry built from it
+        # (for messages not seen byte for byte at the last refresh)
         self._entries: dict[tuple[str, int], dict[bytes, SocketEntry]] = {}
+        # (proto, af) → the whole message → its entry, at the last refresh
+        self._same: dict[tuple[str, int], dict[bytes, SocketEntry]] = {}
+        # (proto, af) → messages whose entry shows former holders (checked every refresh)
+        self._former_msgs: dict[tuple[str, int], set[bytes]] = {}
+        self._scan_generation = -1  # scanner.generation when the last refresh scanned
+        self._refreshed: SocketTable | None = None  # the last refresh's table
+        self._port_order: list[int] = []  # its sockets reached by port, in dump order
+        self.derived = False  # whether the last refresh patched the table before it
         # Memories keyed by _memory_key(proto, cookie):
         self._first_seen: dict[int, float] = {}
-        self._held: dict[int, Holders] = {}  # holders seen at the last refresh
+        self._held: dict[int, Holders] = {}  # holders of each socket held when last seen
         self._former: dict[int, tuple[Holders, float]] = {}  # (holders, last seen)
         self._local_addrs: frozenset[str] = frozenset()
         self._ifnames: dict[int, str] = {}
@@ -156,55 +195,100 @@ class SocketTableSource:
     def refresh(self) -> SocketTable:
         """A full snapshot: four sock_diag dumps, one /proc scan, addresses; swapped in."""
         with self._refresh_lock:
-            return self._refresh()
+            try:
+                return self._refresh()
+            except BaseException:
+                # half-updated memories would pass stale entries off as current: start afresh
+                self._same.clear()
+                self._former_msgs.clear()
+                self._refreshed = None
+                raise
 
     def _refresh(self) -> SocketTable:
         t0 = time.perf_counter()
         now = self.clock()
-        unpack = _COOKIE_INODE.unpack_from
-        # Parallel lists, not tuples: fewer objects for the garbage collector to chase.
-        batches: list[tuple[str, int, list[bytes], list[int], list[int]]] = []
+        # A message identical byte for byte to one of the last refresh stands for the same
+        # entry (most sockets, most of the time: no timer running). The per-message work
+        # runs in C (map, compress); Python code runs only for the messages that changed.
+        batches: list[_Batch] = []
         alive: set[int] = set()
         for proto, af in DUMPS:
             msgs = self.diag.dump_msgs(proto, af)
-            keys: list[int] = []
-            inodes: list[int] = []
-            udp = proto == "udp"
-            for msg in msgs:
-                c0, c1, inode = unpack(msg)
-                keys.append(_memory_key(udp, c0 | (c1 << 32)))
-                inodes.append(inode)
-            alive.update(inodes)
-            batches.append((proto, af, msgs, keys, inodes))
+            same = self._same.get((proto, af))
+            if same:
+                hits = list(map(same.get, msgs, itertools.repeat(_NO_ENTRY, len(msgs))))
+                missed = list(map(operator.is_, hits, itertools.repeat(_NO_ENTRY)))
+                alive.update(map(_inode_of_entry, hits))
+                alive.update([_INODE.unpack_from(m)[0] for m in itertools.compress(msgs, missed)])
+            else:
+                hits = [_NO_ENTRY] * len(msgs)
+                missed = [True] * len(msgs)
+                alive.update([_INODE.unpack_from(m)[0] for m in msgs])
+            batches.append((proto, af, msgs, hits, missed))
         alive.discard(0)
+        alive.discard(_NO_ENTRY.inode)
         t1 = time.perf_counter()
         mono = self.monotonic()
-        full = mono - self._last_full_scan >= self.full_scan_interval
-        holders = self.scanner.scan(alive, full=full, recheck=lambda missing: self._recheck(batches, missing))
-        if self.scanner.last_full:
-            self._last_full_scan = mono
+        scanner = self.scanner
+        # Every link is read again once per full_scan_interval, a slice per refresh.
+        share = (mono - self._last_refresh) / self.full_scan_interval if self.full_scan_interval > 0 else 1.0
+        self._last_refresh = mono
+        holders = scanner.scan(alive, verify=share, recheck=lambda missing: self._recheck(batches, missing))
+        # Inodes whose holders may differ from those the last refresh's entries show (None: any)
+        changed = scanner.last_changed if scanner.generation == self._scan_generation + 1 else None
+        self._scan_generation = scanner.generation
         self._holders = dict(holders)
         self._last_scan = mono
         t2 = time.perf_counter()
+        before = (self._local_addrs, self._ifnames)
         self._local_addrs = frozenset(self.route.local_addresses())
         self._ifnames = self.route.interface_names()
         t3 = time.perf_counter()
 
         entries: list[SocketEntry] = []
+        # What differs from the last refresh's table: new entries (new sockets, newer views),
+        # and last time's entries for messages no longer seen (removed, unless reused).
+        extras: list[SocketEntry] = []
+        reused: set[int] = set()
+        dropped: list[SocketEntry] = []
+        port_order: list[int] = []
         first_seen = self._first_seen
-        held: dict[int, Holders] = {}
-        prev_held = self._held
+        held = self._held
         former_mem = self._former
-        for proto, af, msgs, keys, inodes in batches:
+        unpack_key = _COOKIE_INODE.unpack_from
+        for proto, af, msgs, hits, missed in batches:
+            udp = proto == "udp"
+            n = len(msgs)
+            # What needs Python: new or changed messages, sockets whose holders changed, and
+            # sockets showing former holders (their memory's "last seen" moves on).
+            todo: Iterable[int]
+            if changed is None:
+                todo = range(n)
+            else:
+                flags = missed
+                if changed:
+                    flags = list(
+                        map(operator.or_, flags, map(changed.__contains__, map(_inode_of_entry, hits)))
+                    )
+                former_msgs = self._former_msgs.get((proto, af))
+                if former_msgs:
+                    flags = list(map(operator.or_, flags, map(former_msgs.__contains__, msgs)))
+                todo = list(itertools.compress(range(n), flags))
             old_cache = self._entries.get((proto, af), {})
             cache: dict[bytes, SocketEntry] = {}
-            for msg, mkey, inode in zip(msgs, keys, inodes, strict=True):
+            with_former: set[bytes] = set()
+            out = hits  # reused: every _NO_ENTRY place is in todo
+            for i in todo:
+                msg = msgs[i]
+                hit = hits[i]
+                c0, c1, inode = unpack_key(msg)
+                mkey = _memory_key(udp, c0 | (c1 << 32))
                 hs: Holders = holders.get(inode, ()) if inode else ()
                 former: Holders = ()
                 if hs:
                     held[mkey] = hs
                 else:
-                    former = prev_held.get(mkey, ())
+                    former = held.pop(mkey, ())
                     if former:
                         former_mem[mkey] = (former, now)
                     else:
@@ -212,23 +296,58 @@ class SocketTableSource:
                         if remembered is not None:
                             former = remembered[0]
                             former_mem[mkey] = (former, now)
+                    if former:
+                        with_former.add(msg)
                 # The message minus timer, retransmits and expiry: unchanged → same entry.
                 key = msg[:2] + msg[4:52] + msg[56:]
-                entry = old_cache.get(key)
+                entry = hit if hit is not _NO_ENTRY else old_cache.get(key)
                 if entry is None or entry.holders != hs or entry.former_holders != former:
                     seen = first_seen.setdefault(mkey, now)
                     entry = to_entry(parse_msg(proto, msg), hs, former_holders=former, first_seen=seen)
+                    extras.append(entry)
+                elif hit is _NO_ENTRY:
+                    reused.add(id(entry))  # last time's entry, under a message that changed
                 cache[key] = entry
-                entries.append(entry)
+                out[i] = entry
             self._entries[(proto, af)] = cache
-        if len(first_seen) > 2 * len(entries) + 1024:
-            live = {k for *_, keys, _ in batches for k in keys}
-            self._first_seen = {k: t for k, t in first_seen.items() if k in live}
-        self._held = held
+            self._former_msgs[(proto, af)] = with_former
+            # Sockets reached by their port (listeners, UDP), in the kernel's order: the one
+            # order a patched table could get wrong (see _derive).
+            if udp:
+                port_order += [_memory_key(True, c0 | (c1 << 32)) for c0, c1, _ in map(unpack_key, msgs)]
+            else:
+                port_order += [
+                    _memory_key(False, c0 | (c1 << 32))
+                    for c0, c1, _ in map(unpack_key, (m for m in msgs if m[6] == 0 and m[7] == 0))
+                ]
+            same = dict(zip(msgs, out, strict=True))
+            old_same = self._same.get((proto, af))
+            if old_same:
+                dropped += [old_same[m] for m in old_same.keys() - same.keys()]
+            self._same[(proto, af)] = same
+            entries += out
+        if len(first_seen) + len(held) > 3 * len(entries) + 1024:
+            live = {_memory_key(e.proto == "udp", e.cookie) for e in entries}
+            # list(): resolve() on the capture thread may add to these meanwhile
+            self._first_seen = {k: t for k, t in list(first_seen.items()) if k in live}
+            self._held = {k: h for k, h in list(held.items()) if k in live}
         self._prune_former(now)
         t4 = time.perf_counter()
 
-        table = SocketTable(entries, taken_at=now, local_addrs=self._local_addrs, ifnames=self._ifnames)
+        table = None
+        last = self._refreshed
+        if (
+            last is not None
+            and changed is not None
+            and before == (self._local_addrs, self._ifnames)
+            and _same_order(self._port_order, port_order)
+        ):
+            table = self._derive(last, entries, extras, dropped, reused, now)
+        self.derived = table is not None
+        if table is None:
+            table = SocketTable(entries, taken_at=now, local_addrs=self._local_addrs, ifnames=self._ifnames)
+        self._refreshed = table
+        self._port_order = port_order
         with self._swap_lock:
             # Entries a concurrent resolve() added are dropped: this dump is newer, and a
             # socket it missed is looked up again on its next demux miss.
@@ -242,21 +361,65 @@ class SocketTableSource:
             "table": t5 - t4,
             "total": t5 - t0,
             "sockets": float(len(entries)),
-            "links_read": float(self.scanner.last_reads),
-            "full_scan": float(self.scanner.last_full),
+            "links_read": float(scanner.last_reads),
+            "full_scan": float(scanner.last_full),
+            "derived": float(self.derived),
         }
         return table
 
-    def _recheck(
-        self, batches: list[tuple[str, int, list[bytes], list[int], list[int]]], missing: set[int]
-    ) -> set[int]:
+    def _derive(
+        self,
+        last: SocketTable,
+        entries: list[SocketEntry],
+        extras: list[SocketEntry],
+        dropped: list[SocketEntry],
+        reused: set[int],
+        now: float,
+    ) -> SocketTable | None:
+        """This refresh's table as the last refresh's patched (``with_entries``), when that
+        answers every look-up as a fresh build of ``entries`` would; ``None`` otherwise.
+
+        The patch costs what changed, where a build costs the whole table (20 ms at 20,000
+        sockets) and leaves tens of thousands of new objects for the garbage collector. A
+        patch keeps the last table's order and puts new sockets first, where a build takes
+        the kernel's; the order matters only among sockets sharing a key (the demux's ties),
+        so a new socket whose port (listeners, UDP) or 4-tuple already has one makes a
+        build, as does a change in the kernel's order of the sockets reached by port
+        (checked by the caller). So do many changes. Only ``entries`` (the socket view's
+        raw material, which it sorts) may then list sockets in another order.
+        """
+        if len(extras) + len(dropped) > max(256, len(entries) // 8):
+            return None
+        newer = {(e.proto, e.cookie) for e in extras if e.cookie}
+        # newer views of a socket are swapped in place, not removed and added
+        removed = [e for e in dropped if id(e) not in reused and (e.proto, e.cookie) not in newer]
+        gone = {id(e) for e in removed}
+        ports: set[tuple[str, int]] = set()
+        for e in extras:
+            if e.cookie and last.by_cookie(e.proto, e.cookie) is not None:
+                continue  # a newer view: keeps its place
+            remote = e.remote
+            if remote is None or remote.port == 0 or e.proto == "udp":  # reached by its port
+                pkey = (e.proto, e.local.port)
+                if pkey in ports or any(id(x) not in gone for x in last.on_port(*pkey)):
+                    return None
+                ports.add(pkey)
+            if remote is not None and remote.port and e.proto == "tcp":
+                same = last.connected("tcp", e.local.addr, e.local.port, remote.addr, remote.port)
+                if any(id(x) not in gone for x in same):
+                    return None
+        return last.with_entries(extras, removed=removed, taken_at=now)
+
+    def _recheck(self, batches: list[_Batch], missing: set[int]) -> set[int]:
         """Which of ``missing`` (inodes the scan found no holder for) the kernel still has
         with that inode: a socket closed since the dump needs no full /proc scan."""
         if len(missing) > 256:
             return missing  # many at once: a full scan is cheaper than asking one by one
+        inode_at = _INODE.unpack_from
         still: set[int] = set()
-        for proto, _af, msgs, _keys, inodes in batches:
-            for msg, inode in zip(msgs, inodes, strict=True):
+        for proto, _af, msgs, _hits, _missed in batches:
+            for msg in msgs:
+                inode = inode_at(msg)[0]
                 if inode in missing:
                     try:
                         raw = self.diag.lookup_msg(proto, msg)
@@ -294,6 +457,7 @@ class SocketTableSource:
             return self._resolve(seg, prune)
 
     def _resolve(self, seg: Segment, prune: bool = False) -> SocketTable | None:
+        t0 = time.perf_counter()
         table = self._current
         proto = seg.proto
         if proto not in ("tcp", "udp"):
@@ -350,7 +514,19 @@ class SocketTableSource:
         fresh = [raw for raw in found.values() if self._differs(table, raw)]
         if not fresh and not gone:
             return None
+        # Sockets seen to close since the table was made: their holders' fd numbers are the
+        # ones the kernel hands out next, so the search for a new socket reads them first.
+        for e in gone:
+            if e.holders:
+                self.scanner.note_closed(e.holders)
+        for raw in fresh:
+            if not raw.inode:
+                was = table.by_cookie(raw.proto, raw.cookie)
+                if was is not None and was.holders:
+                    self.scanner.note_closed(was.holders)
+        t1 = time.perf_counter()
         self._find_missing_holders(table, fresh)
+        t2 = time.perf_counter()
         now = self.clock()
         entries = [self._entry(raw, now) for raw in fresh]
         new_table = table.with_entries(entries, removed=gone)
@@ -360,6 +536,8 @@ class SocketTableSource:
                 still = [c for e in gone if (c := current.by_cookie(e.proto, e.cookie)) is not None]
                 new_table = current.with_entries(entries, removed=still)
             self._current = new_table
+        t3 = time.perf_counter()
+        self.resolve_stats = {"lookup": t1 - t0, "holders": t2 - t1, "table": t3 - t2, "total": t3 - t0}
         return new_table
 
     def _differs(self, table: SocketTable, raw: RawSock) -> bool:
@@ -409,15 +587,21 @@ class SocketTableSource:
         if not need:
             return
         hints: list[int] = []
+        uids: set[int] = set()
         for raw in fresh:
-            # A new connection is most likely in the process holding the listener, or in
-            # the one on the other end.
+            if not raw.inode or raw.inode not in need:
+                continue
+            uids.add(raw.uid)
+            # A new connection is most likely in the process holding the listener (accepted
+            # there), or, on loopback, in the one holding the other end.
             for entry in table.on_port(raw.proto, raw.sport):
                 hints.extend(h.pid for h in entry.holders)
             if raw.dport:
+                for entry in table.connected(raw.proto, raw.dst, raw.dport, raw.src, raw.sport):
+                    hints.extend(h.pid for h in entry.holders)
                 for entry in table.on_port(raw.proto, raw.dport):
                     hints.extend(h.pid for h in entry.holders)
-        found = self.scanner.find_holders(need, hints, deep=self._may_walk())
+        found = self.scanner.find_holders(need, hints, deep=self._may_walk(), uids=uids)
         if self.scanner.last_find_deep:
             self._last_scan = self.monotonic()
         self._holders.update(found)

@@ -33,7 +33,7 @@ LO = "127.0.0.1"
 MAPPED = "::ffff:127.0.0.1"
 
 # The child: opens sockets, prints one JSON line describing them, then obeys commands
-# ("tw", "new", "quit") read from stdin, answering each with one JSON line.
+# ("tw", "new", "fork-new", "quit") read from stdin, answering each with one JSON line.
 CHILD = r"""
 import json, os, socket, sys, time
 
@@ -92,6 +92,7 @@ out(
     udp_port=port(udp), udp_fd=udp.fileno(), udpc_port=port(udpc), udpc_fd=udpc.fileno(),
 )
 keep = []
+forks = []  # (pid, write end of the pipe it waits on)
 for line in sys.stdin:
     cmd = line.strip()
     if cmd == "tw":
@@ -105,8 +106,24 @@ for line in sys.stdin:
         a, _ = server.accept()
         keep += [c, a]
         out(client_port=port(c), client_fd=c.fileno(), accepted_fd=a.fileno())
+    elif cmd == "fork-new":  # a new connection, then a fork: both processes hold both ends
+        c = socket.create_connection(server.getsockname())
+        a, _ = server.accept()
+        keep += [c, a]
+        r2, w2 = os.pipe()
+        kid = os.fork()
+        if kid == 0:
+            os.close(w2)
+            os.read(r2, 1)  # until the parent lets go
+            os._exit(0)
+        os.close(r2)
+        forks.append((kid, w2))
+        out(client_port=port(c), client_fd=c.fileno(), accepted_fd=a.fileno(), fork_pid=kid)
     elif cmd == "quit":
         break
+for kid, w2 in forks:
+    os.close(w2)
+    os.waitpid(kid, 0)
 os.close(w)
 os.waitpid(fork_pid, 0)
 """
@@ -328,6 +345,42 @@ def test_resolve_finds_new_connection_and_holders(child: tuple[Child, dict[str, 
     assert holders(cli) == {(info["pid"], new["client_fd"])}
     assert len([e for e in table.on_port("tcp", info["server_port"]) if e.is_listener]) == 1
     assert source.resolve(seg) is None
+
+
+def test_connection_accepted_after_the_snapshot_is_found_at_the_next_fds(
+    child: tuple[Child, dict[str, Any]], source
+) -> None:
+    proc, info = child
+    source.refresh()
+    new = proc.ask("new")
+    seg = Segment(time.time(), "lo", "tcp", 4, LO, new["client_port"], LO, info["server_port"], flags="PA")
+    table = source.resolve(seg)
+    assert table is not None
+    acc = one(table.connected("tcp", LO, info["server_port"], LO, new["client_port"]))
+    assert acc.holders == (Holder(info["pid"], new["accepted_fd"], comm(info["pid"])),)
+    cli = one(table.connected("tcp", LO, new["client_port"], LO, info["server_port"]))
+    assert holders(cli) == {(info["pid"], new["client_fd"])}
+    # Found where the kernel puts new fds, in the listener's process: no fd directory listed.
+    assert source.scanner.last_find_pass == "probe" and source.scanner.last_find_listed == 0
+
+
+def test_new_connection_shared_across_fork_lists_both_processes(
+    child: tuple[Child, dict[str, Any]], source
+) -> None:
+    proc, info = child
+    source.refresh()
+    new = proc.ask("fork-new")
+    seg = Segment(time.time(), "lo", "tcp", 4, LO, new["client_port"], LO, info["server_port"], flags="PA")
+    table = source.resolve(seg)
+    assert table is not None
+    acc = one(table.connected("tcp", LO, info["server_port"], LO, new["client_port"]))
+    assert holders(acc) == {(info["pid"], new["accepted_fd"]), (new["fork_pid"], new["accepted_fd"])}
+    cli = one(table.connected("tcp", LO, new["client_port"], LO, info["server_port"]))
+    assert holders(cli) == {(info["pid"], new["client_fd"]), (new["fork_pid"], new["client_fd"])}
+    # The next full snapshot agrees.
+    table = source.refresh()
+    acc = one(table.connected("tcp", LO, info["server_port"], LO, new["client_port"]))
+    assert holders(acc) == {(info["pid"], new["accepted_fd"]), (new["fork_pid"], new["accepted_fd"])}
 
 
 def test_lookup_cost_is_microseconds(child: tuple[Child, dict[str, Any]]) -> None:

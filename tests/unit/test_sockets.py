@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
+import random
 import socket
 import struct
 from pathlib import Path
 
 import pytest
 
-from conntui.model import Endpoint, Holder, Segment
+from conntui.model import Endpoint, Holder, Segment, SocketTable
 from conntui.sockets import diag, netlink, procfs, route
 from conntui.sockets.diag import DiagSocket, RawSock, build_request, parse_msg, to_entry
-from conntui.sockets.procfs import HolderScanner, ProcessNames, read_stat
+from conntui.sockets.procfs import HolderScanner, ProcessNames, free_slots, read_stat, read_stat_ppid
 from conntui.sockets.source import SocketTableSource
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
@@ -305,10 +307,10 @@ class FakeProc:
         root.mkdir(exist_ok=True)
         (root / "self").mkdir(exist_ok=True)  # non-numeric entries are ignored
 
-    def process(self, pid: int, comm: str, starttime: int = 100, cmdline: str = "") -> Path:
+    def process(self, pid: int, comm: str, starttime: int = 100, cmdline: str = "", ppid: int = 1) -> Path:
         d = self.root / str(pid)
         (d / "fd").mkdir(parents=True, exist_ok=True)
-        fields = ["S"] + ["0"] * 18 + [str(starttime)] + ["0"] * 30
+        fields = ["S", str(ppid)] + ["0"] * 17 + [str(starttime)] + ["0"] * 30
         (d / "stat").write_text(f"{pid} ({comm}) " + " ".join(fields) + "\n")
         (d / "cmdline").write_bytes(cmdline.replace(" ", "\0").encode() + b"\0")
         return d
@@ -325,6 +327,12 @@ class FakeProc:
     def close(self, pid: int, fd: int) -> None:
         (self.root / str(pid) / "fd" / str(fd)).unlink()
 
+    def last_pid(self, pid: int) -> None:
+        """The kernel's ``ns_last_pid``, which tells whether processes were started."""
+        path = self.root / "sys" / "kernel" / "ns_last_pid"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{pid}\n")
+
     def kill(self, pid: int) -> None:
         d = self.root / str(pid)
         for f in (d / "fd").iterdir():
@@ -339,6 +347,8 @@ class FakeProc:
 def proc(tmp_path: Path) -> FakeProc:
     p = FakeProc(tmp_path / "proc")
     p.process(100, "nginx")
+    for fd in (0, 1, 2):
+        p.fd(100, fd, "/dev/null")
     p.sock(100, 3, 555)
     p.sock(100, 4, 556)
     p.fd(100, 5, "/dev/null")
@@ -397,6 +407,16 @@ def test_reused_fd_with_a_live_old_socket_falls_back_to_full(proc: FakeProc) -> 
     assert got == {555: (H(100, 3),), 556: (H(100, 4),), 558: (H(200, 3),)}
 
 
+def test_file_fd_taken_by_a_new_socket_needs_no_full_scan(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.sock(100, 5, 559)  # fd 5 was /dev/null: the listing shows the same names
+    got = scanner.scan({555, 556, 559})
+    assert got[559] == (H(100, 5),) and not scanner.last_full
+    assert scanner.last_changed == {559}
+    assert scanner.last_reads == 5  # pid 100's files (fds 0, 1, 2, 5, 6), not every link
+
+
 def test_recheck_spares_a_full_scan_for_sockets_closed_meanwhile(proc: FakeProc) -> None:
     scanner = HolderScanner(str(proc.root))
     scanner.scan({555, 556})
@@ -410,6 +430,27 @@ def test_recheck_spares_a_full_scan_for_sockets_closed_meanwhile(proc: FakeProc)
     assert asked == [{560}] and not scanner.last_full
     scanner.scan({555, 556, 560}, recheck=lambda missing: missing)  # still there: search
     assert scanner.last_full
+
+
+def test_links_are_read_again_a_slice_per_scan(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    # pid 200 dup2()s the connection over its copy of the listener: same fd names, every
+    # socket still alive, so its listing looks unchanged.
+    proc.sock(200, 3, 556)
+    assert scanner.scan({555, 556})[555] == (H(100, 3), H(200, 3))  # not seen yet
+    assert scanner.last_reads == 0
+    got = scanner.scan({555, 556}, verify=1.0)  # every link, once
+    assert got == {555: (H(100, 3),), 556: (H(100, 4), H(200, 3))}
+    assert scanner.last_changed == {555, 556} and not scanner.last_full
+    # A share of the links per scan, resuming where the last one stopped.
+    links = sum(len(st.fds) for st in scanner._pids.values())
+    reads = []
+    for _ in range(4):
+        scanner.scan({555, 556}, verify=0.3)
+        reads.append(scanner.last_reads)
+    assert all(0 < r <= int(links * 0.3) + 1 for r in reads)
+    assert sum(reads) >= links  # the whole table in a few scans
 
 
 def test_unheld_inode_does_not_force_full_scans(proc: FakeProc) -> None:
@@ -432,15 +473,14 @@ def test_vanished_process_and_pid_reuse(proc: FakeProc) -> None:
     assert got == {600: (H(100, 3, "redis"),)}
 
 
-def test_find_holders_stops_when_all_found(proc: FakeProc) -> None:
+def test_find_holders_stops_when_all_found_but_checks_fork_copies(proc: FakeProc) -> None:
     scanner = HolderScanner(str(proc.root))
-    # Hinted pid first; 555 found there, so pid 100's copy is not looked for.
-    assert scanner.find_holders({555}, hint_pids=[200]) == {555: (H(200, 3),)}
-    # Both pids are needed for 555 and 556 together.
+    # No scan yet: every process counts as started since. Hinted pid first; 555 is found
+    # there, and then only fd 3 of the others is read for a fork copy (pid 100 has one).
+    assert scanner.find_holders({555}, hint_pids=[200]) == {555: (H(100, 3), H(200, 3))}
+    assert scanner.last_find_pass == "new"
     got = scanner.find_holders({556, 555}, hint_pids=[200])
-    assert got[556] == (H(100, 4),)
-    # pid 100's copy of 555 is reported only if its link was read before 556's
-    assert got[555] in {(H(200, 3),), (H(100, 3), H(200, 3))}
+    assert got == {555: (H(100, 3), H(200, 3)), 556: (H(100, 4),)}
     assert scanner.find_holders({12345}) == {}
     assert scanner.find_holders(set()) == {}
 
@@ -455,6 +495,139 @@ def test_find_holders_reads_new_fds_first_and_all_only_when_deep(proc: FakeProc)
     assert scanner.find_holders({558}, deep=False) == {}
     assert scanner.find_holders({558}) == {558: (H(100, 5),)}
     assert scanner.last_find_deep
+
+
+def test_read_stat_ppid(tmp_path: Path) -> None:
+    p = FakeProc(tmp_path / "proc")
+    p.process(42, "a) (b", starttime=777, ppid=41)
+    assert read_stat_ppid(str(p.root), 42) == ("a) (b", 41, 777)
+
+
+def test_free_slots_lowest_first() -> None:
+    assert free_slots({"0", "1", "2"}) == ((), 3)
+    assert free_slots({"3", "0", "6", "1"}) == ((2, 4, 5), 7)
+    assert free_slots(set()) == ((), 0)
+    # A /proc-sized table in the kernel's (ascending) listing order: a binary search.
+    names = [str(i) for i in range(1000) if i not in (5, 700, 701)]
+    assert free_slots(set(names), names) == ((5, 700, 701), 1000)
+    assert free_slots(set(names), names, limit=2) == ((5, 700), 1000)
+    dense = [str(i) for i in range(1000)]
+    assert free_slots(set(dense), dense) == ((), 1000)
+    # Listed in any other order: sorted instead, same answer.
+    shuffled = names[::-1]
+    assert free_slots(set(shuffled), shuffled) == ((5, 700, 701), 1000)
+
+
+def test_probe_reads_only_the_next_fd_of_the_hinted_process(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.sock(100, 7, 700)  # accepted after the scan: fds 3-6 were taken, so 7
+    assert scanner.find_holders({700}, hint_pids=[100]) == {700: (H(100, 7),)}
+    assert scanner.last_find_pass == "probe"
+    assert scanner.last_find_listed == 0 and scanner.last_find_reads == 1
+    proc.sock(100, 8, 701)  # the next one: fd 7 was read already, fd 8 is read
+    assert scanner.find_holders({701}, hint_pids=[100]) == {701: (H(100, 8),)}
+    assert scanner.last_find_reads == 1
+
+
+def test_probe_fills_holes_lowest_first(proc: FakeProc) -> None:
+    proc.process(400, "haproxy")
+    for fd in (0, 1, 2, 4, 7):
+        proc.sock(400, fd, 4000 + fd)
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556, 4000, 4001, 4002, 4004, 4007})
+    proc.sock(400, 3, 800)  # the lowest free number
+    proc.sock(400, 5, 801)  # then the next
+    got = scanner.find_holders({800, 801}, hint_pids=[400])
+    assert got == {800: (H(400, 3, "haproxy"),), 801: (H(400, 5, "haproxy"),)}
+    assert scanner.last_find_pass == "probe" and scanner.last_find_reads == 2
+
+
+def test_probe_never_names_a_predicted_fd_that_holds_another_socket(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.sock(100, 7, 999)  # where the next fd of pid 100 goes: another socket
+    proc.sock(200, 4, 700)  # the one sought is in pid 200
+    assert scanner.find_holders({700}, hint_pids=[100]) == {700: (H(200, 4),)}
+    assert scanner.find_holders({12345}, hint_pids=[100, 200], deep=False) == {}
+
+
+def test_probe_reads_fds_of_closed_sockets_first(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.sock(100, 4, 702)  # 556 closed, and fd 4 reused by a new connection
+    # Not where the kernel would put a new fd given the last scan; no listing shows it either:
+    assert scanner.find_holders({702}, hint_pids=[100], deep=False) == {}
+    scanner.note_closed([H(100, 4)])  # the table saw 556 go
+    assert scanner.find_holders({702}, hint_pids=[100], deep=False) == {702: (H(100, 4),)}
+    assert scanner.last_find_pass == "probe" and scanner.last_find_reads == 1
+    scanner.scan({555, 702})  # a scan starts afresh
+    assert scanner._freed == {}
+
+
+def test_links_read_since_the_scan_are_confirmed_not_trusted(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.sock(100, 7, 703)
+    proc.sock(100, 8, 704)
+    assert scanner.find_holders({704}, hint_pids=[100]) == {704: (H(100, 8),)}  # read fd 7 too
+    # 703 was seen on the way: read again (one link), not searched for
+    assert scanner.find_holders({703}) == {703: (H(100, 7),)}
+    assert scanner.last_find_reads == 1 and scanner.last_find_pass == "probe"
+    proc.close(100, 7)  # gone since: not reported from memory
+    assert scanner.find_holders({703}, deep=False) == {}
+
+
+def test_new_process_is_read_in_full_before_listing_old_ones(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    proc.process(500, "curl", ppid=300)
+    proc.sock(500, 5, 705)
+    assert scanner.find_holders({705}) == {705: (H(500, 5, "curl"),)}
+    assert scanner.last_find_pass == "new" and scanner.last_find_listed == 1
+
+
+def test_fork_copies_are_holders_too(proc: FakeProc) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    # pid 100 accepts after the scan, then forks twice: the children share fd 7.
+    proc.sock(100, 7, 706)
+    for child in (601, 602):
+        proc.process(child, "nginx", starttime=300, ppid=100)
+        proc.sock(child, 7, 706)
+        proc.sock(child, 3, 555)
+    got = scanner.find_holders({706}, hint_pids=[100])
+    assert got == {706: (H(100, 7), H(601, 7), H(602, 7))}
+    assert scanner.last_find_pass == "probe"
+    # Found in a child first (no hint): its parent is read at the same fd.
+    proc.sock(100, 8, 707)
+    proc.sock(602, 8, 707)
+    assert scanner.find_holders({707}) == {707: (H(100, 8), H(602, 8))}
+
+
+def test_new_pids_listing_waits_for_ns_last_pid(proc: FakeProc) -> None:
+    proc.last_pid(300)
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    assert scanner.new_pids() == []
+    proc.process(700, "late")  # (as if ns_last_pid had not moved: the listing is reused)
+    assert scanner.new_pids() == []
+    proc.last_pid(700)
+    assert scanner.new_pids() == [700]
+
+
+def test_uids_order_the_wider_probe(proc: FakeProc, monkeypatch: pytest.MonkeyPatch) -> None:
+    scanner = HolderScanner(str(proc.root))
+    scanner.scan({555, 556})
+    order: list[int] = []
+    real = scanner._probe
+    monkeypatch.setattr(scanner, "_probe", lambda f, pid, st: (order.append(pid), real(f, pid, st)))
+    monkeypatch.setattr(scanner, "_uid", lambda pid, st: {100: 1000, 200: 0}[pid])
+    scanner.find_holders({708}, uids={1000}, deep=False)
+    assert order == [100, 200]  # same owner first, then the rest newest first
+    order.clear()
+    scanner.find_holders({708}, deep=False)
+    assert order == [200, 100]
 
 
 def test_module_helpers(proc: FakeProc) -> None:
@@ -618,6 +791,8 @@ def test_resolve_adds_new_socket_with_holders(proc: FakeProc) -> None:
     assert table is not None and src.current() is table
     (entry,) = table.connected("tcp", "127.0.0.1", 80, "127.0.0.1", 41000)
     assert entry.holders == (H(100, 9),) and entry.first_seen == 1001.0
+    # the listener's holders first, at the fds free at the scan: 7, 8, then 9
+    assert src.scanner.last_find_pass == "probe" and src.scanner.last_find_listed == 0
     assert len(table.on_port("tcp", 80)) == 1  # the listener was not duplicated
     # receiver, sender, then the listener behind the established child
     assert fake.calls == [
@@ -626,6 +801,111 @@ def test_resolve_adds_new_socket_with_holders(proc: FakeProc) -> None:
         ("tcp", "127.0.0.1", 80, "0.0.0.0", 0),
     ]
     assert src.resolve(seg) is None  # nothing new the second time
+
+
+def test_refresh_keeps_unchanged_entries_and_updates_new_holders(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    fake.msgs[("tcp", AF4)] = [LISTEN, CONN]
+    src = make_source(proc, fake, clock)
+    first = src.refresh()
+    second = src.refresh()  # byte-identical messages, same holders: the very same entries
+    assert src.scanner.last_changed == frozenset()
+    assert [a is b for a, b in zip(first.entries, second.entries, strict=True)] == [True, True]
+    proc.process(250, "nginx", ppid=100)  # a fork: the connection gains a holder, its message does not change
+    proc.sock(250, 4, 556)
+    third = src.refresh()
+    assert third.entries[0] is second.entries[0]
+    (conn,) = third.connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    assert conn.holders == (H(100, 4), H(250, 4)) and conn.first_seen == 1000.0
+    proc.close(100, 4)
+    (conn,) = src.refresh().connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    assert conn.holders == (H(250, 4),)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_refresh_patches_the_last_table_and_answers_as_a_full_build(proc: FakeProc, seed: int) -> None:
+    rng = random.Random(seed)
+    fake, clock = FakeDiag(), Clock()
+    src = make_source(proc, fake, clock)
+    cookies = itertools.count(100)
+    socks: dict[int, dict[str, object]] = {1: dict(state=10, sport=80, inode=555, wqueue=128)}
+    socks[2] = dict(state=1, sport=80, dst="127.0.0.1", dport=40000, inode=556)
+    udp: dict[int, dict[str, object]] = {}
+    fds = itertools.count(20)
+    derived = 0
+    for _ in range(80):
+        r = rng.random()
+        if r < 0.3:  # a new connection (sometimes held by pid 100, sometimes not yet)
+            c = next(cookies)
+            inode = 0
+            if rng.random() < 0.5:
+                inode = 10_000 + c
+                proc.sock(100, next(fds), inode)
+            socks[c] = dict(state=1, sport=80, dst="127.0.0.1", dport=41000 + c, inode=inode)
+        elif r < 0.45 and len(socks) > 2:  # one closes
+            del socks[rng.choice([c for c in socks if c > 2])]
+        elif r < 0.55:  # timers and queues move
+            c = rng.choice(list(socks))
+            socks[c] = {**socks[c], "expires": rng.randrange(1, 500), "timer": 1}
+        elif r < 0.62:  # the listener's accept queue moves
+            socks[1] = {**socks[1], "rqueue": rng.randrange(0, 5)}
+        elif r < 0.7:  # a listener on a port that may already have one (order matters there)
+            socks[next(cookies)] = dict(state=10, sport=rng.choice([80, 81, 82]))
+        elif r < 0.8:  # UDP sockets come and go, some on a shared port
+            if udp and rng.random() < 0.4:
+                del udp[rng.choice(list(udp))]
+            else:
+                udp[next(cookies)] = dict(state=7, sport=rng.choice([53, 5353, 6000 + len(udp)]))
+        elif r < 0.85:  # a connection changes hands: a fork child holds it too
+            proc.process(260, "nginx", ppid=100)
+            proc.sock(260, next(fds), 556)
+        order = list(socks.items())
+        r = rng.random()
+        if r < 0.1:  # connections come in another order (cosmetic: the view sorts)
+            conns = [x for x in order if x[1]["state"] != 10]
+            rng.shuffle(conns)
+            shuffled = iter(conns)
+            order = [x if x[1]["state"] == 10 else next(shuffled) for x in order]
+        elif r < 0.13:  # so do listeners (their order decides the demux's ties): a build
+            rng.shuffle(order)
+        fake.msgs[("tcp", AF4)] = [pack_diag_msg(cookie=c, **f) for c, f in order]  # type: ignore[arg-type]
+        fake.msgs[("udp", AF4)] = [pack_diag_msg(cookie=c, **f) for c, f in udp.items()]  # type: ignore[arg-type]
+        clock.now += 0.5
+        table = src.refresh()
+        derived += int(src.stats["derived"])
+        # what a full build of this dump, in the kernel's order, would answer
+        dump = [("tcp", c) for c, _ in order] + [("udp", c) for c in udp]
+        entries = [table.by_cookie(p, c) for p, c in dump]
+        assert all(e is not None for e in entries)
+        built = SocketTable([e for e in entries if e is not None])
+        assert table._by_tuple == built._by_tuple
+        assert table._by_local == built._by_local
+        assert table._by_cookie == built._by_cookie
+        assert {id(e) for e in table.entries} == {id(e) for e in built.entries}
+        assert len(table) == len(dump)
+    assert derived > 20  # most refreshes were patches
+
+
+def test_resolve_reads_the_fd_of_a_connection_seen_to_close_first(proc: FakeProc) -> None:
+    fake, clock = FakeDiag(), Clock()
+    fake.msgs[("tcp", AF4)] = [LISTEN, CONN]
+    src = make_source(proc, fake, clock)
+    src.refresh()
+    # The connection on fd 4 ends (both FINs seen: the caller prunes), and the next
+    # accepted one gets fd 4 again: a number the last scan saw in use.
+    proc.sock(100, 4, 710)
+    fin = Segment(0.0, "lo", "tcp", 4, "127.0.0.1", 40000, "127.0.0.1", 80, flags="FA")
+    table = src.resolve(fin, prune=True)
+    assert table is not None and not table.connected("tcp", "127.0.0.1", 80, "127.0.0.1", 40000)
+    child = pack_diag_msg(state=1, sport=80, dst="127.0.0.1", dport=41001, inode=710, cookie=11)
+    fake.lookups[("tcp", "127.0.0.1", 80, "127.0.0.1", 41001)] = [child]
+    fake.lookups[("tcp", "127.0.0.1", 80, "0.0.0.0", 0)] = [LISTEN]
+    seg = Segment(0.0, "lo", "tcp", 4, "127.0.0.1", 41001, "127.0.0.1", 80, flags="PA")
+    table = src.resolve(seg)  # within min_scan_interval of the scan: no walk over every fd
+    assert table is not None
+    (entry,) = table.connected("tcp", "127.0.0.1", 80, "127.0.0.1", 41001)
+    assert entry.holders == (H(100, 4),)
+    assert src.scanner.last_find_pass == "probe" and src.scanner.last_find_reads == 1
 
 
 def test_resolve_without_findings_returns_none(proc: FakeProc) -> None:
