@@ -80,6 +80,7 @@ def _quoted_segment(err: IcmpError) -> Segment:
     return Segment(err.ts, "", q.proto, err.family, q.src, q.sport, q.dst, q.dport)
 
 
+RECHECK_AFTER = 0.015  # seconds: a socket seen without a holder is looked up again this soon
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
 
 
@@ -105,6 +106,18 @@ def _late_after_close(seg: Segment, att: Attribution) -> Attribution:
             "closed connection's remains in TIME_WAIT for about a minute and re-acknowledges late "
             "segments like this one; no process sees it."
         ),
+    )
+
+
+def _unheld(sock: SocketEntry | None) -> bool:
+    """A connection socket no process was seen to hold (one that may have a holder later)."""
+    return (
+        sock is not None
+        and not sock.holders
+        and not sock.former_holders
+        and sock.cookie != 0
+        and sock.state in _OPEN_STATES
+        and sock.state != "SYN_RECV"
     )
 
 
@@ -174,6 +187,9 @@ class Engine:
         self._recent_resolves: dict[tuple[str, str, int, str, int], float] = {}
         self.verifier = Verifier(window=verify_window, accepted=self._syn_was_accepted)
         self.history = FlowHistory()  # what capture order showed: FINs, RSTs, old connections
+        # sockets seen without a holder: looked up again shortly after, and when handed on
+        self._late_checked: dict[tuple[str, int], int] = {}  # → exact look-ups made
+        self._recheck: deque[tuple[float, Record]] = deque()
         self._listener_checks: dict[tuple[str, int], float] = {}
         self.flow_cache = FlowCache()
         self._nat: Conntrack | None = None
@@ -213,9 +229,12 @@ class Engine:
         att = self._attribute(frame, seg)
         rec = self.session.append(frame, seg, att)
         self._apply(self.verifier.on_record(rec))
-        self._pending.append((time.monotonic(), frame, rec))
+        now = time.monotonic()
+        self._pending.append((now, frame, rec))
         if self.settle <= 0:
             self.emit()
+        elif self.source.live and (_unheld(att.receiver) or _unheld(att.sender)):
+            self._recheck.append((now + RECHECK_AFTER, rec))
         return rec
 
     def _apply(self, notes: list[Note]) -> None:
@@ -236,6 +255,11 @@ class Engine:
 
     def emit(self, final: bool = False) -> None:
         """Hand settled rows to the writer and ``on_record`` (every pending row if final)."""
+        recheck = self._recheck
+        if recheck:
+            now = time.monotonic()
+            while recheck and (final or recheck[0][0] <= now):
+                self._fill_late_holders(recheck.popleft()[1])
         if self.verifier.waiting_reuseport:
             self._apply(self.verifier.recheck(self.tables.current()))
         if final:
@@ -254,6 +278,8 @@ class Engine:
             if rec is None:
                 self._write(frame, None, None)
                 continue
+            if self.source.live and self.settle > 0:
+                self._fill_late_holders(rec)
             if self.tracer is not None:
                 self._fill_from_tracer(rec)
             self._write(frame, rec.segment, rec.attribution)
@@ -431,6 +457,57 @@ class Engine:
             e.state != "TIME_WAIT"
             for e in self.tables.current().connected("tcp", seg.dst, seg.dport, seg.src, seg.sport)
         )
+
+    def _fill_late_holders(self, rec: Record) -> None:
+        """Name the process of a socket nobody held when its segment came, if one holds it now.
+
+        A connection's first segments often reach it before the server calls accept(), and a
+        client socket may belong to a process not scanned yet: the look-up at capture time
+        finds the socket without a holder. The same socket (by cookie) is looked for again
+        ``RECHECK_AFTER`` later (a connection held for 20 ms is often closed by the time the
+        row is handed on) and when the row is handed on, with two exact look-ups per socket
+        at most; the note says the holder came later."""
+        att = rec.attribution
+        receiver, sender = att.receiver, att.sender
+        if not (_unheld(receiver) or _unheld(sender)):
+            return
+        seg = rec.segment
+        table = self.tables.current()
+        notes: list[str] = []
+
+        def later(sock: SocketEntry | None, side: str) -> SocketEntry | None:
+            nonlocal table
+            if sock is None or not _unheld(sock):
+                return sock
+            key = (sock.proto, sock.cookie)
+            now = table.by_cookie(*key)
+            tries = self._late_checked.get(key, 0)
+            if (now is None or not now.holders) and tries < 2:
+                if len(self._late_checked) > 10_000:
+                    self._late_checked.clear()
+                self._late_checked[key] = tries + 1
+                fresher = self.tables.resolve(seg)
+                if fresher is not None:
+                    table = fresher
+                    now = table.by_cookie(*key)
+            if now is None or not now.holders:
+                return sock
+            if side == "receiver" and not sock.inode:
+                notes.append(
+                    f"not accept()ed yet when this segment came; {now.describe()} accept()ed it later"
+                )
+            else:
+                notes.append(
+                    f"the {side}'s process was not found when this segment came; {now.describe()} holds it"
+                )
+            return now
+
+        new_receiver, new_sender = later(receiver, "receiver"), later(sender, "sender")
+        if not notes:
+            return
+        new = replace(att, receiver=new_receiver, sender=new_sender, notes=(*att.notes, *notes))
+        if not self.session.reattribute(rec.seq, new):
+            rec.attribution = new  # already out of the in-memory window
 
     def _fill_from_tracer(self, rec: Record) -> None:
         """Name the process of a socket that was gone before conntui could look it up.

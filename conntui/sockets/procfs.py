@@ -289,6 +289,8 @@ _PROBE_GAP = 3  # consecutive free numbers after which a process is taken to hav
 _PROBE_MAX = 32  # links one process's probe reads at most
 _PROBE_PIDS = 64  # processes beyond the hinted and recent ones that are probed at most
 _RECENT = 16  # processes where searches found sockets lately, tried right after the hints
+_HINT_READ_ALL = 1024  # a hinted process with at most this many fds has all its links read
+_RECENT_READ_ALL = 2  # and so have the processes where searches found sockets last
 
 
 def free_slots(
@@ -698,6 +700,9 @@ class HolderScanner:
            hinted pids and those where searches found sockets lately, the fd numbers the
            kernel hands out first: those free at the last scan, lowest first, and those
            whose socket was seen to close (:meth:`note_closed`) — a few ``readlink`` calls;
+           then ``hinted``: every link of a hinted process (or one of the last two where
+           searches found sockets) with at most ``_HINT_READ_ALL`` fds (numbers reused
+           since the last scan);
         2. ``new``: every fd of each process started since the last scan;
         3. ``probe``: as 1, in other processes holding sockets (owner in ``uids`` first);
         4. ``list``: every fd each process did not have at the last scan (one listing of
@@ -728,6 +733,16 @@ class HolderScanner:
                 st = states.get(pid)
                 if st is not None:
                     self._probe(f, pid, st)
+            # A busy server reuses fd numbers at once (a connection closed, the next accept()
+            # takes its number): neither free at the last scan nor new in a listing. Read every
+            # link of a hinted process that is small enough (about 1 µs a link).
+            lately = [p for p in reversed(self._recent) if p not in hints][:_RECENT_READ_ALL]
+            for pid in (*hints, *lately):
+                if not f.missing:
+                    break
+                st = states.get(pid)
+                if st is not None and pid not in f.full and len(st.fds) <= _HINT_READ_ALL:
+                    self._read_pid(f, pid, st, "all", "hinted")
             if f.missing:
                 new = self.new_pids()
                 hinted_new = [p for p in hints if p not in states]

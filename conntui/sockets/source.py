@@ -556,7 +556,8 @@ class SocketTableSource:
                     return False
                 if self._holders.get(raw.inode):
                     return True
-                return self._retry_unheld(raw.inode) and self._may_walk()
+                # the search is cheap first (predicted fds); its full walk is rate-limited
+                return self._retry_unheld(raw.inode)
         return True
 
     def _retry_unheld(self, inode: int) -> bool:

@@ -174,6 +174,26 @@ def test_listener_that_never_accepts_fills_its_accept_queue(conntui, actors, por
     assert "backlog 5" in data["explain"] or "5" in data["explain"]
 
 
+def test_data_before_accept_names_the_process_that_accepts_it_later(conntui, actors, port):
+    # The client's data reaches the connection while it waits in the accept queue: the
+    # look-up at capture time finds no holder; when the row is handed on (after --settle),
+    # the server has accept()ed it and the row names the accepting pid and fd, with a note.
+    cap = conntui("--headless", "--json", "-i", "lo", "-p", str(port))
+    server, client = actors(), actors()
+    lst = server("listen", host="127.0.0.1", port=port)
+    conn = client("connect", host="127.0.0.1", port=port)
+    client("send", fd=conn["fd"], data="early")
+    time.sleep(0.1)
+    acc = server("accept", fd=lst["fd"])
+    rows, err, code = cap.stop()
+    assert code == 0, err
+    data = one(tcp(rows), dport=port, payload_len=5)
+    assert data["match"] in ("accept_queue", "established")
+    assert holder_pairs(data["receiver"]) == {(server.pid, acc["fd"])}
+    assert any("accept()ed it later" in n for n in data["notes"]), data["notes"]
+    assert holder_pairs(data["sender"]) == {(client.pid, conn["fd"])}
+
+
 def test_syn_to_closed_port_gets_a_kernel_rst(conntui, actors, port):
     cap = conntui("--headless", "--json", "-i", "lo", "-p", str(port))
     client = actors()

@@ -488,13 +488,17 @@ def test_find_holders_stops_when_all_found_but_checks_fork_copies(proc: FakeProc
 def test_find_holders_reads_new_fds_first_and_all_only_when_deep(proc: FakeProc) -> None:
     scanner = HolderScanner(str(proc.root))
     scanner.scan({555, 556})
-    proc.sock(100, 8, 559)  # a new fd
     proc.sock(100, 5, 558)  # an fd number that was /dev/null at the last scan
-    assert scanner.find_holders({559}, deep=False) == {559: (H(100, 8),)}
-    assert not scanner.last_find_deep
-    assert scanner.find_holders({558}, deep=False) == {}
+    assert scanner.find_holders({558}, deep=False) == {}  # not new, not hinted, not recent
     assert scanner.find_holders({558}) == {558: (H(100, 5),)}
     assert scanner.last_find_deep
+    proc.sock(100, 8, 559)  # a new fd
+    assert scanner.find_holders({559}, deep=False) == {559: (H(100, 8),)}
+    assert not scanner.last_find_deep
+    # pid 100 is where the last searches found sockets: all its links are read next time
+    proc.sock(100, 5, 560)
+    assert scanner.find_holders({560}, deep=False) == {560: (H(100, 5),)}
+    assert scanner.last_find_pass == "hinted" and not scanner.last_find_deep
 
 
 def test_read_stat_ppid(tmp_path: Path) -> None:
@@ -556,9 +560,11 @@ def test_probe_reads_fds_of_closed_sockets_first(proc: FakeProc) -> None:
     scanner = HolderScanner(str(proc.root))
     scanner.scan({555, 556})
     proc.sock(100, 4, 702)  # 556 closed, and fd 4 reused by a new connection
-    # Not where the kernel would put a new fd given the last scan; no listing shows it either:
-    assert scanner.find_holders({702}, hint_pids=[100], deep=False) == {}
-    scanner.note_closed([H(100, 4)])  # the table saw 556 go
+    # Not where the kernel would put a new fd given the last scan, and no listing shows it as
+    # new: found by reading every link of the hinted process (a small one).
+    assert scanner.find_holders({702}, hint_pids=[100], deep=False) == {702: (H(100, 4),)}
+    assert scanner.last_find_pass == "hinted" and scanner.last_find_reads > 1
+    scanner.note_closed([H(100, 4)])  # the table saw a socket at fd 4 go
     assert scanner.find_holders({702}, hint_pids=[100], deep=False) == {702: (H(100, 4),)}
     assert scanner.last_find_pass == "probe" and scanner.last_find_reads == 1
     scanner.scan({555, 702})  # a scan starts afresh
