@@ -136,7 +136,13 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         await pilot.press("space")  # pause the display so every picture shows the same rows
         await pilot.pause(0.3)
         await pilot.press("space")
-        await pilot.pause(0.3)
+        # the detail pane follows the newest row at most twice a second: a picture where
+        # it shows the selected row
+        for _ in range(60):
+            await pilot.pause(0.05)
+            rec = app.main.segment_list.selected_record
+            if rec is not None and rec is app.main.detail_pane.record:
+                break
         save("main")
         # details of a SYN handed to the listener
         await pilot.press("slash", *"match:listener", "enter")
@@ -147,20 +153,29 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         save("details")
         await pilot.press("escape")
         await pilot.pause(0.3)
-        # a port filter, on the list and the socket view at once
+        # a port filter, on the list and the socket view at once, and the filter line
+        # opened again over them (as ``/`` shows it, with the filter in force)
         port = "8080" if frozen else "18080,18081"
         await pilot.press("slash", *port, "enter")
         await pilot.pause(0.3)
         await pilot.press("up", "up")
         await app.workers.wait_for_complete()
         await pilot.pause(0.3)
-        save("filter")
-        await pilot.press("escape")
+        await pilot.press("slash")
         await pilot.pause(0.3)
-        # the socket view, focused
+        save("filter")
+        await pilot.press("escape")  # closes the line and clears the filter
+        await pilot.pause(0.3)
+        # the socket view, focused and maximized (the command palette's "Maximize"), so
+        # that whole lines show: a listener's accept queue over the last seconds is at
+        # the end of its line, past what the pane shows at this width
         await pilot.press("tab")
         await pilot.pause(1.2)
+        app.screen.maximize(app.main.socket_tree)
+        await pilot.pause(0.3)
         save("sockets")
+        app.screen.minimize()
+        await pilot.pause(0.3)
         await pilot.press("question_mark")
         await pilot.pause(0.3)
         save("help")

@@ -7,6 +7,11 @@ screenful at once (the newest matching rows) and goes through the older rows in 
 slices between frames (``_fill``). Export and dissecting a packet run in thread workers
 that post a message when done. While a dialog or the help covers the main screen, the
 list behind holds still.
+
+Keys come first: the tick, the socket view and a filter's slices wait a little when a key
+was just pressed (``_after_key``), so the frame that shows the key's effect is not delayed
+or made bigger by them. The tick also runs the garbage collector's young collections
+(``GcPolicy(lead=True)``), so that they fall between frames and never just after a key.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from textual import work
+from textual import events, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.timer import Timer
@@ -91,6 +96,11 @@ class ConntuiApp(App[None]):
     # socket view after a new filter) waits this long, so the frame showing the effect
     # goes first. (``call_after_refresh`` may run before that frame.)
     AFTER_FRAME = 0.04
+    # A key's frame goes first: periodic work (the drain tick, the socket view, a new
+    # filter's slices) that falls due less than KEY_FIRST seconds after a key press waits
+    # until then, once (it would delay that frame and make it bigger).
+    KEY_FIRST = 0.03
+    DETAIL_EVERY = 0.5  # seconds: the detail pane following a busy stream
 
     def __init__(
         self,
@@ -129,9 +139,10 @@ class ConntuiApp(App[None]):
         self._error_shown: str | None = None
         self._engine_stopped = False
         self._last_detail = 0.0
-        self._detail_pending = False
+        self._key_at = 0.0  # time.monotonic() of the last key press
+        self._deferred: set[Callable[[], None]] = set()
         self.main = MainScreen(self.feed.buffer)
-        self.gc_policy = GcPolicy()
+        self.gc_policy = GcPolicy(lead=True)  # collections between frames (see _tick)
         self.gc_policy.enabled = gc_freeze
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -174,7 +185,31 @@ class ConntuiApp(App[None]):
         change behind a modal screen repaints the whole screen under its tint)."""
         return self.screen is not self.main
 
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._key_at = time.monotonic()
+        await super().on_event(event)
+
+    def _after_key(self, work: Callable[[], None]) -> bool:
+        """True if a key was pressed less than ``KEY_FIRST`` seconds ago: ``work`` then
+        runs when that time is up (a second time, it runs at once)."""
+        wait = self.KEY_FIRST - (time.monotonic() - self._key_at)
+        if wait <= 0 or work in self._deferred:
+            return False
+        self._deferred.add(work)
+
+        def later() -> None:
+            try:
+                work()
+            finally:
+                self._deferred.discard(work)
+
+        self.set_timer(wait, later)
+        return True
+
     def _tick(self) -> None:
+        if self._after_key(self._tick):
+            return
         self.gc_policy.tick()
         if self._covered():
             return
@@ -189,6 +224,7 @@ class ConntuiApp(App[None]):
             if done:
                 self._set_empty_text()
         self._update_status(now)
+        self._follow_detail()
 
     def _rate(self, now: float, segments: int) -> float:
         rates = self._rates
@@ -229,7 +265,7 @@ class ConntuiApp(App[None]):
         )
 
     def _refresh_sockets(self) -> None:
-        if self.paused or self._covered():
+        if self.paused or self._covered() or self._after_key(self._refresh_sockets):
             return
         try:
             entries = self.engine.tables.current().entries
@@ -240,26 +276,28 @@ class ConntuiApp(App[None]):
             entries = tuple(self.feed.activity.seen.values())
         self.main.socket_tree.show(entries, self.display_filter, self.feed.activity, self.clock())
         # late matches (Session.reattribute) change rows in place: show them
-        self.main.segment_list.refresh()
+        self.main.segment_list.refresh_if_reattributed()
         self.main.detail_pane.refresh_if_reattributed()
 
     # -- selection and details ---------------------------------------------------------
 
     def on_segment_list_selected(self, message: SegmentList.Selected) -> None:
-        """A person's selection shows at once; following a busy stream redraws the detail
-        pane at most twice a second (one pending update, never a queue of them)."""
+        """A person's selection shows at once. While the list follows a busy stream, the
+        tick brings the detail pane along (``_follow_detail``)."""
         if message.user or self.main.detail_pane.record is None:
             self._show_detail()
+
+    def _follow_detail(self) -> None:
+        """The detail pane follows the selected row at most every ``DETAIL_EVERY``
+        seconds, redrawn in the tick's own frame (not in a frame of its own)."""
+        rec = self.main.segment_list.selected_record
+        shown = self.main.detail_pane.record
+        if rec is None or shown is None or rec.seq == shown.seq:
             return
-        wait = 0.5 - (time.monotonic() - self._last_detail)
-        if wait <= 0:
+        if time.monotonic() - self._last_detail >= self.DETAIL_EVERY:
             self._show_detail()
-        elif not self._detail_pending:
-            self._detail_pending = True
-            self.set_timer(wait, self._show_detail, name="detail")
 
     def _show_detail(self) -> None:
-        self._detail_pending = False
         self._last_detail = time.monotonic()
         self.main.detail_pane.show(self.main.segment_list.selected_record)
 
@@ -360,6 +398,8 @@ class ConntuiApp(App[None]):
 
     def _fill(self) -> None:
         """One slice of a new filter's pass over the older rows (see ``Feed.fill``)."""
+        if self._after_key(self._fill):
+            return
         self.feed.fill(self.FILL_SLICE, self.FILL_CHUNK)
         fill = self.feed.backfill
         if (fill is None or not fill.pos) and self._fill_timer is not None:

@@ -407,6 +407,10 @@ async def test_late_match_replaces_a_row_in_place() -> None:
         await pilot.pause(0.4)
         assert any("unknown" in line for line in list_text(app))
         assert "late: [b]re-attributed[/b]" in app.main.detail_pane.text.plain
+        # and on screen: the list was redrawn, not only able to draw the new row
+        region = app.main.segment_list.region
+        screen = app.screen._compositor.render_strips()
+        assert any("unknown" in strip.text for strip in screen[region.y : region.bottom])
 
 
 async def test_following_list_keeps_details_on_the_newest_row() -> None:
@@ -439,6 +443,7 @@ def many_rows_app(copies: int = 120) -> ConntuiApp:
     from .scenario import make_engine
 
     app = make_app(engine=make_engine(extra=frames() * copies), tick_interval=3600.0)
+    app.KEY_FIRST = 0.0  # the test calls _fill and _tick right after keys: no waiting
     app.FILL_CHUNK = 64
     app.FILL_SLICE = 0.0  # one chunk per slice
     app.FILL_EVERY = 3600.0  # no timer slices: the test calls _fill
@@ -560,17 +565,101 @@ async def test_footer_is_not_rebuilt_when_focus_moves() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         footer = app.main.query_one(KeysFooter)
+
+        def shown_keys() -> list[str]:
+            return [str(k.render()).strip() for k in footer.children if k.display]
+
         keys = list(footer.children)
-        assert keys and any("Filter" in str(k.render()) for k in keys)
+        first = shown_keys()
+        assert keys and any("Filter" in k for k in first)
         # the list and the detail pane offer the same keys: moving between them keeps them
         for key in ("enter", "tab", "enter", "tab"):
             await pilot.press(key)
             await pilot.pause()
         assert app.focused is app.main.segment_list
         assert list(footer.children) == keys
-        # the socket tree offers other keys (Enter folds a node there): those are shown
+        assert shown_keys() == first
+        # the socket tree offers other keys (Enter folds a node there): those are shown,
+        # by the same key widgets (one hidden), not by new ones
         await pilot.press("tab")
         await pilot.pause()
         assert app.focused is app.main.socket_tree
-        assert list(footer.children) != keys
-        assert not any("Details" in str(k.render()) for k in footer.children)
+        assert shown_keys() != first
+        assert not any("Details" in k for k in shown_keys())
+        assert shown_keys()[0] == "space Pause"
+        assert list(footer.children) == keys
+        # and back: the same keys as before, in the same widgets
+        await pilot.press("shift+tab")
+        await pilot.pause()
+        assert shown_keys() == first
+        assert list(footer.children) == keys
+        # the filter line takes most keys: three show, and all come back after
+        await pilot.press("slash")
+        await pilot.pause()
+        assert len(shown_keys()) == 3
+        await pilot.press("escape")
+        await pilot.pause()
+        assert shown_keys() == first
+        assert list(footer.children) == keys
+
+
+async def test_the_list_scrollbar_is_what_a_full_repaint_would_draw() -> None:
+    """The list repaints its scrollbar only when the thumb moves (widgets/scrolling.py):
+    while it grows, follows, scrolls and jumps, the bar on screen stays what a repaint of
+    it from scratch draws."""
+    from .scenario import make_engine
+
+    app = make_app(engine=make_engine(extra=frames() * 60), tick_interval=3600.0, drain_limit=37)
+    app.KEY_FIRST = 0.0
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        seg = app.main.segment_list
+
+        def bar_on_screen() -> list[object]:
+            region = seg.vertical_scrollbar.region
+            lines = app.screen._compositor.render_strips()
+            return [list(line.crop(region.x, region.right)) for line in lines[region.y : region.bottom]]
+
+        async def check() -> None:
+            shown = bar_on_screen()
+            seg.vertical_scrollbar.refresh()
+            await pilot.pause()
+            assert bar_on_screen() == shown
+
+        for _ in range(25):  # the list grows by 37 rows a tick, following
+            app._tick()
+            await pilot.pause()
+            await check()
+        assert seg.show_vertical_scrollbar and len(app.feed.buffer) > 500
+        for key in ("up", "pageup", "pageup", "home", "pagedown", "down", "end"):
+            await pilot.press(key)
+            await pilot.pause()
+            await check()
+        for _ in range(5):  # growing again, while not following
+            await pilot.press("up")
+            app._tick()
+            await pilot.pause()
+            await check()
+
+
+async def test_a_key_press_goes_before_the_next_tick() -> None:
+    """The drain tick that falls due just after a key waits ``KEY_FIRST`` (once), so the
+    frame showing the key's effect does not wait for it; then it runs by itself."""
+    app = make_app(tick_interval=3600.0)
+    app.KEY_FIRST = 0.5
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        for f in frames()[:3]:
+            app.engine.process(f)  # type: ignore[attr-defined]
+        await pilot.press("up")
+        app._tick()
+        assert len(shown(app)) == N  # waits
+        await pilot.pause(0.7)
+        assert len(shown(app)) == N + 3  # the deferred tick ran
+        # and a tick is never put off twice in a row (keys held down)
+        for f in frames()[:2]:
+            app.engine.process(f)  # type: ignore[attr-defined]
+        await pilot.press("up")
+        app._tick()
+        app._tick()
+        assert len(shown(app)) == N + 5

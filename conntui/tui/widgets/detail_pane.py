@@ -22,6 +22,7 @@ from ...model import Record
 from ..detail_text import detail_text
 from ..dissect import dissect
 from ..messages import Dissected
+from .scrolling import set_virtual_size
 
 DISSECT_AFTER = 0.05  # seconds
 PLACEHOLDER = "select a segment (↑/↓ in the list) to see how the kernel routed it"
@@ -87,7 +88,7 @@ class DetailPane(ScrollView, can_focus=True):
             for line in console.render_lines(self.text, options, pad=False, new_lines=False)
         ]
         self._wrapped_for = width
-        self.virtual_size = Size(width, len(self._lines))
+        set_virtual_size(self, Size(width, len(self._lines)))
         self.refresh()
 
     def on_resize(self, event: events.Resize) -> None:

@@ -1,14 +1,19 @@
-"""Textual's ``Footer``, rebuilt only when the keys it shows change.
+"""Textual's ``Footer``, rebuilt only when the keys it shows change, and then in place.
 
 A stock ``Footer`` recomposes (removes and mounts all its key widgets) on every focus
 change: Tab, ``/``, Enter, Esc... Here the keys shown hardly ever differ between panes,
-and under load that rebuild was one of the costs between a key press and its frame.
+and under load that rebuild was one of the costs between a key press and its frame. When
+they do differ (the socket tree, the filter line), the key widgets already there take the
+new keys; those left over are hidden, not removed, for the next time more keys show (a
+widget mounted is styled and lays the screen out twice).
 """
 
 from __future__ import annotations
 
+from textual.compose import compose
 from textual.screen import Screen
 from textual.widgets import Footer
+from textual.widgets._footer import FooterKey
 
 
 def shown_keys(screen: Screen[object]) -> tuple[object, ...]:
@@ -19,6 +24,21 @@ def shown_keys(screen: Screen[object]) -> tuple[object, ...]:
         for key, (_node, binding, enabled, tooltip) in screen.active_bindings.items()
         if binding.show or key == palette
     )
+
+
+def _take(old: FooterKey, new: FooterKey) -> None:
+    """``old`` shows what ``new`` would (the attributes ``FooterKey.render`` reads)."""
+    shows = (new.key, new.key_display, new.description, new.action, new._disabled, new.tooltip)
+    if (old.key, old.key_display, old.description, old.action, old._disabled, old.tooltip) == shows:
+        return
+    old.key = new.key
+    old.key_display = new.key_display
+    old.description = new.description
+    old.action = new.action
+    old._disabled = new._disabled
+    old.set_class(new._disabled, "-disabled")
+    old.tooltip = new.tooltip
+    old.refresh(layout=True)
 
 
 class KeysFooter(Footer):
@@ -34,3 +54,36 @@ class KeysFooter(Footer):
                 return
             self._shown = keys
         super().bindings_changed(screen)
+
+    async def recompose(self) -> None:
+        if not self.is_attached or self._pruning:
+            return
+        composed = compose(self)
+        children = list(self.children)
+        # plain keys (no binding groups) with the command palette's key last, or nothing
+        old = [w for w in children if type(w) is FooterKey]
+        new = [w for w in composed if type(w) is FooterKey]
+        if not old or len(old) != len(children) or len(new) != len(composed):
+            await super().recompose()
+            return
+        old_keys = [w for w in old if not w.has_class("-command-palette")]
+        new_keys = [w for w in new if not w.has_class("-command-palette")]
+        old_palette = [w for w in old if w.has_class("-command-palette")]
+        new_palette = [w for w in new if w.has_class("-command-palette")]
+        if len(old_palette) != len(new_palette):
+            await super().recompose()
+            return
+        async with self.batch():
+            for o, n in zip(old_keys, new_keys, strict=False):
+                _take(o, n)
+                o.display = True
+            for o in old_keys[len(new_keys) :]:
+                o.display = False
+            for o, n in zip(old_palette, new_palette, strict=True):
+                _take(o, n)
+            if len(new_keys) > len(old_keys):
+                extra = new_keys[len(old_keys) :]
+                if old_palette:
+                    await self.mount_all(extra, before=old_palette[0])
+                else:
+                    await self.mount_all(extra)

@@ -18,12 +18,12 @@ from textual.cache import LRUCache
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
-from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ...model import Record
 from ..feed import Drained, RowBuffer
 from ..row_text import Layout, endpoint_width, header_text, row_text
+from .scrolling import QuietScrollView, changing_bars, set_virtual_size
 
 NARROW_BELOW = 120  # columns
 
@@ -38,7 +38,7 @@ class _Pass(NamedTuple):
     focused: bool
 
 
-class SegmentList(ScrollView, can_focus=True):
+class SegmentList(QuietScrollView, can_focus=True):
     """Rows of ``buffer`` (oldest at the top), a sticky header line and a cursor."""
 
     COMPONENT_CLASSES = {
@@ -92,6 +92,8 @@ class SegmentList(ScrollView, can_focus=True):
         self._header: tuple[object, Strip] | None = None
         # while a new filter fills in older rows: the seq the cursor should end up near
         self._pending_seq: int | None = None
+        # each line on screen: the record drawn there and the attribution it had then
+        self._drawn: dict[int, tuple[Record, int]] = {}
 
     # -- data --------------------------------------------------------------------------
 
@@ -101,6 +103,7 @@ class SegmentList(ScrollView, can_focus=True):
             return self.buffer[self.cursor]
         return None
 
+    @changing_bars
     def set_buffer(self, buffer: RowBuffer, keep_seq: int | None = None, *, partial: bool = False) -> None:
         """Show another buffer (a new filter); keep the cursor near ``keep_seq``.
 
@@ -128,6 +131,7 @@ class SegmentList(ScrollView, can_focus=True):
         self.refresh()
         self._post_selection()
 
+    @changing_bars
     def rows_changed(self, drained: Drained) -> None:
         """Rows were added to (and maybe pushed out of) the buffer by the feed."""
         if not drained.added:
@@ -143,9 +147,10 @@ class SegmentList(ScrollView, can_focus=True):
             self.cursor = len(self.buffer) - 1
         if self.following:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
-        self.refresh()
+        self.refresh(self.scrolling_region())
         self._post_selection(user=False)
 
+    @changing_bars
     def rows_prepended(self, added: int, *, done: bool) -> None:
         """Older rows were put at the front of the buffer (a new filter filling in). The
         view stays on the rows it showed; ``done``: no more will come."""
@@ -173,6 +178,17 @@ class SegmentList(ScrollView, can_focus=True):
         self.refresh()
         self._post_selection(user=False)
 
+    def refresh_if_reattributed(self) -> None:
+        """Redraw if a row on screen got a new attribution (``Session.reattribute``, a
+        late match, replaces it in place)."""
+        if any(id(rec.attribution) != att for rec, att in self._drawn.values()):
+            self.refresh()
+
+    def scrolling_region(self) -> Region:
+        # the rows, not the sticky header line above them (nor the border around): new
+        # rows and a scroll leave those as they were
+        return Region(0, 1, self.size.width, max(0, self.size.height - 1))
+
     def _widen(self, start: int, stop: int) -> None:
         width = self._layout.endpoint_width
         buffer = self.buffer
@@ -186,7 +202,7 @@ class SegmentList(ScrollView, can_focus=True):
     def _update_size(self) -> None:
         size = Size(self._width, len(self.buffer) + 1)
         if size != self.virtual_size:
-            self.virtual_size = size
+            set_virtual_size(self, size)
             if self.following:  # a new scrollbar may have taken a line: stay at the bottom
                 self.call_after_refresh(self.scroll_end, animate=False, immediate=True, x_axis=False)
 
@@ -231,6 +247,7 @@ class SegmentList(ScrollView, can_focus=True):
         elif self.cursor >= top + page:
             self.scroll_to(y=self.cursor - page + 1, animate=False, immediate=True)
 
+    @changing_bars
     def move_cursor(self, index: int) -> None:
         self._pending_seq = None  # a person moved: the list goes where they say
         n = len(self.buffer)
@@ -316,6 +333,7 @@ class SegmentList(ScrollView, can_focus=True):
                 return self._message_strip(self.empty_text, style, width)
             return Strip.blank(width, base)
         rec = self.buffer[index]
+        self._drawn[y] = (rec, id(rec.attribution))
         is_cursor = index == self.cursor
         # The final (cropped, styled) line is cached: scrolling by one row, as a live list
         # does every tick, re-renders no row but the new ones.

@@ -2,7 +2,8 @@
 
 A ``Tree`` refreshed about once a second. Its shape is rebuilt only when the set of
 sockets changes; otherwise only labels change (counters, sparklines, the light-up of a
-socket a segment was just routed to). Bounded by ``sockview.build_view``.
+socket a segment was just routed to), and only on the lines on screen: the others get
+theirs when they are scrolled or unfolded into view. Bounded by ``sockview.build_view``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
+from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
+from textual.geometry import Region
+from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import Tree
-from textual.widgets.tree import TreeNode
+from textual.widgets.tree import NodeID, TreeNode
 
 from ...filters import DisplayFilter
 from ...model import SocketEntry
@@ -72,11 +77,6 @@ def _holders(sock: SocketEntry) -> Text:
     return t
 
 
-def _relabel(node: TreeNode[NodeData], label: Text) -> None:
-    if node.label != label:  # an unchanged label costs no repaint
-        node.set_label(label)
-
-
 class SocketTree(Tree[NodeData]):
     """See the module docstring. Call ``show(entries, filter, activity, now)``."""
 
@@ -101,6 +101,12 @@ class SocketTree(Tree[NodeData]):
         # accept-queue length of each listener (by cookie), one sample a second
         self._queue_hist: dict[int, deque[int]] = {}
         self._queue_sampled = 0.0
+        # what each group or socket line shows, and the show() its label is from
+        self._label_of: dict[NodeID, tuple[SocketGroup, SocketEntry | None]] = {}
+        self._labelled: dict[NodeID, int] = {}
+        self._shown = 0  # show() calls so far
+        self._activity = SocketActivity()
+        self._now = 0.0
 
     # -- labels ------------------------------------------------------------------------
 
@@ -198,19 +204,75 @@ class SocketTree(Tree[NodeData]):
                     hist.append(g.listener.rx_queue)
             for cookie in [c for c in self._queue_hist if c not in seen]:
                 del self._queue_hist[cookie]
+        self._shown += 1
+        self._activity = activity
+        self._now = now
         sig = view.signature()
         if sig != self._signature:
             self._rebuild(view, activity, now)
             self._signature = sig
             return
+        # the same sockets (their counters, queues and holders may differ): new labels
+        # for the lines on screen now, for the others when they come into view
+        label_of = self._label_of
         for g in view.groups:
             node = self._group_nodes.get(g.key)
             if node is not None:
-                _relabel(node, self._group_label(g, activity, now))
+                label_of[node.id] = (g, None)
             for s in g.rows:
                 item = self._socket_nodes.get((g.key, socket_key(s)))
                 if item is not None:
-                    _relabel(item[0], self._socket_label(g, s, activity, now))
+                    label_of[item[0].id] = (g, s)
+        self._relabel_visible(quiet=False)
+
+    def _label(self, g: SocketGroup, s: SocketEntry | None) -> Text:
+        if s is None:
+            return self._group_label(g, self._activity, self._now)
+        return self._socket_label(g, s, self._activity, self._now)
+
+    def _relabel_visible(self, *, quiet: bool) -> None:
+        """Bring the labels of the lines on screen up to the last ``show``. ``quiet``: the
+        lines are about to be rendered (no refresh asked for)."""
+        shown, labelled, label_of = self._shown, self._labelled, self._label_of
+        top = self.scroll_offset.y
+        for line in self._tree_lines[top : top + self.size.height]:
+            node = line.node
+            nid = node.id
+            if labelled.get(nid) == shown:
+                continue
+            labelled[nid] = shown
+            what = label_of.get(nid)
+            if what is None:
+                continue
+            label = self._label(*what)
+            if node.label == label:  # an unchanged label costs no repaint
+                continue
+            if quiet:
+                # what TreeNode.set_label does, without asking for another repaint
+                node._label = self.process_label(label)
+                node._updates += 1
+            else:
+                node.set_label(label)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._relabel_visible(quiet=True)  # lines scrolled or unfolded into view
+        return super().render_lines(crop)
+
+    def notify_style_update(self) -> None:
+        # Tree rebuilds every line (measuring every label) and lays out the whole screen
+        # again on any change of style, such as the focus coming or going; the lines and
+        # their widths stay the same, only their colours may change.
+        Widget.notify_style_update(self)
+        self._line_cache.clear()
+        self._updates += 1
+        self.refresh()
+
+    def get_label_width(self, node: TreeNode[NodeData]) -> int:
+        # what Tree's own does (render_label's cell length), without copying each label
+        width = node.label.cell_len if isinstance(node.label, Text) else cell_len(str(node.label))
+        if node.allow_expand:
+            width += cell_len(self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE)
+        return width
 
     def _rebuild(self, view: SocketView, activity: SocketActivity, now: float) -> None:
         cursor = self.cursor_node
@@ -219,6 +281,9 @@ class SocketTree(Tree[NodeData]):
         self._group_nodes.clear()
         self._socket_nodes.clear()
         self._section_nodes.clear()
+        self._label_of.clear()
+        self._labelled.clear()
+        shown = self._shown
         restore: TreeNode[NodeData] | None = None
         if not view.groups:
             self.root.add_leaf(Text("no sockets match the filter", style=DIM), data=("more", ""))
@@ -238,12 +303,16 @@ class SocketTree(Tree[NodeData]):
                 folded = g.key in self._collapsed or (g.pid is None and g.listener is None)
                 gnode = snode.add(label, data=("group", g.key), expand=not folded or g.key in self._expanded)
                 self._group_nodes[g.key] = gnode
+                self._label_of[gnode.id] = (g, None)
+                self._labelled[gnode.id] = shown
                 if cursor_data == ("group", g.key):
                     restore = gnode
                 for s in g.rows:
                     skey = socket_key(s)
                     leaf = gnode.add_leaf(self._socket_label(g, s, activity, now), data=("socket", skey))
                     self._socket_nodes[(g.key, skey)] = (leaf, s)
+                    self._label_of[leaf.id] = (g, s)
+                    self._labelled[leaf.id] = shown
                     if cursor_data == ("socket", skey):
                         restore = leaf
                 if g.hidden:
