@@ -360,7 +360,10 @@ async def test_capture_error_is_shown_not_raised() -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         app.engine.error = "interface lo went away: [red]No such device[/red]"
-        await pilot.pause(0.3)
+        for _ in range(50):  # the next ticks show it; a loaded machine may take a while
+            await pilot.pause(0.1)
+            if "went away" in str(app.main.status_bar.render()) and any("went away" in m for m in notes(app)):
+                break
         status = str(app.main.status_bar.render())
         assert "interface lo went away: [red]No such device[/red]" in status
         assert any("went away" in m for m in notes(app))
