@@ -129,6 +129,15 @@ class TuiProcess:
         return rc
 
 
+def _status_count(bar: str, label: str) -> int | None:
+    """A counter off the TUI's status bar: ``5,677 segments``, ``28.6k dropped``, ``1.2M …``
+    (rounded there: read it as such)."""
+    m = re.search(rf"([\d,.]+)([kM]?) {label}", bar)
+    if m is None:
+        return None
+    return round(float(m.group(1).replace(",", "")) * {"": 1, "k": 1e3, "M": 1e6}[m.group(2)])
+
+
 def start_tool(
     tool: str, port: int, out: Path, errf: Path, extra: list[str]
 ) -> subprocess.Popen[bytes] | TuiProcess:
@@ -168,10 +177,8 @@ def finish(
         bar = proc.screen()
         rc = proc.quit()
         text = ""
-        seen = re.search(r"([\d,]+) segments", bar)
-        dropped = re.search(r"([\d,]+) dropped", bar)
-        res.captured = int(seen.group(1).replace(",", "")) if seen else None
-        res.drops = int(dropped.group(1).replace(",", "")) if dropped else None
+        res.captured = _status_count(bar, "segments")
+        res.drops = _status_count(bar, "dropped")
     else:
         rc = stop(proc, signal.SIGTERM)
         text = errf.read_text(errors="replace")
