@@ -367,7 +367,10 @@ class SocketTable:
         entries = self._entries
         if entries is None:
             recipe = self._recipe
-            assert recipe is not None
+            if recipe is None:  # built meanwhile on another thread (it sets _entries first)
+                built = self._entries
+                assert built is not None
+                return built
             entries = self._entries = recipe.build()
             self._recipe = None
         return entries

@@ -90,3 +90,27 @@ def test_a_chain_of_misses_keeps_no_old_tables_alive() -> None:
     assert not any(isinstance(r, SocketTable) for r in gc.get_referents(table, recipe))
     assert len(table) == 150
     assert table._recipe is None  # read once: materialised
+
+
+def _read_len(t: SocketTable, results: list[int], errors: list[BaseException]) -> None:
+    try:
+        results.append(len(t.entries))
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_entries_read_from_several_threads_at_once() -> None:
+    import threading
+
+    for _ in range(50):
+        table = SocketTable([mk(n, n + 1) for n in range(2000)])
+        for i in range(5):
+            table = table.with_entries([mk(3000 + i, 30_000 + i)])
+        results: list[int] = []
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=_read_len, args=(table, results, errors)) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors and results == [2005] * 4
