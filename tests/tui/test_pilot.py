@@ -666,3 +666,26 @@ async def test_a_key_press_goes_before_the_next_tick() -> None:
         app._tick()
         app._tick()
         assert len(shown(app)) == N + 5
+
+
+async def test_cursor_shows_on_a_tinted_row() -> None:
+    # Rows with no socket (none) are tinted red; the cursor's background must still win there,
+    # past the match cell (which keeps its own colours).
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await type_filter(pilot, "match:none")
+        seg_list = app.main.segment_list
+        seg_list.focus()
+        await pilot.pause()
+        cursor_bg = seg_list.get_component_rich_style("segment-list--cursor").bgcolor
+        lines = {y: seg_list.render_line(y) for y in range(1, 3)}  # under the header: the two rows
+        rows = {y: strip for y, strip in lines.items() if strip.text.strip()}
+        assert len(rows) == 2
+        cursor_y = 1 + seg_list.cursor - int(seg_list.scroll_y)
+
+        def first_bg(strip) -> object:  # type: ignore[no-untyped-def]
+            return next(seg.style.bgcolor for seg in strip if seg.text.strip() and seg.style is not None)
+
+        assert first_bg(rows[cursor_y]) == cursor_bg
+        other = next(y for y in rows if y != cursor_y)
+        assert first_bg(rows[other]) != cursor_bg  # the other none row keeps its tint

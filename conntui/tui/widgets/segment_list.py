@@ -342,6 +342,8 @@ class SegmentList(QuietScrollView, can_focus=True):
         if cached is not None:
             return cached
         text = row_text(rec, self._layout)
+        if is_cursor:
+            text.style = ""  # a row's tint (none, unknown) would hide the cursor's background
         strip = Strip(text.render(self.app.console), text.cell_len)
         if text.cell_len > self._width:
             self._width = text.cell_len
