@@ -188,8 +188,9 @@ class Engine:
         self.verifier = Verifier(window=verify_window, accepted=self._syn_was_accepted)
         self.history = FlowHistory()  # what capture order showed: FINs, RSTs, old connections
         # sockets seen without a holder: looked up again shortly after, and when handed on
-        self._late_checked: dict[tuple[str, int], int] = {}  # → exact look-ups made
-        self._recheck: deque[tuple[float, Record]] = deque()
+        self._late_checked: dict[tuple[str, int], float] = {}  # → when last looked up
+        self._recheck: deque[tuple[float, Record]] = deque()  # (capture time, row): 15 ms on
+        self._recheck_last: deque[tuple[float, Record]] = deque()  # and once more when handed on
         self._listener_checks: dict[tuple[str, int], float] = {}
         self.flow_cache = FlowCache()
         self._nat: Conntrack | None = None
@@ -234,7 +235,7 @@ class Engine:
         if self.settle <= 0:
             self.emit()
         elif self.source.live and (_unheld(att.receiver) or _unheld(att.sender)):
-            self._recheck.append((now + RECHECK_AFTER, rec))
+            self._recheck.append((now, rec))
         return rec
 
     def _apply(self, notes: list[Note]) -> None:
@@ -255,11 +256,15 @@ class Engine:
 
     def emit(self, final: bool = False) -> None:
         """Hand settled rows to the writer and ``on_record`` (every pending row if final)."""
-        recheck = self._recheck
-        if recheck:
-            now = time.monotonic()
-            while recheck and (final or recheck[0][0] <= now):
-                self._fill_late_holders(recheck.popleft()[1])
+        now = time.monotonic()
+        recheck, last = self._recheck, self._recheck_last
+        while recheck and (final or recheck[0][0] <= now - RECHECK_AFTER):
+            at, row = recheck.popleft()
+            if not self._fill_late_holders(row):
+                last.append((at, row))
+        # the rows about to be handed on (the horizon below): their last chance
+        while last and (final or last[0][0] <= now - self.settle):
+            self._fill_late_holders(last.popleft()[1])
         if self.verifier.waiting_reuseport:
             self._apply(self.verifier.recheck(self.tables.current()))
         if final:
@@ -271,15 +276,13 @@ class Engine:
             newest = self._pending[-1][2]
             if newest is not None:
                 self._apply(self.verifier.expire(newest.segment.ts))
-        horizon = time.monotonic() - self.settle
+        horizon = now - self.settle
         pending = self._pending
         while pending and (final or pending[0][0] <= horizon):
             _, frame, rec = pending.popleft()
             if rec is None:
                 self._write(frame, None, None)
                 continue
-            if self.source.live and self.settle > 0:
-                self._fill_late_holders(rec)
             if self.tracer is not None:
                 self._fill_from_tracer(rec)
             self._write(frame, rec.segment, rec.attribution)
@@ -458,19 +461,19 @@ class Engine:
             for e in self.tables.current().connected("tcp", seg.dst, seg.dport, seg.src, seg.sport)
         )
 
-    def _fill_late_holders(self, rec: Record) -> None:
+    def _fill_late_holders(self, rec: Record) -> bool:
         """Name the process of a socket nobody held when its segment came, if one holds it now.
 
         A connection's first segments often reach it before the server calls accept(), and a
         client socket may belong to a process not scanned yet: the look-up at capture time
         finds the socket without a holder. The same socket (by cookie) is looked for again
         ``RECHECK_AFTER`` later (a connection held for 20 ms is often closed by the time the
-        row is handed on) and when the row is handed on, with two exact look-ups per socket
-        at most; the note says the holder came later."""
+        row is handed on) and when the row is handed on, with one exact look-up per socket
+        in each of those rounds; the note says the holder came later. True when nothing is left unnamed."""
         att = rec.attribution
         receiver, sender = att.receiver, att.sender
         if not (_unheld(receiver) or _unheld(sender)):
-            return
+            return True
         seg = rec.segment
         table = self.tables.current()
         notes: list[str] = []
@@ -481,11 +484,14 @@ class Engine:
                 return sock
             key = (sock.proto, sock.cookie)
             now = table.by_cookie(*key)
-            tries = self._late_checked.get(key, 0)
-            if (now is None or not now.holders) and tries < 2:
+            clock = time.monotonic()
+            # one exact look-up per socket per round (a flow's rows come in the same round)
+            if (now is None or not now.holders) and clock - self._late_checked.get(
+                key, -1.0
+            ) >= RECHECK_AFTER:
                 if len(self._late_checked) > 10_000:
                     self._late_checked.clear()
-                self._late_checked[key] = tries + 1
+                self._late_checked[key] = clock
                 fresher = self.tables.resolve(seg)
                 if fresher is not None:
                     table = fresher
@@ -503,11 +509,17 @@ class Engine:
             return now
 
         new_receiver, new_sender = later(receiver, "receiver"), later(sender, "sender")
-        if not notes:
-            return
-        new = replace(att, receiver=new_receiver, sender=new_sender, notes=(*att.notes, *notes))
-        if not self.session.reattribute(rec.seq, new):
-            rec.attribution = new  # already out of the in-memory window
+        if notes:
+            self._reattribute(
+                rec, replace(att, receiver=new_receiver, sender=new_sender, notes=(*att.notes, *notes))
+            )
+        return not (_unheld(new_receiver) or _unheld(new_sender))
+
+    def _reattribute(self, rec: Record, att: Attribution) -> None:
+        """Give a row a fuller attribution, in the session or, once out of its window, in
+        the row itself (it is still to be handed on)."""
+        if not self.session.reattribute(rec.seq, att):
+            rec.attribution = att
 
     def _fill_from_tracer(self, rec: Record) -> None:
         """Name the process of a socket that was gone before conntui could look it up.
@@ -565,8 +577,7 @@ class Engine:
                     "process named by the socket tracer: the socket was gone before conntui could look",
                 ),
             )
-            if not self.session.reattribute(rec.seq, new):
-                rec.attribution = new  # already out of the in-memory window
+            self._reattribute(rec, new)
 
     def _forget_reset(self, seg: Segment, table: SocketTable) -> SocketTable:
         """Remember RSTs; hide a connection from the SYN that follows its reset.

@@ -183,7 +183,7 @@ def test_data_before_accept_names_the_process_that_accepts_it_later(conntui, act
     lst = server("listen", host="127.0.0.1", port=port)
     conn = client("connect", host="127.0.0.1", port=port)
     client("send", fd=conn["fd"], data="early")
-    time.sleep(0.1)
+    time.sleep(0.3)  # past the first look-up again (15 ms on), before the row is handed on (0.5 s)
     acc = server("accept", fd=lst["fd"])
     rows, err, code = cap.stop()
     assert code == 0, err
