@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
@@ -277,10 +278,16 @@ def _count_pcap(f: IO[bytes], e: str, fc: FileCount) -> None:
 
 
 def _count_pcapng(f: IO[bytes], fc: FileCount) -> None:
+    """A packet counts as commented when its comment holds the attribution JSON, or names
+    an earlier packet (at most 8192 before it) whose comment holds it
+    (``conntui-json-ref: frame N``, see conntui/export.py)."""
     e = "<"
     jkey = b"conntui-json: {"
+    rkey = b"conntui-json-ref: frame "
     mkey = b'"match":"'
     matches = fc.matches
+    kinds: dict[int, str] = {}  # frame number → match kind of the JSON it carries
+    order: deque[int] = deque()
     while True:
         h = f.read(8)
         if len(h) < 8:
@@ -300,6 +307,7 @@ def _count_pcapng(f: IO[bytes], fc: FileCount) -> None:
             return
         if btype == 6:  # enhanced packet block
             fc.packets += 1
+            number = fc.packets
             caplen = struct.unpack_from(e + "I", body, 12)[0]
             opos = 20 + caplen + (-caplen & 3)
             end = len(body) - 4
@@ -309,13 +317,23 @@ def _count_pcapng(f: IO[bytes], fc: FileCount) -> None:
                     break
                 if code == 1:
                     val = body[opos + 4 : opos + 4 + olen]
-                    if val.find(jkey) >= 0:
-                        fc.commented += 1
+                    kind = None
+                    r = val.find(rkey)
+                    if r >= 0:
+                        target = int(val[r + len(rkey) :].rstrip(b"\0"))
+                        if number - target <= 8192:
+                            kind = kinds.get(target)
+                    elif val.find(jkey) >= 0:
                         m = val.find(mkey)
                         if m >= 0:
                             m += len(mkey)
-                            kind = val[m : val.find(b'"', m)].decode()
-                            matches[kind] = matches.get(kind, 0) + 1
+                            kind = kinds[number] = val[m : val.find(b'"', m)].decode()
+                            order.append(number)
+                            while order[0] < number - 8192:
+                                del kinds[order.popleft()]
+                    if kind is not None:
+                        fc.commented += 1
+                        matches[kind] = matches.get(kind, 0) + 1
                 opos += 4 + olen + (-olen & 3)
         elif btype == 3:  # simple packet block
             fc.packets += 1

@@ -23,7 +23,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .model import PACKET_OUTGOING, Frame
 
@@ -380,6 +380,32 @@ class LiveCapture:
                 )
             )
         return frames
+
+    def fast_names(self) -> dict[int, str] | None:
+        """The ring's interface names, for the C fast path; None without a ring."""
+        return self._ring_names if self._ring is not None else None
+
+    def pump(self, fast: Any, timeout: float, budget: int) -> tuple[int, int]:
+        """``read`` and ``Engine.process`` in one, through the C fast path (fastpath.py):
+        the ready blocks go to ``fast.take``, which stores the common rows itself and hands
+        the others to the engine. (frames read, rows stored); ``budget`` < 0: no limit."""
+        ring = self._ring
+        if self._ended or ring is None:
+            return 0, 0
+        try:
+            ready, _, _ = select.select([self._sock], [], [], timeout)
+        except (OSError, ValueError):
+            self._ended = True
+            return 0, 0
+        if not ready:
+            return 0, 0
+        if not ring.ready():
+            self._check_alive()
+            return 0, 0
+        ring.current, frames, stored = fast.take(
+            ring.map, ring.current, ring.block_size, ring.blocks, self._batch, budget
+        )
+        return frames, stored
 
     def _check_alive(self) -> None:
         """A ring reports a vanished interface only as readiness with nothing in it."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, fastpath
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
 from .engine import Engine, StaticTables, TableSource
 from .export import ExportError, PcapngSpool, open_writer
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also trace connect()/accept() with bpftrace (if installed), to name the process of "
         "connections that close before conntui can look them up",
     )
-    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
     return p
 
@@ -179,7 +179,13 @@ def make_source(opts: Options, notes: list[str]) -> FrameSource:
             raise UsageError("a BPF expression applies to live capture; with -r use -p to filter by port", 2)
         return FileCapture(opts.read)
     program = _kernel_filter(opts, notes)
-    return LiveCapture(opts.interface, program)
+    source = LiveCapture(opts.interface, program)
+    if fastpath._fastpath is None:
+        notes.append(
+            "the C accelerator was not built (apt-get install gcc python3-dev, then reinstall): "
+            "the capture runs in pure Python, lossless only up to ~100k packets/s"
+        )
+    return source
 
 
 def make_tables(live: bool) -> TableSource:

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .capture import CaptureError, FrameSource
 from .decode import IcmpError, decode_frame, decode_icmp_error
@@ -121,6 +121,13 @@ def _unheld(sock: SocketEntry | None) -> bool:
     )
 
 
+def _final_answer(att: Attribution) -> bool:
+    """A cached answer that a segment of its flow needs nothing more for than its row: no
+    question for the verifier (a ``none`` waits for its RST or ICMP) and no socket to look
+    up again (``_unheld``). Such segments may take the C fast path (fastpath.py)."""
+    return att.match != Match.NONE and not _unheld(att.receiver) and not _unheld(att.sender)
+
+
 def _needs_resolve(seg: Segment, att: Attribution, table: SocketTable) -> bool:
     """Whether the table may simply be too old for this segment (worth an exact look-up)."""
     if att.match in (Match.UNKNOWN, Match.NONE):
@@ -192,7 +199,8 @@ class Engine:
         self._recheck: deque[tuple[float, Record]] = deque()  # (capture time, row): 15 ms on
         self._recheck_last: deque[tuple[float, Record]] = deque()  # and once more when handed on
         self._listener_checks: dict[tuple[str, int], float] = {}
-        self.flow_cache = FlowCache()
+        self.flow_cache = FlowCache(final=_final_answer)
+        self._fast: Any = None  # the C fast path (fastpath.py), while a live ring capture runs
         self._nat: Conntrack | None = None
         self._nat_next_check = 0.0
         self._nat_cache: dict[FlowKey, object] = {}
@@ -278,6 +286,8 @@ class Engine:
                 self._apply(self.verifier.expire(newest.segment.ts))
         horizon = now - self.settle
         pending = self._pending
+        if self._fast is not None and self.tracer is None and self.on_record is None:
+            self._fast_emit(float("inf") if final else horizon)
         while pending and (final or pending[0][0] <= horizon):
             _, frame, rec = pending.popleft()
             if rec is None:
@@ -288,6 +298,48 @@ class Engine:
             self._write(frame, rec.segment, rec.attribution)
             if self.on_record is not None:
                 self.on_record(rec)
+
+    # -- the C fast path (fastpath.py) -------------------------------------------------
+
+    def _fast_slow(self, frame: Frame) -> bool:
+        """A frame the fast path leaves to ``process``; then the flow cache follows the
+        table again (a look-up or the refresher may have changed it meanwhile)."""
+        rec = self.process(frame)
+        self.flow_cache.follow(self.tables.current())
+        return rec is not None
+
+    def _fast_flush(
+        self,
+        recs: list[Record],
+        items: list[tuple[float, Frame, Record | None]],
+        counts: dict[str, int],
+        frames: int,
+    ) -> None:
+        """Rows the fast path made, in capture order: into the session and the queue of
+        rows to hand on, as ``process`` puts each one."""
+        self.session.counters.frames += frames
+        if recs:
+            self.session.extend(recs, counts)
+            self._pending.extend(items)
+        self.flow_cache.follow(self.tables.current())
+
+    def _fast_emit(self, horizon: float) -> None:
+        """Hand on the settled rows the C way (blocks for the writer built in C, one write
+        per call), up to the first row only ``emit``'s loop can hand on."""
+        fast, pending = self._fast, self._pending
+        while pending and pending[0][0] <= horizon:
+            writer = self.writer if self.writer_error is None else None
+            blob, written, more = fast.emit(pending, horizon, writer)
+            if written and writer is not None:
+                try:
+                    writer.put_blocks(blob, written)
+                except (OSError, ExportError) as exc:
+                    self._writer_failed(exc)
+            if not more:
+                return
+            if pending and pending[0][0] <= horizon:  # one row the Python way, then C again
+                _, frame, rec = pending.popleft()
+                self._write(frame, rec.segment if rec else None, rec.attribution if rec else None)
 
     def _attribute(self, frame: Frame, seg: Segment) -> Attribution:
         if frame.comment and self.use_file_attributions:
@@ -672,18 +724,28 @@ class Engine:
             )
             self._refresher.start()
         gc_policy = GcPolicy()
+        fast_source = self._start_fast()
         try:
             while not self._stop.is_set() and not self._stop_requested:
                 timeout = poll
                 if deadline is not None:
                     timeout = min(poll, max(0.0, deadline - time.monotonic()))
-                frames = self.source.read(timeout)
-                for frame in frames:
-                    if self.process(frame) is not None:
-                        stored += 1
-                        if count is not None and stored >= count:
-                            self._stop.set()
-                            break
+                if fast_source is not None:
+                    # the C fast path reads the flow cache in place: valid for the current table
+                    self.flow_cache.follow(self.tables.current())
+                    budget = -1 if count is None else count - stored
+                    got, kept = fast_source.pump(self._fast, timeout, budget)
+                    stored += kept
+                else:
+                    frames = self.source.read(timeout)
+                    got = len(frames)
+                    for frame in frames:
+                        if self.process(frame) is not None:
+                            stored += 1
+                            if count is not None and stored >= count:
+                                break
+                if count is not None and stored >= count:
+                    self._stop.set()
                 now = time.monotonic()
                 if now - last_drop_check > 0.5:
                     last_drop_check = now
@@ -693,7 +755,7 @@ class Engine:
                 if self.writer is not None and now - last_flush > 0.25:
                     last_flush = now
                     self._flush()
-                if not frames and self.source.ended:
+                if not got and self.source.ended:
                     break
                 if deadline is not None and now >= deadline:
                     break
@@ -702,7 +764,29 @@ class Engine:
             refresh_stop.set()
             self.session.counters.kernel_drops = self.source.kernel_drops()
             self.emit(final=True)
+            self._fast = None
             self._flush()
+
+    def _start_fast(self) -> Any:
+        """The source to pump through the C fast path, or None for the Python loop: it
+        serves a live ring capture whose rows settle before they are handed on, with no
+        port filter left to check in Python."""
+        from . import fastpath
+
+        pump = getattr(self.source, "pump", None)
+        if (
+            pump is None
+            or not self.source.live
+            or self.settle <= 0
+            or self._keep_segments is not None
+            or not hasattr(self.session, "extend")
+        ):
+            return None
+        names = self.source.fast_names()  # type: ignore[attr-defined]
+        if names is None:
+            return None
+        self._fast = fastpath.make(self, names)
+        return self.source if self._fast is not None else None
 
     def _flush(self) -> None:
         if self.writer is not None and self.writer_error is None:

@@ -25,7 +25,18 @@ pcapng (the default) keeps everything conntui knows about a packet:
       conntui-json: {"receiver":...,"sender":...,"match":"established",...}
 
   Line 1 is for people reading the comment in Wireshark (terminal-safe text); line 2 is
-  what ``attribution_from_comment`` reads back for ``-r``.
+  what ``attribution_from_comment`` reads back for ``-r``. The JSON (about 1 KB) is the
+  same for every segment of a flow, and at 250k packets/s writing it each time was most of
+  the file (1.35 KB a packet, 340 MB/s) and of the capture thread's time. So every packet
+  keeps line 1, and line 2 is written in full once per ``REF_WINDOW`` packets per distinct
+  attribution; the packets in between say where it is::
+
+      conntui-json-ref: frame 17
+
+  (Wireshark's frame number: the 17th packet of the file). The reader puts the JSON back
+  in place, so ``Frame.comment`` is always the two-line form; it keeps the JSON of the last
+  ``REF_WINDOW`` packets only (a file cut with editcap may lose a referenced packet: those
+  packets then read as carrying no attribution).
 
 Classic pcap has one link type per file and no comments: raw IP frames (how conntui
 captures) are written as LINKTYPE_LINUX_SLL2 so the interface index and the packet type
@@ -52,9 +63,10 @@ import stat
 import struct
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import IO, Final
+from typing import IO, Any, Final, cast
 
 from .decode import decode_frame
 from .jsonout import dict_to_attribution, safe_text, socket_summary, socket_to_dict
@@ -109,6 +121,10 @@ ARPHRD_NONE: Final = 0xFFFE  # what SLL2 says for frames captured without a link
 
 COMMENT_PREFIX: Final = "conntui: "
 COMMENT_JSON_PREFIX: Final = "conntui-json: "
+COMMENT_REF_PREFIX: Final = "conntui-json-ref: frame "
+# A packet whose attribution's JSON is in one of the previous REF_WINDOW packets of the file
+# names that packet instead of repeating the JSON (see the module docstring).
+REF_WINDOW: Final = 8192
 
 
 class ExportError(Exception):
@@ -381,6 +397,12 @@ class Writer:
         except OSError as e:
             raise ExportError(f"cannot write {self.name}: {e.strerror or e}") from None
 
+    def put_blocks(self, blocks: bytes, count: int) -> None:
+        """Append ``count`` whole packet blocks built elsewhere (the C fast path), in one
+        C call like every other write."""
+        self._put(blocks)
+        self.count += count
+
     def _append(self, block: bytes) -> None:
         self._put(block)
         self.count += 1
@@ -442,9 +464,9 @@ class PcapNgWriter(Writer):
 
     def _start(self) -> None:
         self._interfaces: dict[tuple[int, str, int], int] = {}
-        self._comments: dict[tuple[object, ...], tuple[Attribution, bytes]] = {}
-        self._by_att: dict[int, tuple[Attribution, bytes]] = {}
-        self._last: tuple[Attribution | None, bytes] = (None, b"")
+        self._comments: dict[tuple[object, ...], list[Any]] = {}
+        self._by_att: dict[int, tuple[Attribution, list[Any]]] = {}
+        self._ref_window = REF_WINDOW  # read by the C fast path
         self._sock_json = _SocketJson()
         self._flag_opts = {
             t: _opt(2, struct.pack("<I", _epb_flags(t)))
@@ -473,18 +495,17 @@ class PcapNgWriter(Writer):
                 self._interfaces[(linktype, iface, ifindex)] = iid
         return iid
 
-    def _comment_opt(self, att: Attribution) -> bytes:
-        """The comment option for ``att``, cached: rendering JSON costs ~15 µs, a hit ~1 µs.
+    def _comment(self, att: Attribution) -> list[Any]:
+        """``[full option, reference option, frame number of the last full one, line 1]``
+        for ``att``, cached: rendering JSON costs ~15 µs, a hit ~1 µs. ``write`` (and the C
+        fast path, fastpath.py) choose between the two options and update the entry.
 
         Sockets come from the socket table, so consecutive segments of a flow share the
         same ``SocketEntry`` objects: the key compares them by identity (the cached
         attribution keeps them alive, so their ids stay theirs) instead of hashing them.
         """
-        if att is self._last[0]:
-            return self._last[1]
         hit = self._by_att.get(id(att))
         if hit is not None and hit[0] is att:  # the engine hands a flow the same object
-            self._last = hit
             return hit[1]
         key = (
             att.match,
@@ -498,19 +519,27 @@ class PcapNgWriter(Writer):
             att.notes,
             att.related,
         )
-        hit = self._comments.get(key)
-        if hit is None:
-            opt = _opt(1, comment_text(att, self._sock_json).encode("utf-8", "surrogateescape"))
+        entry = self._comments.get(key)
+        if entry is None:
+            text = comment_text(att, self._sock_json).encode("utf-8", "surrogateescape")
+            human = text[: text.index(b"\n" + COMMENT_JSON_PREFIX.encode())]
             if len(self._comments) >= 4096:
                 self._comments.clear()
-            hit = self._comments[key] = (att, opt)
-        else:
-            hit = (att, hit[1])
+            entry = self._comments[key] = [_opt(1, text), b"", 0, human]
         if len(self._by_att) >= 4096:
             self._by_att.clear()
-        self._by_att[id(att)] = hit  # holds ``att``, so its id stays its own
-        self._last = hit
-        return hit[1]
+        self._by_att[id(att)] = (att, entry)  # holds ``att``, so its id stays its own
+        return entry
+
+    def _comment_opt(self, att: Attribution) -> bytes:
+        """The comment option of the next packet: the JSON in full, or where it is."""
+        entry = self._comment(att)
+        number = self.count + 1
+        if entry[2] and number - entry[2] <= self._ref_window:
+            return cast(bytes, entry[1])
+        entry[2] = number
+        entry[1] = _opt(1, entry[3] + b"\n" + COMMENT_REF_PREFIX.encode() + str(number).encode())
+        return cast(bytes, entry[0])
 
     def write(self, frame: Frame, seg: Segment | None = None, att: Attribution | None = None) -> None:
         """Append one EPB; ``att`` becomes its comment (else the frame's own comment, if any).
@@ -667,6 +696,8 @@ class CaptureReader:
         self.linktypes: set[int] = set()
         self._owned = False
         self._offset = 0
+        self._jsons: dict[int, str] = {}  # frame number → its conntui-json line (the last REF_WINDOW)
+        self._json_at: deque[int] = deque()
         if isinstance(source, str | os.PathLike):
             self.name = os.fsdecode(source)
             try:
@@ -821,7 +852,31 @@ class CaptureReader:
             pos += 4 + length + (-length & 3)
         frame = _frame(data, iface.linktype, ticks / iface.units + iface.offset, orig)
         self.count += 1
-        return _with_iface(frame, iface, pkttype, "\n".join(comments))
+        comment = "\n".join(comments)
+        if comment.startswith(COMMENT_PREFIX):
+            comment = self._json_in_place(comment)
+        return _with_iface(frame, iface, pkttype, comment)
+
+    def _json_in_place(self, comment: str) -> str:
+        """Keep this packet's conntui JSON for later packets, or put back the JSON a
+        reference names (see the module docstring)."""
+        number = self.count
+        ref = comment.rfind("\n" + COMMENT_REF_PREFIX)
+        if ref >= 0:
+            try:
+                at = int(comment[ref + 1 + len(COMMENT_REF_PREFIX) :])
+            except ValueError:
+                return comment
+            line = self._jsons.get(at)
+            return comment if line is None else comment[:ref] + "\n" + line
+        at_json = comment.find("\n" + COMMENT_JSON_PREFIX)
+        if at_json >= 0:
+            jsons, order = self._jsons, self._json_at
+            jsons[number] = comment[at_json + 1 :].split("\n", 1)[0]
+            order.append(number)
+            while order[0] < number - REF_WINDOW:
+                del jsons[order.popleft()]
+        return comment
 
     def _idb(self, block: bytes, endian: str) -> _Interface:
         linktype, _reserved, snaplen = struct.unpack_from(endian + "HHI", block, 8)
@@ -951,6 +1006,29 @@ class PcapngSpool:
                 return
             self._writer.write(rec.frame, rec.segment, rec.attribution)
             self.count += 1
+
+    def add_many(self, recs: list[Record]) -> None:
+        """``add`` for each row, in order; the blocks are built in C where it can (the
+        rows the C fast path stores leave the window at the packet rate)."""
+        from . import fastpath
+
+        fast = fastpath.blocks_builder()
+        with self._lock:
+            if self._closed:
+                return
+            writer = self._writer
+            i = 0
+            while i < len(recs):
+                if fast is not None:
+                    blob, written, i = fast(recs, i, writer)
+                    if written:
+                        writer.put_blocks(blob, written)
+                    if i >= len(recs):
+                        break
+                rec = recs[i]  # one the C builder leaves to the writer (a new comment, ...)
+                writer.write(rec.frame, rec.segment, rec.attribution)
+                i += 1
+            self.count += len(recs)
 
     def records(self, count: int, first_seq: int) -> Iterator[Record]:
         """The first ``count`` spooled rows, numbered from ``first_seq``."""

@@ -11,6 +11,8 @@ A table of unknown descent (a full refresh) clears everything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .model import Attribution, Segment, SocketTable, TupleKey, unmap
 
 CacheKey = tuple[str, str, int, str, int, str, int, int]
@@ -24,9 +26,14 @@ def cache_key(seg: Segment) -> CacheKey:
 
 
 class FlowCache:
-    def __init__(self, limit: int = 65536) -> None:
+    def __init__(self, limit: int = 65536, final: Callable[[Attribution], bool] | None = None) -> None:
+        """``final``: which answers need nothing more from the engine than the row itself
+        (no question for the verifier, no socket to look up again); those are also kept in
+        ``fast``, which the C fast path (``fastpath.py``) reads in place."""
         self.limit = limit
         self._answers: dict[CacheKey, Attribution] = {}
+        self.fast: dict[CacheKey, Attribution] = {}  # ⊆ _answers; the same object, never replaced
+        self._final = final
         self._readers: dict[Dep, list[CacheKey]] = {}  # table key → cached answers that read it
         self._table: SocketTable | None = None  # held: its id is what lineages refer to
         self.cleared = 0  # whole-cache clears (unknown tables, full cache)
@@ -44,10 +51,12 @@ class FlowCache:
         if old is not None and lineage is not None and lineage.parent == id(old):
             answers, readers = self._answers, self._readers
             deps: list[Dep] = [*lineage.tuples, *lineage.ports]
+            fast = self.fast
             for dep in deps:
                 for key in readers.pop(dep, ()):
                     if answers.pop(key, None) is not None:
                         self.dropped += 1
+                        fast.pop(key, None)
         else:
             self._clear()
         self._table = table
@@ -64,6 +73,11 @@ class FlowCache:
         if len(self._answers) >= self.limit:
             self._clear()
         self._answers[key] = att
+        if self._final is not None:
+            if self._final(att):
+                self.fast[key] = att
+            else:
+                self.fast.pop(key, None)
         proto, src, sport, dst, dport = key[0], unmap(key[1]), key[2], unmap(key[3]), key[4]
         readers = self._readers
         for dep in (
@@ -83,3 +97,4 @@ class FlowCache:
             self.cleared += 1
         self._answers.clear()
         self._readers.clear()
+        self.fast.clear()

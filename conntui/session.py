@@ -7,6 +7,7 @@ available to exports through the spool (when one is configured) so memory stays 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -45,6 +46,8 @@ class Spool(Protocol):
 
     def add(self, rec: Record) -> None: ...
 
+    def add_many(self, recs: list[Record]) -> None: ...
+
     def records(self, count: int, first_seq: int) -> Iterator[Record]: ...
 
     def close(self) -> None: ...
@@ -82,6 +85,26 @@ class Session:
             c.segments += 1
             c.by_match[attribution.match] = c.by_match.get(attribution.match, 0) + 1
             return rec
+
+    def extend(self, recs: list[Record], counts: dict[str, int]) -> None:
+        """Store rows made elsewhere (the C fast path), numbered from ``last_seq + 1`` on;
+        ``counts``: how many of them there are of each match."""
+        with self._lock:
+            if recs[0].seq != self._next_seq:
+                raise ValueError(f"rows numbered from {recs[0].seq}, expected {self._next_seq}")
+            rows = self._rows
+            over = len(rows) + len(recs) - self.window_size
+            if over > 0 and self._spool is not None:
+                out = list(itertools.islice(itertools.chain(rows, recs), over))
+                self._spool.add_many(out)
+                self._spooled += len(out)
+            rows.extend(recs)
+            self._next_seq += len(recs)
+            c = self.counters
+            c.segments += len(recs)
+            by_match = c.by_match
+            for match, n in counts.items():
+                by_match[match] = by_match.get(match, 0) + n
 
     def reattribute(self, seq: int, attribution: Attribution) -> bool:
         """Replace a row's attribution (a late match); False if the row is gone."""

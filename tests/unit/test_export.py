@@ -539,15 +539,24 @@ def test_tshark_reads_comments_and_flags(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == ["lo", "lo", "lo", "eth0", "eth0", "eth0", "eth0"]
     assert [int(r[1], 16) if r[1] else 0 for r in rows] == [2, 1, 1, 1, 1, 1, 0]
     assert rows[0][2] == "8080" and rows[3][3] == "53"
-    for row, att in zip(rows, ATTS, strict=True):
+    jsons: dict[int, str] = {}  # frame number → the JSON its comment carries
+    refs = 0
+    for number, (row, att) in enumerate(zip(rows, ATTS, strict=True), 1):
         comment = row[4]
         if att is None:
             assert comment == ""
             continue
         # tshark shows the newline between the two lines as a literal "\n"
-        human, _, blob = comment.partition("\\nconntui-json: ")
+        human, _, second = comment.partition("\\n")
         assert human.startswith("conntui: ")
+        if second.startswith("conntui-json-ref: frame "):  # the same JSON as an earlier packet
+            refs += 1
+            blob = jsons[int(second.removeprefix("conntui-json-ref: frame "))]
+        else:
+            assert second.startswith("conntui-json: ")
+            blob = jsons[number] = second.removeprefix("conntui-json: ")
         assert attribution_from_comment("conntui-json: " + blob) == att
+    assert refs == 3  # frames 2 and 7 name frame 1 (the same attribution), frame 5 names 4
     assert "conntui: curl[42] fd 3 → python3[43] fd 4 (listener)" in rows[0][4]
 
 

@@ -1,0 +1,320 @@
+"""The C fast path (conntui/_fastpath.c) against the Python path it stands in for.
+
+The same frames, laid out in a TPACKET_V3 ring image exactly as the kernel fills it, go
+through the same engine twice: once the pure-Python way (``CONNTUI_PURE=1``: ``_Ring.take``
+then ``Engine.process`` per frame) and once through ``_fastpath.FastPath.take``. Every row
+(frame, segment, attribution, seq), every counter, the rows spooled out of the window, and
+every byte of the written pcapng must be the same, and most rows must have taken the fast
+path (or the comparison would prove nothing).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from scapy.packet import Raw
+
+from conntui import fastpath
+from conntui.capture import _Ring
+from conntui.engine import Engine, StaticTables
+from conntui.export import PcapngSpool, open_writer, read_capture
+from conntui.model import PACKET_HOST, PACKET_OUTGOING, Endpoint, Holder, Record, SocketEntry, SocketTable
+from conntui.session import Session
+
+BLOCK = 4096
+BLOCKS = 4
+T0 = 1_764_100_000.0
+
+
+def test_the_accelerator_is_built() -> None:
+    """The test command installs gcc and the Python headers: the module must be there (a
+    missing build would silently leave only the Python path under test)."""
+    assert fastpath._fastpath is not None, fastpath.status()
+    assert fastpath.status() == "capture path: C accelerator"
+
+
+class RingSource:
+    """A live-looking source over a ring image in memory: the "kernel" (``_fill``) packs
+    frames into every block the reader has handed back, and marks it ready."""
+
+    live = True
+    description = "test ring"
+
+    def __init__(self, frames: list[tuple[float, bytes, int, int, int]]) -> None:
+        self.map = bytearray(BLOCK * BLOCKS)
+        ring = _Ring.__new__(_Ring)
+        ring.map, ring.block_size, ring.blocks, ring.current = self.map, BLOCK, BLOCKS, 0  # type: ignore[assignment]
+        self.ring = ring
+        self.names = {1: "lo", 2: "eth9"}
+        self._todo = deque(frames)
+        self._fill_at = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._todo:
+            base = self._fill_at * BLOCK
+            if struct.unpack_from("@I", self.map, base + 8)[0] & 1:
+                return  # the reader has not handed it back yet
+            pos, count, prev = base + 48, 0, -1
+            while self._todo:
+                ts, data, ifindex, pkttype, proto = self._todo[0]
+                size = (80 + len(data) + 15) & ~15
+                if pos + size > base + BLOCK:
+                    break
+                self._todo.popleft()
+                sec = int(ts)
+                nsec = round((ts - sec) * 1e9)
+                struct.pack_into("@IIIIIIHH", self.map, pos, 0, sec, nsec, len(data), len(data), 0, 80, 80)
+                struct.pack_into(
+                    "@HHiHBB",
+                    self.map,
+                    pos + 48,
+                    17,
+                    struct.unpack("!H", struct.pack("@H", proto))[0],
+                    ifindex,
+                    772,
+                    pkttype,
+                    0,
+                )
+                self.map[pos + 80 : pos + 80 + len(data)] = data
+                if prev >= 0:
+                    struct.pack_into("@I", self.map, prev, pos - prev)
+                prev, pos, count = pos, pos + size, count + 1
+            struct.pack_into("@III", self.map, base + 8, 1, count, 48)
+            self._fill_at = (self._fill_at + 1) % BLOCKS
+
+    @property
+    def ended(self) -> bool:
+        return not self._todo and not self.ring.ready()
+
+    def read(self, timeout: float) -> list[Any]:
+        frames = self.ring.take(self.names, 4096)
+        self._fill()
+        return frames
+
+    def fast_names(self) -> dict[int, str]:
+        return self.names
+
+    def pump(self, fast: Any, timeout: float, budget: int) -> tuple[int, int]:
+        if not self.ring.ready():
+            return 0, 0
+        self.ring.current, frames, stored = fast.take(
+            self.map, self.ring.current, BLOCK, BLOCKS, 4096, budget
+        )
+        self._fill()
+        return frames, stored
+
+    def kernel_drops(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def held(pid: int, fd: int, name: str) -> tuple[Holder, ...]:
+    return (Holder(pid, fd, name),)
+
+
+def conn(
+    local: tuple[str, int], remote: tuple[str, int], cookie: int, holders: tuple[Holder, ...] = ()
+) -> SocketEntry:
+    fam = 6 if ":" in local[0] else 4
+    return SocketEntry(
+        "tcp",
+        fam,
+        "ESTABLISHED",
+        Endpoint(*local),
+        Endpoint(*remote),
+        inode=cookie if holders else 0,
+        holders=holders,
+        cookie=cookie,
+    )
+
+
+def table() -> SocketTable:
+    lo, v6 = "127.0.0.1", "::1"
+    entries = [
+        SocketEntry(
+            "tcp",
+            4,
+            "LISTEN",
+            Endpoint("0.0.0.0", 8080),
+            None,
+            inode=1,
+            holders=held(100, 5, "srv"),
+            cookie=1,
+            tx_queue=128,
+        ),
+        conn((lo, 8080), (lo, 40001), 2, held(100, 7, "srv")),
+        conn((lo, 40001), (lo, 8080), 3, held(200, 3, "cli")),
+        conn((lo, 8080), (lo, 40003), 4),  # in the accept queue: no holder yet
+        conn((lo, 40003), (lo, 8080), 5, held(201, 3, "cli2")),
+        conn((v6, 9090), (v6, 40002), 6, held(110, 4, "srv6")),
+        conn((v6, 40002), (v6, 9090), 7, held(210, 3, "cli6")),
+        SocketEntry(
+            "udp", 4, "UNCONN", Endpoint(lo, 5353), None, inode=8, holders=held(300, 4, "dns"), cookie=8
+        ),
+        SocketEntry(
+            "udp",
+            4,
+            "ESTABLISHED",
+            Endpoint(lo, 40004),
+            Endpoint(lo, 5353),
+            inode=9,
+            holders=held(301, 3, "dig"),
+            cookie=9,
+        ),
+    ]
+    return SocketTable(entries, local_addrs=(lo, v6), ifnames={1: "lo", 2: "eth9"})
+
+
+def frames(seed: int) -> list[tuple[float, bytes, int, int, int]]:
+    """Interleaved flows: established TCP (v4 and v6) with data both ways and a close, a
+    connection still in the accept queue, UDP both ways, a SYN to a closed port and its RST,
+    and frames the C decoder leaves to Python (ICMP, garbage, an IPv6 extension header)."""
+    rnd = random.Random(seed)
+    lo, v6 = "127.0.0.1", "::1"
+    flows: list[list[tuple[bytes, int, int, int]]] = []
+
+    def tcp(src: str, sport: int, dst: str, dport: int, flags: str, n: int = 0) -> bytes:
+        ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+        return bytes(
+            ip / TCP(sport=sport, dport=dport, flags=flags, seq=1000 + n, ack=5000 + n) / Raw(b"x" * (n % 40))
+        )
+
+    est = []
+    for i in range(150):
+        est.append((tcp(lo, 40001, lo, 8080, "PA", i), 1, PACKET_HOST, 0x0800))
+        est.append((tcp(lo, 8080, lo, 40001, "A" if i % 3 else "PA", i), 1, PACKET_HOST, 0x0800))
+    est += [
+        (tcp(lo, 40001, lo, 8080, "FA"), 1, PACKET_HOST, 0x0800),
+        (tcp(lo, 8080, lo, 40001, "FA"), 1, PACKET_HOST, 0x0800),
+        (tcp(lo, 40001, lo, 8080, "A"), 1, PACKET_HOST, 0x0800),
+        (tcp(lo, 40001, lo, 8080, "PA", 7), 1, PACKET_HOST, 0x0800),  # data after both FINs
+    ]
+    flows.append(est)
+    flows.append([(tcp(lo, 40003, lo, 8080, "PA", i), 1, PACKET_HOST, 0x0800) for i in range(30)])
+    six = []
+    for i in range(100):
+        six.append((tcp(v6, 40002, v6, 9090, "PA", i), 1, PACKET_HOST, 0x86DD))
+        six.append((tcp(v6, 9090, v6, 40002, "A", i), 1, PACKET_HOST, 0x86DD))
+    hop = IPv6(src=v6, dst=v6) / IPv6ExtHdrHopByHop() / TCP(sport=40002, dport=9090, flags="A")
+    six += [(bytes(hop), 1, PACKET_HOST, 0x86DD)] * 5
+    flows.append(six)
+    udp = []
+    for i in range(150):
+        udp.append(
+            (
+                bytes(IP(src=lo, dst=lo) / UDP(sport=40004, dport=5353) / Raw(b"q" * (i % 30))),
+                1,
+                PACKET_HOST,
+                0x0800,
+            )
+        )
+        udp.append(
+            (
+                bytes(IP(src=lo, dst=lo) / UDP(sport=5353, dport=40004) / Raw(b"a" * 70)),
+                2,
+                PACKET_OUTGOING,
+                0x0800,
+            )
+        )
+    flows.append(udp)
+    flows.append(
+        [
+            (tcp(lo, 40005, lo, 7, "S"), 1, PACKET_HOST, 0x0800),
+            (tcp(lo, 7, lo, 40005, "RA"), 1, PACKET_HOST, 0x0800),
+            (bytes(IP(src=lo, dst=lo) / ICMP()), 1, PACKET_HOST, 0x0800),
+            (b"\x45\x00garbage", 1, PACKET_HOST, 0x0800),
+            (bytes(IP(src=lo, dst=lo) / UDP(sport=1, dport=2))[:25], 1, PACKET_HOST, 0x0800),
+        ]
+    )
+    out: list[tuple[float, bytes, int, int, int]] = []
+    ts = T0
+    while any(flows):
+        flow = rnd.choice([f for f in flows if f])
+        data, ifindex, pkttype, proto = flow.pop(0)
+        ts += rnd.choice((0.000001, 0.0001, 0.05))
+        out.append((ts, data, ifindex, pkttype, proto))
+    return out
+
+
+def run(
+    tmp_path: Path, name: str, pure: bool, seed: int, monkeypatch: pytest.MonkeyPatch, **kw: Any
+) -> dict[str, Any]:
+    monkeypatch.setenv("CONNTUI_PURE", "1" if pure else "0")
+    spool = PcapngSpool(str(tmp_path))
+    session = Session(window=kw.pop("window", 200), spool=spool)
+    writer = open_writer(tmp_path / f"{name}.pcapng")
+    writer._ref_window = kw.pop("ref_window", writer._ref_window)  # type: ignore[attr-defined]
+    fast_rows = 0
+    extend = session.extend
+
+    def counting(recs: list[Record], counts: dict[str, int]) -> None:
+        nonlocal fast_rows
+        fast_rows += len(recs)
+        extend(recs, counts)
+
+    session.extend = counting  # type: ignore[method-assign]
+    engine = Engine(RingSource(frames(seed)), StaticTables(table()), session, writer=writer, settle=0.001)
+    engine.run(duration=20, poll=0.001, count=kw.pop("count", None))
+    rows = [r for r in session.all_records()]
+    counters = session.counters
+    result = {
+        "rows": [(r.seq, r.frame._replace(data=bytes(r.frame.data)), r.segment, r.attribution) for r in rows],
+        "counters": (
+            counters.frames,
+            counters.segments,
+            counters.undecodable,
+            counters.icmp_errors,
+            counters.by_match,
+        ),
+        "fast_rows": fast_rows,
+    }
+    engine.close()
+    result["file"] = (tmp_path / f"{name}.pcapng").read_bytes()
+    return result
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fast_path_gives_the_same_rows_counters_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    py = run(tmp_path, "py", True, seed, monkeypatch)
+    c = run(tmp_path, "c", False, seed, monkeypatch)
+    assert py["fast_rows"] == 0
+    total = len(frames(seed))
+    assert c["fast_rows"] > total * 0.8, "most rows should take the fast path"
+    assert c["counters"] == py["counters"]
+    assert len(c["rows"]) == len(py["rows"]) > 200  # spooled rows came back too
+    for a, b in zip(py["rows"], c["rows"], strict=True):
+        assert a == b
+    assert c["file"] == py["file"]
+
+
+def test_a_small_reference_window_writes_the_json_again_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    py = run(tmp_path, "py", True, 4, monkeypatch, ref_window=7)
+    c = run(tmp_path, "c", False, 4, monkeypatch, ref_window=7)
+    assert c["file"] == py["file"]
+    assert c["file"].count(b"conntui-json: {") > 40  # every 7 packets of a flow, in full again
+    back = list(read_capture(tmp_path / "c.pcapng"))
+    assert all("\nconntui-json: {" in f.comment for f in back if f.comment)
+
+
+def test_the_row_budget_stops_both_paths_at_the_same_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    py = run(tmp_path, "py", True, 5, monkeypatch, count=333)
+    c = run(tmp_path, "c", False, 5, monkeypatch, count=333)
+    assert len(py["rows"]) == len(c["rows"]) == 333
+    assert c["rows"] == py["rows"]
+    assert c["file"] == py["file"]
