@@ -170,6 +170,11 @@ typedef struct {
     PyObject *session;     /* for _next_seq */
     PyObject *linktype;    /* int: LINKTYPE_RAW */
     PyObject *empty;       /* "" */
+    /* the last addresses decoded (a flow's two ends, most of the time): packed → str */
+    uint8_t addr_packed[4][16];
+    int addr_len[4];
+    PyObject *addr_str[4];
+    int addr_next;
 } FastPath;
 
 static PyObject *s_match, *s_next_seq, *s_attribution, *s_interfaces, *s_by_att, *s_flag_opts,
@@ -212,6 +217,10 @@ static void fp_clear_refs(FastPath *self) {
     Py_CLEAR(self->session);
     Py_CLEAR(self->linktype);
     Py_CLEAR(self->empty);
+    for (int i = 0; i < 4; i++) {
+        Py_CLEAR(self->addr_str[i]);
+        self->addr_len[i] = 0;
+    }
 }
 
 static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
@@ -297,7 +306,26 @@ static PyObject *tuple_of(PyTypeObject *t, PyObject **items, Py_ssize_t n) {
     return o;
 }
 
+static PyObject *addr_lookup(FastPath *self, int family, const uint8_t *packed);
+
 static PyObject *addr_text(FastPath *self, int family, const uint8_t *packed) {
+    int len = family == 4 ? 4 : 16;
+    for (int i = 0; i < 4; i++)
+        if (self->addr_len[i] == len && memcmp(self->addr_packed[i], packed, (size_t)len) == 0)
+            return Py_NewRef(self->addr_str[i]);
+    PyObject *text = addr_lookup(self, family, packed);
+    if (text != NULL) {
+        int i = self->addr_next;
+        self->addr_next = (i + 1) & 3;
+        Py_XSETREF(self->addr_str[i], Py_NewRef(text));
+        memcpy(self->addr_packed[i], packed, (size_t)len);
+        self->addr_len[i] = len;
+    }
+    return text;
+}
+
+/* decode._addr: the shared str of a packed address (its cache, or the function). */
+static PyObject *addr_lookup(FastPath *self, int family, const uint8_t *packed) {
     PyObject *key = PyBytes_FromStringAndSize((const char *)packed, family == 4 ? 4 : 16);
     if (key == NULL) return NULL;
     PyObject *text = PyDict_GetItemWithError(self->addr_cache, key); /* borrowed */
@@ -327,6 +355,7 @@ typedef struct {
     PyObject *recs, *items, *counts;
     long long frames;
     long long next_seq;
+    PyObject *now; /* time.monotonic() when the block was read: when its rows were stored */
 } Batch;
 
 static int batch_start(FastPath *self, Batch *b) {
@@ -352,8 +381,7 @@ static int batch_flush(FastPath *self, Batch *b) {
 
 /* One frame of the common case: 1 stored, 0 not for the fast path (nothing done), -1 error. */
 static int fast_frame(FastPath *self, Batch *b, PyObject *frame, const uint8_t *d, Py_ssize_t n,
-                      unsigned protocol, unsigned pkttype, long ifindex, PyObject *iface,
-                      double ts) {
+                      unsigned protocol, unsigned pkttype, long ifindex, PyObject *iface) {
     Parsed ps;
     if (!parse(d, n, protocol, &ps)) return 0;
     if (ps.bits & 0x07) return 0; /* FIN, SYN, RST: the Python way */
@@ -407,7 +435,7 @@ static int fast_frame(FastPath *self, Batch *b, PyObject *frame, const uint8_t *
     Py_INCREF(att);
     /* the Segment, field for field as decode._ip builds it */
     PyObject *it[17];
-    it[0] = PyFloat_FromDouble(ts);
+    it[0] = Py_NewRef(PyTuple_GET_ITEM(frame, 0)); /* the frame's time, shared as decode does */
     it[1] = Py_NewRef(iface);
     it[2] = Py_NewRef(proto);
     it[3] = PyLong_FromLong(ps.family);
@@ -460,9 +488,7 @@ static int fast_frame(FastPath *self, Batch *b, PyObject *frame, const uint8_t *
         rc = -1;
         goto done;
     }
-    PyObject *now = PyFloat_FromDouble(monotonic_now());
-    PyObject *item = now ? PyTuple_Pack(3, now, frame, rec) : NULL;
-    Py_XDECREF(now);
+    PyObject *item = PyTuple_Pack(3, b->now, frame, rec);
     /* only the pending queue refers to it, and it to nothing that refers back */
     if (item != NULL) PyObject_GC_UnTrack(item);
     PyObject *cnt = PyDict_GetItemWithError(b->counts, match);
@@ -528,7 +554,7 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
         return NULL;
     }
     uint8_t *mm = (uint8_t *)view.buf;
-    Batch b = {PyList_New(0), PyList_New(0), PyDict_New(), 0, 0};
+    Batch b = {PyList_New(0), PyList_New(0), PyDict_New(), 0, 0, NULL};
     long long stored = 0, frames = 0;
     int failed = b.recs == NULL || b.items == NULL || b.counts == NULL || batch_start(self, &b) < 0;
     PyObject *last_iface = NULL;
@@ -539,6 +565,11 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
         if (!(status & TP_STATUS_USER)) break;
         uint32_t count = rd32ne(blk + 12);
         Py_ssize_t pos = rd32ne(blk + 16);
+        Py_XSETREF(b.now, PyFloat_FromDouble(monotonic_now()));
+        if (b.now == NULL) {
+            failed = 1;
+            break;
+        }
         for (uint32_t i = 0; i < count && !failed && (budget < 0 || stored < budget); i++) {
             if (pos < 0 || pos + SLL_AT + 20 > block_size) break; /* a corrupt block: drop it */
             uint8_t *h = blk + pos;
@@ -571,8 +602,8 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
             fi[3] = Py_NewRef(last_iface);
             fi[4] = PyLong_FromLong(ifindex);
             fi[5] = PyLong_FromUnsignedLong(pkttype);
-            fi[6] = PyLong_FromUnsignedLong(protocol);
-            fi[7] = PyLong_FromUnsignedLong(len);
+            fi[6] = Py_NewRef(PyTuple_GET_ITEM(self->u16, protocol & 0xFFFF));
+            fi[7] = len < 65536 ? Py_NewRef(PyTuple_GET_ITEM(self->u16, len)) : PyLong_FromUnsignedLong(len);
             fi[8] = Py_NewRef(self->empty);
             int bad = 0;
             for (int k = 0; k < 9; k++) bad |= fi[k] == NULL;
@@ -588,7 +619,7 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
             }
             /* (a wire length of 0, which decode reads as the captured length: the Python way) */
             int r = len ? fast_frame(self, &b, frame, h + mac, snaplen, protocol, pkttype, ifindex,
-                                     last_iface, ts)
+                                     last_iface)
                         : 0;
             if (r == 1) {
                 b.frames++;
@@ -619,6 +650,7 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
     Py_XDECREF(b.recs);
     Py_XDECREF(b.items);
     Py_XDECREF(b.counts);
+    Py_XDECREF(b.now);
     if (failed) return NULL;
     return Py_BuildValue("nLL", current, frames, stored);
 }
