@@ -578,3 +578,38 @@ def test_tshark_reads_both_formats(tmp_path: Path, name: str) -> None:
     if name == "x.pcap":
         sll = tshark("-r", str(path), "-T", "fields", "-e", "sll.ifindex", "-e", "sll.pkttype")
         assert sll.splitlines()[:4] == ["1\t4", "1\t0", "1\t0", "2\t1"]
+
+
+def test_a_flow_names_the_packet_with_its_json_and_the_reader_puts_it_back(tmp_path: Path) -> None:
+    """Within REF_WINDOW packets, a flow's packets name the one that carries its JSON; the
+    reader restores the JSON; a reference to a packet the file no longer has (cut with
+    editcap) reads as no attribution, never as another packet's."""
+    path = tmp_path / "refs.pcapng"
+    f0 = frames()[1]
+    with open_writer(path) as w:
+        w._ref_window = 3  # type: ignore[attr-defined]
+        for i in range(8):
+            w.write(f0._replace(ts=f0.ts + i), None, ATT)
+    raw = path.read_bytes()
+    assert raw.count(b"conntui-json: {") == 2  # packets 1 and 5 (4 past 1: beyond the window of 3)
+    assert raw.count(b"conntui-json-ref: frame 1") == 3  # packets 2-4
+    assert raw.count(b"conntui-json-ref: frame 5") == 3  # packets 6-8
+    back = list(read_capture(path))
+    assert [attribution_from_comment(f.comment) for f in back] == [ATT] * 8
+    assert all(f.comment.startswith("conntui: ") and "\nconntui-json: {" in f.comment for f in back)
+    # the file without its first packet: packets 2-4 name it and lose their attribution
+    blocks = []
+    pos = 0
+    while pos < len(raw):
+        btype, total = struct.unpack_from("<II", raw, pos)
+        blocks.append((btype, raw[pos : pos + total]))
+        pos += total
+    first_epb = next(i for i, (t, _) in enumerate(blocks) if t == 6)
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(b"".join(b for i, (_, b) in enumerate(blocks) if i != first_epb))
+    got = [attribution_from_comment(f.comment) for f in read_capture(cut)]
+    # frame numbers shift by one: the references of the old packets 2-4 now name a packet
+    # without JSON or one that is not kept, so they carry no attribution...
+    assert got[:3] == [None, None, None]
+    # ...and packet 5, with its own JSON, and the ones naming it (as old frame 5) again do
+    assert got[3] == ATT

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import threading
 
-from conntui.model import Attribution, Frame, Match, Segment
+import pytest
+
+from conntui.model import Attribution, Frame, Match, Record, Segment
 from conntui.session import Session
 
 
@@ -107,3 +109,16 @@ def test_concurrent_appends_keep_unique_sequence_numbers():
         t.join()
     seqs = [r.seq for r in s.all_records()]
     assert seqs == list(range(8000))
+
+
+def test_extend_takes_rows_numbered_next_and_counts_them() -> None:
+    s = Session(window=3)
+    seg = Segment(1.0, "lo", "udp", 4, "127.0.0.1", 1, "127.0.0.1", 2)
+    frame = Frame(1.0, b"", 101)
+    att = Attribution(Match.UDP_UNCONNECTED)
+    s.append(frame, seg, att)
+    s.extend([Record(i, frame, seg, att) for i in (1, 2, 3)], {Match.UDP_UNCONNECTED: 3})
+    assert [r.seq for r in s.window()] == [1, 2, 3] and s.last_seq == 3
+    assert s.counters.segments == 4 and s.counters.by_match == {Match.UDP_UNCONNECTED: 4}
+    with pytest.raises(ValueError, match="numbered from 9, expected 4"):
+        s.extend([Record(9, frame, seg, att)], {})
