@@ -180,7 +180,7 @@ def make_source(opts: Options, notes: list[str]) -> FrameSource:
         return FileCapture(opts.read)
     program = _kernel_filter(opts, notes)
     source = LiveCapture(opts.interface, program)
-    if fastpath._fastpath is None:
+    if not fastpath.built():
         notes.append(
             "the C accelerator was not built (apt-get install gcc python3-dev, then reinstall): "
             "the capture runs in pure Python, lossless only up to ~100k packets/s"

@@ -36,6 +36,11 @@ def status() -> str:
     return "capture path: C accelerator"
 
 
+def built() -> bool:
+    """Whether the C module was built at install time."""
+    return _fastpath is not None
+
+
 def disabled() -> bool:
     return os.environ.get("CONNTUI_PURE", "") not in ("", "0")
 

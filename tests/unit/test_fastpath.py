@@ -37,7 +37,7 @@ T0 = 1_764_100_000.0
 def test_the_accelerator_is_built() -> None:
     """The test command installs gcc and the Python headers: the module must be there (a
     missing build would silently leave only the Python path under test)."""
-    assert fastpath._fastpath is not None, fastpath.status()
+    assert fastpath.built(), fastpath.status()
     assert fastpath.status() == "capture path: C accelerator"
 
 
