@@ -16,6 +16,7 @@ ratio conntui/tcpdump.
     sudo python bench/capture.py                # 25k, 50k, 100k, 250k pkt/s, 4 s each
     sudo python bench/capture.py --rates 300000 500000 --seconds 3
     sudo python bench/capture.py --smoke        # one 5k pkt/s second (CI)
+    sudo python bench/capture.py --pure         # also the pure-Python path (CONNTUI_PURE=1)
 """
 
 from __future__ import annotations
@@ -148,13 +149,16 @@ def start_tool(
             raise RuntimeError(f"the TUI did not start: {' '.join(tui.screen().split())[-300:]}")
         time.sleep(0.5)  # the first socket-table refresh
         return tui
-    if tool == "conntui":
+    env = env_with_repo()
+    if tool in ("conntui", "conntui-py"):
         cmd = conntui_cmd("--headless", "-q", "-i", "lo", "-p", str(port), "-w", str(out), *extra)
         ready = "listening on"
+        if tool == "conntui-py":  # the pure-Python path, without the C accelerator
+            env["CONNTUI_PURE"] = "1"
     else:
         cmd = ["tcpdump", "-i", "lo", "-w", str(out), "-n", *extra, "udp", "port", str(port)]
         ready = "listening on"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf.open("wb"), env=env_with_repo())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf.open("wb"), env=env)
     if not wait_for_text(errf, ready, proc, 30):
         stop(proc, signal.SIGKILL)
         raise RuntimeError(f"{tool} did not start: {errf.read_text(errors='replace')[-500:]}")
@@ -247,7 +251,7 @@ def report(results: list[Result]) -> str:
     for r in results:
         by_rate.setdefault(r.rate, {})[r.tool] = r
     for rate, tools in by_rate.items():
-        for tool in ("conntui", "conntui-tui", "tcpdump"):
+        for tool in ("conntui", "conntui-tui", "conntui-py", "tcpdump"):
             r = tools.get(tool)
             if r is None:
                 continue
@@ -304,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-tui", action="store_true", help="skip conntui with its TUI (in tmux), run headless only"
     )
     ap.add_argument("--max-rate", action="store_true", help="also measure the generator alone, unpaced")
+    ap.add_argument(
+        "--pure", action="store_true", help="also run conntui headless on its pure-Python path (CONNTUI_PURE=1)"
+    )
     ap.add_argument("--python-gen", action="store_true", help="use the Python generator even if gcc works")
     args = ap.parse_args(argv)
     require_root()
@@ -317,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         tools.append("conntui-tui")
     elif not args.no_tui:
         print("   conntui-tui: skipped (needs tmux)")
+    tools += ["conntui-py"] if args.pure else []
     tools += [] if args.no_tcpdump or not have("tcpdump") else ["tcpdump"]
     banner("capture: conntui --headless -q -i lo -p PORT -w x.pcapng vs tcpdump -w (16-byte UDP on lo)")
     gen = "C sendmmsg" if _gen.build_c() else "Python"
