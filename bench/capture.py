@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-rate", action="store_true", help="also measure the generator alone, unpaced")
     ap.add_argument(
-        "--pure", action="store_true", help="also run conntui headless on its pure-Python path (CONNTUI_PURE=1)"
+        "--pure", action="store_true", help="also conntui headless on its pure-Python path (CONNTUI_PURE=1)"
     )
     ap.add_argument("--python-gen", action="store_true", help="use the Python generator even if gcc works")
     args = ap.parse_args(argv)

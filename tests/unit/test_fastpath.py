@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import struct
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,12 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
 
 from conntui import fastpath
-from conntui.capture import _Ring
 from conntui.engine import Engine, StaticTables
 from conntui.export import PcapngSpool, open_writer, read_capture
 from conntui.model import PACKET_HOST, PACKET_OUTGOING, Endpoint, Holder, Record, SocketEntry, SocketTable
+from conntui.ringimage import RingSource
 from conntui.session import Session
 
-BLOCK = 4096
-BLOCKS = 4
 T0 = 1_764_100_000.0
 
 
@@ -39,84 +36,6 @@ def test_the_accelerator_is_built() -> None:
     missing build would silently leave only the Python path under test)."""
     assert fastpath.built(), fastpath.status()
     assert fastpath.status() == "capture path: C accelerator"
-
-
-class RingSource:
-    """A live-looking source over a ring image in memory: the "kernel" (``_fill``) packs
-    frames into every block the reader has handed back, and marks it ready."""
-
-    live = True
-    description = "test ring"
-
-    def __init__(self, frames: list[tuple[float, bytes, int, int, int]]) -> None:
-        self.map = bytearray(BLOCK * BLOCKS)
-        ring = _Ring.__new__(_Ring)
-        ring.map, ring.block_size, ring.blocks, ring.current = self.map, BLOCK, BLOCKS, 0  # type: ignore[assignment]
-        self.ring = ring
-        self.names = {1: "lo", 2: "eth9"}
-        self._todo = deque(frames)
-        self._fill_at = 0
-        self._fill()
-
-    def _fill(self) -> None:
-        while self._todo:
-            base = self._fill_at * BLOCK
-            if struct.unpack_from("@I", self.map, base + 8)[0] & 1:
-                return  # the reader has not handed it back yet
-            pos, count, prev = base + 48, 0, -1
-            while self._todo:
-                ts, data, ifindex, pkttype, proto = self._todo[0]
-                size = (80 + len(data) + 15) & ~15
-                if pos + size > base + BLOCK:
-                    break
-                self._todo.popleft()
-                sec = int(ts)
-                nsec = round((ts - sec) * 1e9)
-                struct.pack_into("@IIIIIIHH", self.map, pos, 0, sec, nsec, len(data), len(data), 0, 80, 80)
-                struct.pack_into(
-                    "@HHiHBB",
-                    self.map,
-                    pos + 48,
-                    17,
-                    struct.unpack("!H", struct.pack("@H", proto))[0],
-                    ifindex,
-                    772,
-                    pkttype,
-                    0,
-                )
-                self.map[pos + 80 : pos + 80 + len(data)] = data
-                if prev >= 0:
-                    struct.pack_into("@I", self.map, prev, pos - prev)
-                prev, pos, count = pos, pos + size, count + 1
-            struct.pack_into("@III", self.map, base + 8, 1, count, 48)
-            self._fill_at = (self._fill_at + 1) % BLOCKS
-
-    @property
-    def ended(self) -> bool:
-        return not self._todo and not self.ring.ready()
-
-    def read(self, timeout: float) -> list[Any]:
-        frames = self.ring.take(self.names, 4096)
-        self._fill()
-        return frames
-
-    def fast_names(self) -> dict[int, str]:
-        return self.names
-
-    def pump(self, fast: Any, timeout: float, budget: int) -> tuple[int, int]:
-        if not self.ring.ready():
-            return 0, 0
-        self.ring.current, frames, stored = fast.take(
-            self.map, self.ring.current, BLOCK, BLOCKS, 4096, budget
-        )
-        self._fill()
-        return frames, stored
-
-    def kernel_drops(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
 
 
 def held(pid: int, fd: int, name: str) -> tuple[Holder, ...]:
