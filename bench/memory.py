@@ -1,24 +1,31 @@
 #!/usr/bin/env python3
 """Resident memory after N segments through the whole pipeline, writing the session with -w.
 
-``Engine(GeneratedSource(N), StaticTables(table), Session(), writer=open_writer(FILE))``:
-the frames generator stands in for the live socket (raw IPv4 TCP segments of 200 loopback
-connections, each a distinct ``bytes`` object, attributed against a socket table that
-knows every socket). RSS is sampled after each batch; the written file is then counted
-(packets, attribution comments) to check the export still holds every packet. The peer:
-``tshark -r FILE -q`` reading the same file (its peak RSS; capped at 1 M packets).
+``Engine(RingSource(frames), StaticTables(table), Session(), writer=open_writer(FILE))``:
+a TPACKET_V3 ring image filled on demand (``conntui.ringimage``) stands in for the live
+socket, so the capture loop runs as on a live capture: the C fast path, or with ``--pure``
+the Python one (raw IPv4 TCP segments of 200 loopback connections, attributed against a
+socket table that knows every socket; rows settle 0.5 s before they are written, as live).
+Frames come at ``--rate`` (250k/s: the rate the capture is built for; unpaced, the 0.5 s of
+rows waiting to settle would outgrow the window and hold more rows than a live capture).
+RSS is sampled after each batch; the written file is then counted (packets, attribution
+comments) to check the export still holds every packet. The peer: ``tshark -r FILE -q``
+reading the same file (its peak RSS; capped at 1 M packets).
 
     python bench/memory.py             # N = 5,000,000
     python bench/memory.py --smoke     # N = 200,000
+    python bench/memory.py --pure      # the pure-Python capture path (CONNTUI_PURE=1)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,8 +33,10 @@ sys.path.insert(0, str(HERE))
 from _common import banner, count_capture, have, pct, rss_mb, table  # noqa: E402
 from _frames import GeneratedSource, socket_table  # noqa: E402
 
+from conntui import fastpath  # noqa: E402
 from conntui.engine import Engine, StaticTables  # noqa: E402
 from conntui.export import open_writer  # noqa: E402
+from conntui.ringimage import RingSource, Spec  # noqa: E402
 from conntui.session import Session  # noqa: E402
 
 
@@ -65,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", choices=["pcapng", "pcap"], default="pcapng")
     ap.add_argument("--keep", metavar="FILE", help="write here and keep the file (default: a temp file)")
     ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--pure", action="store_true", help="the pure-Python capture path")
+    ap.add_argument("--rate", type=float, default=250_000, help="segments/s offered (0: unpaced)")
     ap.add_argument("--max-rss", type=float, default=4096, help="stop early above this RSS (MB); reported")
     args = ap.parse_args(argv)
     n = int(2e5 if args.smoke else args.segments)
     n = min(n, 50_000_000)
-    banner(f"memory: RSS after {n:,} segments through Engine(...) with -w x.{args.format}")
+    if args.pure:
+        os.environ["CONNTUI_PURE"] = "1"
+    path_name = "C fast path" if fastpath.available() else "pure-Python path"
+    banner(f"memory: RSS after {n:,} segments through Engine(...) with -w x.{args.format} ({path_name})")
     with tempfile.TemporaryDirectory(prefix="conntui-bench-mem-") as d:
         path = Path(args.keep) if args.keep else Path(d) / f"session.{args.format}"
         samples: list[tuple[int, float, float]] = []
@@ -86,10 +100,20 @@ def main(argv: list[str] | None = None) -> int:
                 next_sample[0] = done + step
                 if rss > args.max_rss:
                     aborted.append(done)
-                    source.close()
+                    gen.close()
 
-        source = GeneratedSource(n, on_batch=on_batch)
-        engine = Engine(source, StaticTables(socket_table(200)), Session(), writer=open_writer(str(path)))
+        gen = GeneratedSource(n, on_batch=on_batch, rate=args.rate)
+
+        def specs() -> Iterator[Spec]:
+            while True:
+                batch = gen.read(0.0)
+                if not batch:
+                    return
+                for f in batch:
+                    yield (f.ts, f.data, f.ifindex, f.pkttype, f.protocol)  # type: ignore[attr-defined]
+
+        source = RingSource(specs(), block=1 << 17, blocks=256)
+        engine = Engine(source, StaticTables(socket_table(200)), Session(), writer=open_writer(str(path)))  # type: ignore[arg-type]
         t0 = time.monotonic()
         engine.run()
         elapsed = time.monotonic() - t0
@@ -98,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"   STOPPED EARLY: RSS passed --max-rss {args.max_rss:.0f} MB after {aborted[0]:,} segments"
             )
-            n = source.done
+            n = gen.done
         engine.close()
         counters = engine.session.counters
         peak = rss_mb(field="VmHWM")
@@ -115,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         summary = [
             [
-                "conntui Engine + Session() + writer",
+                f"conntui Engine + Session() + writer ({path_name})",
                 f"{n:,}",
                 f"{base:.0f} MB",
                 f"{rss_end:.0f} MB",

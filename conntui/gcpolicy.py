@@ -1,8 +1,8 @@
 """Keep Python's garbage collector from stalling the capture and the screen.
 
-The session holds a window of up to 200,000 records (three objects the collector tracks
-each). A full (gen2) collection scans all of them: at 20,000 segments/s one ran every second
-or so and held the GIL for 150-550 ms, long enough to overflow the capture socket's buffer
+The session holds a window of up to 150,000 records (up to three objects the collector
+tracks each). A full (gen2) collection scans all of them: at 20,000 segments/s one ran every
+second or so and held the GIL for 150-550 ms, long enough to overflow the capture socket's buffer
 and to freeze the UI (bench/hotpath.py --gc: 43 % of conntui's CPU at 40k pkt/s went to the
 collector). Records form no reference cycles (reference counting frees them), so they need
 not be scanned again and again.

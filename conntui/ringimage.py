@@ -9,7 +9,7 @@ the ring wrapping around as it does on a real socket.
 from __future__ import annotations
 
 import struct
-from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .capture import _Ring
@@ -24,29 +24,31 @@ class RingSource:
     live = True
     description = "test ring"
 
-    def __init__(self, frames: list[Spec], block: int = 4096, blocks: int = 4) -> None:
+    def __init__(self, frames: Iterable[Spec], block: int = 4096, blocks: int = 4) -> None:
+        """``frames`` may be a generator: it is read as blocks are filled."""
         self.block, self.blocks = block, blocks
         self.map = bytearray(block * blocks)
         ring = _Ring.__new__(_Ring)
         ring.map, ring.block_size, ring.blocks, ring.current = self.map, block, blocks, 0  # type: ignore[assignment]
         self.ring = ring
         self.names: dict[int, str] = {1: "lo", 2: "eth9"}
-        self._todo = deque(frames)
+        self._frames: Iterator[Spec] = iter(frames)
+        self._next: Spec | None = next(self._frames, None)
         self._fill_at = 0
         self._fill()
 
     def _fill(self) -> None:
-        while self._todo:
+        while self._next is not None:
             base = self._fill_at * self.block
             if struct.unpack_from("@I", self.map, base + 8)[0] & 1:
                 return  # the reader has not handed it back yet
             pos, count, prev = base + 48, 0, -1
-            while self._todo:
-                ts, data, ifindex, pkttype, proto = self._todo[0]
+            while self._next is not None:
+                ts, data, ifindex, pkttype, proto = self._next
                 size = (80 + len(data) + 15) & ~15
                 if pos + size > base + self.block:
                     break
-                self._todo.popleft()
+                self._next = next(self._frames, None)
                 sec = int(ts)
                 nsec = round((ts - sec) * 1e9)
                 struct.pack_into("@IIIIIIHH", self.map, pos, 0, sec, nsec, len(data), len(data), 0, 80, 80)
@@ -70,7 +72,7 @@ class RingSource:
 
     @property
     def ended(self) -> bool:
-        return not self._todo and not self.ring.ready()
+        return self._next is None and not self.ring.ready()
 
     def read(self, timeout: float) -> list[Any]:
         frames = self.ring.take(self.names, 4096)

@@ -53,10 +53,17 @@ class Spool(Protocol):
     def close(self) -> None: ...
 
 
+# Rows kept in memory (the TUI's list; older rows go to the spool). About 800 bytes a row
+# (two tuples, a record, the frame's bytes, a payload preview, sequence numbers), so 150k
+# rows are ~120 MB; with the capture ring (32 MiB) and the rows waiting to settle, a
+# session stays under 200 MB resident however many segments it sees (bench/memory.py).
+WINDOW = 150_000
+
+
 class Session:
     """Thread-safe append-only store with a bounded in-memory window."""
 
-    def __init__(self, window: int = 200_000, *, spool: Spool | None = None) -> None:
+    def __init__(self, window: int = WINDOW, *, spool: Spool | None = None) -> None:
         """Rows that leave the window go to ``spool``, or are dropped when there is none
         (headless mode and tests, where nothing reads old rows back): memory stays flat
         however long the capture runs."""

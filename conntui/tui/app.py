@@ -31,7 +31,7 @@ from textual.timer import Timer
 from ..filters import DisplayFilter, FilterError, parse_display_filter
 from ..gcpolicy import GcPolicy
 from ..model import Record, SocketTable
-from ..session import Session
+from ..session import WINDOW, Session
 from .commands import ConntuiCommands
 from .feed import FILL_CHUNK, Feed, record_filter
 from .messages import ExportDone, ExportFailed
@@ -126,7 +126,7 @@ class ConntuiApp(App[None]):
         self.socket_interval = socket_interval
         self.drain_limit = drain_limit
         if capacity is None:  # the list shows what the session's window holds
-            capacity = int(getattr(engine.session, "window_size", 200_000))
+            capacity = int(getattr(engine.session, "window_size", WINDOW))
         self.feed = Feed(engine.session, capacity)
         self.paused = False
         self.display_filter: DisplayFilter | None = None
@@ -370,7 +370,7 @@ class ConntuiApp(App[None]):
         seg_list = self.main.segment_list
         rec = seg_list.selected_record
         want = max(100, 2 * seg_list.size.height)
-        # freeing a 200,000-row buffer touches every row: not before the frame that matters
+        # freeing a 150,000-row buffer touches every row: not before the frame that matters
         self._retired.append((self.feed.buffer, self.feed.backfill))
         self.feed.apply_filter(flt, want=want, budget=self.FILL_FIRST, chunk=self.FILL_CHUNK)
         filling = self.feed.backfill is not None

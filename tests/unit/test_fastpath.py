@@ -315,3 +315,26 @@ def test_mangled_headers_decode_the_same_both_ways(
     assert c["counters"] == py["counters"]
     assert c["rows"] == py["rows"]
     assert c["file"] == py["file"]
+
+
+@pytest.mark.parametrize("pure", [True, False])
+def test_rows_waiting_to_settle_never_outnumber_the_window(
+    monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """A backlog drained faster than rows settle (after a burst) hands on the rows that left
+    the window at once: the queue, and so memory, stays bounded by the window."""
+    monkeypatch.setenv("CONNTUI_PURE", "1" if pure else "0")
+    engine = Engine(RingSource(frames(1)), StaticTables(table()), Session(window=100), settle=60)
+    seen: list[int] = []
+    emit = engine.emit
+
+    def watched(final: bool = False) -> None:
+        emit(final)
+        if not final:
+            seen.append(len(engine._pending))
+
+    engine.emit = watched  # type: ignore[method-assign]
+    engine.run(duration=20, poll=0.001)
+    assert len(engine.session) > 800
+    assert seen and max(seen) <= 100
+    assert max(seen) >= 50  # it did fill up to about the window
