@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .capture import CaptureError, FrameSource
 from .decode import IcmpError, decode_frame, decode_icmp_error
 from .demux import attribute
-from .export import ExportError, Writer, attribution_from_comment
+from .export import ExportError, PcapNgWriter, Writer, attribution_from_comment
 from .flowcache import FlowCache, cache_key
 from .gcpolicy import GcPolicy
 from .history import FlowHistory
@@ -292,7 +292,12 @@ class Engine:
             # the session's window are handed on now, so the queue never holds more rows than
             # the window (memory stays bounded; those rows miss only later notes).
             horizon = max(horizon, pending[over][0])
-        if self._fast is not None and self.tracer is None and self.on_record is None:
+        if (
+            self._fast is not None
+            and self.tracer is None
+            and self.on_record is None
+            and (self.writer is None or isinstance(self.writer, PcapNgWriter))
+        ):
             self._fast_emit(float("inf") if final else horizon)
         while pending and (final or pending[0][0] <= horizon):
             _, frame, rec = pending.popleft()

@@ -172,8 +172,10 @@ def run(
     monkeypatch.setenv("CONNTUI_PURE", "1" if pure else "0")
     spool = PcapngSpool(str(tmp_path))
     session = Session(window=kw.pop("window", 200), spool=spool)
-    writer = open_writer(tmp_path / f"{name}.pcapng")
-    writer._ref_window = kw.pop("ref_window", writer._ref_window)  # type: ignore[attr-defined]
+    fmt = kw.pop("fmt", "pcapng")
+    writer = open_writer(tmp_path / f"{name}.{fmt}", fmt)
+    if "ref_window" in kw:
+        writer._ref_window = kw.pop("ref_window")  # type: ignore[attr-defined]
     fast_rows = 0
     extend = session.extend
 
@@ -205,7 +207,7 @@ def run(
         "fast_rows": fast_rows,
     }
     engine.close()
-    result["file"] = (tmp_path / f"{name}.pcapng").read_bytes()
+    result["file"] = (tmp_path / f"{name}.{fmt}").read_bytes()
     return result
 
 
@@ -234,6 +236,15 @@ def test_rows_handed_on_during_the_capture_are_written_the_same(
     c = run(tmp_path, "c", False, 6, monkeypatch, settle=0.001)
     assert c["rows"] == py["rows"]
     assert c["file"] == py["file"]
+
+
+def test_a_classic_pcap_file_is_written_the_python_way_and_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    py = run(tmp_path, "py", True, 7, monkeypatch, fmt="pcap", settle=0.001)
+    c = run(tmp_path, "c", False, 7, monkeypatch, fmt="pcap", settle=0.001)
+    assert c["fast_rows"] > 0 and c["rows"] == py["rows"]
+    assert c["file"] == py["file"] and len(c["file"]) > 10_000
 
 
 def test_a_small_reference_window_writes_the_json_again_the_same_way(
