@@ -7,6 +7,9 @@ code. scapy is used only to compile tcpdump-syntax filters through libpcap; with
 libpcap the capture still runs (port filters are applied in user space) and a BPF
 expression gives a clear error.
 
+With the C accelerator built (fastpath.py), ``LiveCapture.pump`` hands the ring's blocks to
+it instead of ``read``: it builds the frames and, for most of them, the rows.
+
 On loopback the kernel hands every packet to a packet socket twice (the transmit copy,
 tagged ``PACKET_OUTGOING``, then the receive copy); like tcpdump we keep one: on ``lo`` with
 ``PACKET_IGNORE_OUTGOING``, on ``any`` with a kernel filter that drops ``lo``'s outgoing

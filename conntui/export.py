@@ -1,7 +1,9 @@
 """Capture files: streaming pcap / pcapng writers and a pcap / pcapng reader.
 
 Why hand-written ``struct`` code rather than scapy's utils (which DESIGN.md suggests): the
-writer runs on the capture thread at up to ~250k packets/s (``-w``). scapy's
+writer runs on the capture thread at up to ~250k packets/s (``-w``); in a live capture the
+C fast path (fastpath.py) builds the blocks of rows whose comment is already cached here,
+byte for byte as ``PcapNgWriter.write`` would, and this code writes them. scapy's
 ``PcapNgWriter`` wants a ``Packet`` per frame (~5k packets/s once the bytes are dissected);
 its byte-level path (``RawPcapNgWriter._write_packet``) is private, writes each block
 unbuffered and cannot set the reception type. This module, measured on 100k 140-byte
