@@ -167,6 +167,7 @@ typedef struct {
     PyObject *ifname_fn;   /* capture._ifname(ifindex) */
     PyObject *slow;        /* Engine._fast_slow(frame) → stored (bool) */
     PyObject *flush;       /* Engine._fast_flush(records, pending, counts, frames) */
+    PyObject *sync;        /* Engine._fast_sync(): the flow cache follows tables.current() */
     PyObject *session;     /* for _next_seq */
     PyObject *linktype;    /* int: LINKTYPE_RAW */
     PyObject *empty;       /* "" */
@@ -214,6 +215,7 @@ static void fp_clear_refs(FastPath *self) {
     Py_CLEAR(self->ifname_fn);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->flush);
+    Py_CLEAR(self->sync);
     Py_CLEAR(self->session);
     Py_CLEAR(self->linktype);
     Py_CLEAR(self->empty);
@@ -231,6 +233,7 @@ static int fp_traverse(FastPath *self, visitproc visit, void *arg) {
     Py_VISIT(self->reuseport);
     Py_VISIT(self->slow);
     Py_VISIT(self->flush);
+    Py_VISIT(self->sync);
     Py_VISIT(self->session);
     Py_VISIT(self->names);
     return 0;
@@ -251,11 +254,12 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"frame_type", "segment_type", "record_type", "addr_cache", "addr_fn",
                              "u16", "flags_text", "tcp", "udp", "answers", "fins", "old_conns",
                              "challenge", "reuseport", "names", "ifname_fn", "slow", "flush",
-                             "session", "linktype", NULL};
-    PyObject *o[20];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "$OOOOOOOOOOOOOOOOOOOO", kwlist, &o[0], &o[1], &o[2],
+                             "session", "linktype", "sync", NULL};
+    PyObject *o[21];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "$OOOOOOOOOOOOOOOOOOOOO", kwlist, &o[0], &o[1], &o[2],
                                      &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11],
-                                     &o[12], &o[13], &o[14], &o[15], &o[16], &o[17], &o[18], &o[19]))
+                                     &o[12], &o[13], &o[14], &o[15], &o[16], &o[17], &o[18], &o[19],
+                                     &o[20]))
         return -1;
     for (int i = 0; i < 3; i++)
         if (!PyType_Check(o[i])) {
@@ -280,15 +284,25 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kw) {
         if (member_offset((PyTypeObject *)o[2], slots[i], &off[i]) < 0) return -1;
     fp_clear_refs(self);
     memcpy(self->rec_off, off, sizeof off);
-    PyObject **dst[20] = {(PyObject **)&self->frame_type, (PyObject **)&self->segment_type,
+    PyObject **dst[21] = {(PyObject **)&self->frame_type, (PyObject **)&self->segment_type,
                           (PyObject **)&self->record_type, &self->addr_cache, &self->addr_fn,
                           &self->u16, &self->flags_text, &self->tcp, &self->udp, &self->answers,
                           &self->fins, &self->old_conns, &self->challenge, &self->reuseport,
                           &self->names, &self->ifname_fn, &self->slow, &self->flush,
-                          &self->session, &self->linktype};
-    for (int i = 0; i < 20; i++) *dst[i] = Py_NewRef(o[i]);
+                          &self->session, &self->linktype, &self->sync};
+    for (int i = 0; i < 21; i++) *dst[i] = Py_NewRef(o[i]);
     self->empty = PyUnicode_FromString("");
     return self->empty ? 0 : -1;
+}
+
+/* After any call into Python code the refresher thread may have swapped the socket table
+ * (the interpreter can switch threads there): the flow cache must follow it before its
+ * answers are used again, as Engine._attribute's FlowCache.get(current()) does per frame. */
+static int sync_tables(FastPath *self) {
+    PyObject *r = PyObject_CallNoArgs(self->sync);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 /* A tuple subclass instance, as tuple.__new__(cls, items) builds it (items stolen).
@@ -339,6 +353,7 @@ static PyObject *addr_lookup(FastPath *self, int family, const uint8_t *packed) 
     }
     PyObject *r = PyObject_CallFunction(self->addr_fn, "iO", family == 4 ? 2 : 10, key);
     Py_DECREF(key);
+    if (r != NULL && sync_tables(self) < 0) Py_CLEAR(r);
     return r;
 }
 
@@ -372,6 +387,7 @@ static int batch_flush(FastPath *self, Batch *b) {
     PyObject *r = PyObject_CallFunction(self->flush, "OOOL", b->recs, b->items, b->counts, b->frames);
     if (r == NULL) return -1;
     Py_DECREF(r);
+    if (sync_tables(self) < 0) return -1;
     b->frames = 0;
     if (PyList_SetSlice(b->recs, 0, PY_SSIZE_T_MAX, NULL) < 0) return -1;
     if (PyList_SetSlice(b->items, 0, PY_SSIZE_T_MAX, NULL) < 0) return -1;
@@ -530,27 +546,53 @@ static PyObject *iface_name(FastPath *self, long ifindex) {
     }
     name = PyObject_CallOneArg(self->ifname_fn, k);
     if (name != NULL && PyDict_SetItem(self->names, k, name) < 0) Py_CLEAR(name);
+    if (name != NULL && sync_tables(self) < 0) Py_CLEAR(name);
     Py_DECREF(k);
     return name;
 }
 
-/* take(ring, current, block_size, blocks, limit, budget) → (current, frames, stored)
+/* take(ring, limit, budget) → (frames, stored)
  *
- * The ready blocks of the ring from ``current`` on, whole blocks until ``limit`` frames;
- * each frame is stored here or handed to ``slow``. Stops early (handing the block back)
- * once ``budget`` rows are stored (a negative budget: no limit). */
+ * The ready blocks of ``ring`` (capture._Ring: ``map``, ``current``, ``block_size``,
+ * ``blocks``) from ``ring.current`` on, whole blocks until ``limit`` frames; each frame is
+ * stored here or handed to ``slow``. Stops early (handing the block back) once ``budget``
+ * rows are stored (a negative budget: no limit). ``ring.current`` is kept up to date and
+ * the rows built so far are flushed even when a callback raises. */
+static int ring_int(PyObject *ring, const char *name, Py_ssize_t *out) {
+    PyObject *v = PyObject_GetAttrString(ring, name);
+    if (v == NULL) return -1;
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 static PyObject *fp_take(FastPath *self, PyObject *args) {
     PyObject *ring;
     Py_ssize_t current, block_size, blocks, limit;
     long long budget;
-    if (!PyArg_ParseTuple(args, "OnnnnL", &ring, &current, &block_size, &blocks, &limit, &budget))
+    if (!PyArg_ParseTuple(args, "OnL", &ring, &limit, &budget)) return NULL;
+    if (self->session == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FastPath not initialised");
         return NULL;
+    }
+    if (ring_int(ring, "current", &current) < 0 || ring_int(ring, "block_size", &block_size) < 0 ||
+        ring_int(ring, "blocks", &blocks) < 0)
+        return NULL;
+    PyObject *map = PyObject_GetAttrString(ring, "map");
+    if (map == NULL) return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(ring, &view, PyBUF_WRITABLE) < 0) return NULL;
-    if (block_size <= 0 || blocks <= 0 || view.len < block_size * blocks || current < 0 ||
+    int got = PyObject_GetBuffer(map, &view, PyBUF_WRITABLE);
+    Py_DECREF(map);
+    if (got < 0) return NULL;
+    if (block_size < 64 || blocks <= 0 || view.len < block_size * blocks || current < 0 ||
         current >= blocks) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "take: ring geometry does not fit the buffer");
+        return NULL;
+    }
+    /* the refresher may have swapped the table while the caller waited in select() */
+    if (sync_tables(self) < 0) {
+        PyBuffer_Release(&view);
         return NULL;
     }
     uint8_t *mm = (uint8_t *)view.buf;
@@ -632,12 +674,15 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
                 } else {
                     stored += PyObject_IsTrue(res) == 1;
                     Py_DECREF(res);
-                    if (batch_start(self, &b) < 0) failed = 1;
+                    /* the rows after it settle from now on (pending stays in time order) */
+                    Py_XSETREF(b.now, PyFloat_FromDouble(monotonic_now()));
+                    if (b.now == NULL || sync_tables(self) < 0 || batch_start(self, &b) < 0) failed = 1;
                 }
             } else {
                 failed = 1;
             }
             Py_DECREF(frame);
+            if (next == 0) break; /* the last packet of the block (or a corrupt count) */
             pos += next;
         }
         /* hand the block back (TP_STATUS_KERNEL), even after an error: it was read */
@@ -646,13 +691,32 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
     }
     Py_XDECREF(last_iface);
     PyBuffer_Release(&view);
-    if (!failed && batch_flush(self, &b) < 0) failed = 1;
+    /* Whatever happened, the rows built so far go to the session and the blocks handed
+     * back stay handed back: a raised error (a full disk under the spool, a second
+     * Ctrl-C) is raised after that. */
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (failed) PyErr_Fetch(&et, &ev, &etb);
+    if (b.recs != NULL && b.items != NULL && b.counts != NULL && batch_flush(self, &b) < 0) {
+        if (failed)
+            PyErr_Clear(); /* the first error is the one to tell */
+        else
+            failed = 1;
+    }
+    PyObject *cur = PyLong_FromSsize_t(current);
+    if (cur == NULL || PyObject_SetAttrString(ring, "current", cur) < 0) {
+        if (failed)
+            PyErr_Clear();
+        else
+            failed = 1;
+    }
+    Py_XDECREF(cur);
+    if (et != NULL) PyErr_Restore(et, ev, etb);
     Py_XDECREF(b.recs);
     Py_XDECREF(b.items);
     Py_XDECREF(b.counts);
     Py_XDECREF(b.now);
     if (failed) return NULL;
-    return Py_BuildValue("nLL", current, frames, stored);
+    return Py_BuildValue("LL", frames, stored);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -660,10 +724,10 @@ static PyObject *fp_take(FastPath *self, PyObject *args) {
 
 typedef struct {
     PyObject *interfaces, *by_att, *flag_opts; /* the writer's dicts (borrowed) */
-    PyObject *last_att, *last_entry;           /* borrowed: held by by_att */
+    PyObject *last_att, *last_entry;           /* held (a freed one's address may come back) */
     long long number;                          /* frame number of the last block built */
     long long window;                          /* export.REF_WINDOW */
-    PyObject *last_iface;                      /* borrowed: held by the frame */
+    PyObject *last_iface;                      /* held, likewise */
     long last_ifindex, last_linktype;
     uint32_t last_iid;
     uint8_t *buf;
@@ -694,6 +758,9 @@ static int epb_open(Epb *e, PyObject *writer) {
 }
 
 static void epb_close(Epb *e) {
+    Py_XDECREF(e->last_att);
+    Py_XDECREF(e->last_entry);
+    Py_XDECREF(e->last_iface);
     Py_XDECREF(e->interfaces);
     Py_XDECREF(e->by_att);
     Py_XDECREF(e->flag_opts);
@@ -725,7 +792,7 @@ static int epb_add(Epb *e, PyObject *frame, PyObject *att) {
         if (v == NULL) return PyErr_Occurred() ? -1 : 0;
         iid = (uint32_t)PyLong_AsUnsignedLong(v);
         if (PyErr_Occurred()) return -1;
-        e->last_iface = iface;
+        Py_XSETREF(e->last_iface, Py_NewRef(iface));
         e->last_ifindex = ifindex;
         e->last_linktype = linktype;
         e->last_iid = iid;
@@ -744,8 +811,8 @@ static int epb_add(Epb *e, PyObject *frame, PyObject *att) {
             return 0;
         entry = PyTuple_GET_ITEM(hit, 1);
         if (!PyList_Check(entry) || PyList_GET_SIZE(entry) < 3) return 0;
-        e->last_att = att;
-        e->last_entry = entry;
+        Py_XSETREF(e->last_att, Py_NewRef(att));
+        Py_XSETREF(e->last_entry, Py_NewRef(entry));
     }
     /* within the window of its full JSON: the reference; else the writer writes it in full */
     long long at = PyLong_AsLongLong(PyList_GET_ITEM(entry, 2));
@@ -808,7 +875,7 @@ static PyObject *rec_slot(FastPath *self, PyObject *rec, int i) {
     return *(PyObject **)((char *)rec + self->rec_off[i]); /* borrowed */
 }
 
-/* emit(pending, horizon, writer) → (blocks, written, more)
+/* emit(pending, horizon, writer) → (blocks, written, more, error)
  *
  * Pops the settled rows (capture time ≤ horizon) off the front of ``pending`` and builds
  * their EPBs for ``writer`` (None: only pops). ``more`` is True when it stopped at a row
@@ -883,11 +950,21 @@ static PyObject *fp_emit(FastPath *self, PyObject *args) {
         written += use_writer;
     }
     Py_XDECREF(popleft);
-    PyObject *out = NULL;
-    if (!failed) {
-        PyObject *blob = use_writer ? epb_bytes(&e) : PyBytes_FromStringAndSize("", 0);
-        if (blob != NULL) out = Py_BuildValue("NLO", blob, written, more ? Py_True : Py_False);
+    /* The rows popped so far have their blocks in the buffer: hand those back with the
+     * error (raised by the caller once they are written), never drop them. */
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (failed) {
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        if (ev != NULL && etb != NULL) PyException_SetTraceback(ev, etb);
     }
+    PyObject *blob = use_writer ? epb_bytes(&e) : PyBytes_FromStringAndSize("", 0);
+    PyObject *out = NULL;
+    if (blob != NULL)
+        out = Py_BuildValue("NLOO", blob, written, more ? Py_True : Py_False, ev ? ev : Py_None);
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(etb);
     if (use_writer) epb_close(&e);
     return out;
 }
@@ -935,9 +1012,9 @@ static PyObject *mod_blocks(PyObject *mod, PyObject *args) {
 
 static PyMethodDef fp_methods[] = {
     {"take", (PyCFunction)fp_take, METH_VARARGS,
-     "take(ring, current, block_size, blocks, limit, budget) -> (current, frames, stored)"},
+     "take(ring, limit, budget) -> (frames, stored)"},
     {"emit", (PyCFunction)fp_emit, METH_VARARGS,
-     "emit(pending, horizon, writer) -> (blocks, written, more)"},
+     "emit(pending, horizon, writer) -> (blocks, written, more, error)"},
     {NULL, NULL, 0, NULL},
 };
 

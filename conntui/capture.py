@@ -405,10 +405,8 @@ class LiveCapture:
         if not ring.ready():
             self._check_alive()
             return 0, 0
-        ring.current, frames, stored = fast.take(
-            ring.map, ring.current, ring.block_size, ring.blocks, self._batch, budget
-        )
-        return frames, stored
+        frames, stored = fast.take(ring, self._batch, budget)  # moves ring.current on
+        return int(frames), int(stored)
 
     def _check_alive(self) -> None:
         """A ring reports a vanished interface only as readiness with nothing in it."""

@@ -313,11 +313,14 @@ class Engine:
     # -- the C fast path (fastpath.py) -------------------------------------------------
 
     def _fast_slow(self, frame: Frame) -> bool:
-        """A frame the fast path leaves to ``process``; then the flow cache follows the
-        table again (a look-up or the refresher may have changed it meanwhile)."""
-        rec = self.process(frame)
+        """A frame the fast path leaves to ``process``."""
+        return self.process(frame) is not None
+
+    def _fast_sync(self) -> None:
+        """The fast path reads the flow cache's answers in place: before it does, and after
+        every call into Python code (where the refresher thread may swap the table), the
+        cache follows the current table, as ``FlowCache.get`` does for each frame here."""
         self.flow_cache.follow(self.tables.current())
-        return rec is not None
 
     def _fast_flush(
         self,
@@ -330,9 +333,8 @@ class Engine:
         rows to hand on, as ``process`` puts each one."""
         self.session.counters.frames += frames
         if recs:
+            self._pending.extend(items)  # first: a row in the session is always handed on
             self.session.extend(recs, counts)
-            self._pending.extend(items)
-        self.flow_cache.follow(self.tables.current())
 
     def _fast_emit(self, horizon: float) -> None:
         """Hand on the settled rows the C way (blocks for the writer built in C, one write
@@ -340,12 +342,14 @@ class Engine:
         fast, pending = self._fast, self._pending
         while pending and pending[0][0] <= horizon:
             writer = self.writer if self.writer_error is None else None
-            blob, written, more = fast.emit(pending, horizon, writer)
+            blob, written, more, error = fast.emit(pending, horizon, writer)
             if written and writer is not None:
                 try:
                     writer.put_blocks(blob, written)
                 except (OSError, ExportError) as exc:
                     self._writer_failed(exc)
+            if error is not None:  # after the rows it had built were written
+                raise error
             if not more:
                 return
             if pending and pending[0][0] <= horizon:  # one row the Python way, then C again
@@ -742,8 +746,6 @@ class Engine:
                 if deadline is not None:
                     timeout = min(poll, max(0.0, deadline - time.monotonic()))
                 if fast_source is not None:
-                    # the C fast path reads the flow cache in place: valid for the current table
-                    self.flow_cache.follow(self.tables.current())
                     budget = -1 if count is None else count - stored
                     got, kept = fast_source.pump(self._fast, timeout, budget)
                     stored += kept

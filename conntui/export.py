@@ -498,8 +498,8 @@ class PcapNgWriter(Writer):
         return iid
 
     def _comment(self, att: Attribution) -> list[Any]:
-        """``[full option, reference option, frame number of the last full one, line 1]``
-        for ``att``, cached: rendering JSON costs ~15 µs, a hit ~1 µs. ``write`` (and the C
+        """``[full option, reference option, frame number of the last full one, line 1,
+        the attribution]`` for ``att``, cached: rendering JSON costs ~15 µs, a hit ~1 µs. ``write`` (and the C
         fast path, fastpath.py) choose between the two options and update the entry.
 
         Sockets come from the socket table, so consecutive segments of a flow share the
@@ -527,7 +527,8 @@ class PcapNgWriter(Writer):
             human = text[: text.index(b"\n" + COMMENT_JSON_PREFIX.encode())]
             if len(self._comments) >= 4096:
                 self._comments.clear()
-            entry = self._comments[key] = [_opt(1, text), b"", 0, human]
+            # the entry holds ``att``: its sockets stay alive, so the ids in ``key`` stay theirs
+            entry = self._comments[key] = [_opt(1, text), b"", 0, human, att]
         if len(self._by_att) >= 4096:
             self._by_att.clear()
         self._by_att[id(att)] = (att, entry)  # holds ``att``, so its id stays its own

@@ -82,6 +82,7 @@ def make(engine: Engine, names: dict[int, str]) -> Any | None:
         ifname_fn=_ifname,
         slow=engine._fast_slow,
         flush=engine._fast_flush,
+        sync=engine._fast_sync,
         session=engine.session,
         linktype=LINKTYPE_RAW,
     )

@@ -85,9 +85,7 @@ class RingSource:
     def pump(self, fast: Any, timeout: float, budget: int) -> tuple[int, int]:
         if not self.ring.ready():
             return 0, 0
-        self.ring.current, frames, stored = fast.take(
-            self.map, self.ring.current, self.block, self.blocks, 4096, budget
-        )
+        frames, stored = fast.take(self.ring, 4096, budget)
         self._fill()
         return frames, stored
 

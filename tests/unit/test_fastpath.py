@@ -10,9 +10,12 @@ path (or the comparison would prove nothing).
 
 from __future__ import annotations
 
+import gc
+import io
 import random
 import struct
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,18 @@ from scapy.packet import Raw
 from conntui import fastpath
 from conntui.engine import Engine, StaticTables
 from conntui.export import PcapngSpool, open_writer, read_capture
-from conntui.model import PACKET_HOST, PACKET_OUTGOING, Endpoint, Holder, Record, SocketEntry, SocketTable
+from conntui.model import (
+    PACKET_HOST,
+    PACKET_OUTGOING,
+    Attribution,
+    Endpoint,
+    Frame,
+    Holder,
+    Match,
+    Record,
+    SocketEntry,
+    SocketTable,
+)
 from conntui.ringimage import RingSource
 from conntui.session import Session
 
@@ -391,3 +405,64 @@ def test_rows_waiting_to_settle_never_outnumber_the_window(
     assert len(engine.session) > 800
     assert seen and max(seen) <= 100
     assert max(seen) >= 50  # it did fill up to about the window
+
+
+def test_a_table_swapped_while_the_capture_waits_is_followed_before_the_next_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The refresher swaps the socket table while the capture thread sits in select(): the
+    next rows must see the new holder on both paths (the C path once used its cached
+    answers for the old table until the next frame it could not take)."""
+    old = table()
+    entries = [replace(e, holders=held(999, 9, "newproc")) if e.cookie == 2 else e for e in old.entries]
+    new = SocketTable(entries, local_addrs=("127.0.0.1", "::1"), ifnames={1: "lo", 2: "eth9"})
+
+    class Swapping(RingSource):
+        calls = 0
+
+        def _swap(self) -> None:
+            self.calls += 1
+            if self.calls == 3:  # as the refresher does, between two reads of the ring
+                tables._table = new
+
+        def read(self, timeout: float) -> list[Any]:
+            self._swap()
+            return super().read(timeout)
+
+        def pump(self, fast: Any, timeout: float, budget: int) -> tuple[int, int]:
+            self._swap()
+            return super().pump(fast, timeout, budget)
+
+    rows = []
+    for pure in (True, False):
+        monkeypatch.setenv("CONNTUI_PURE", "1" if pure else "0")
+        tables = StaticTables(old)
+        session = Session(window=100_000)
+        Engine(Swapping(frames(1)), tables, session, settle=60).run(duration=20, poll=0.001)
+        rows.append([(r.seq, r.attribution) for r in session.window()])
+    assert rows[0] == rows[1]
+    assert any(a.receiver is not None and a.receiver.holders == held(999, 9, "newproc") for _, a in rows[1])
+
+
+def test_a_comment_is_never_another_sockets_after_the_caches_turn_over() -> None:
+    """The writer's comment cache is keyed by the sockets' ids: its entries keep their
+    attribution (and so the sockets) alive, so a new socket can never take a freed one's
+    id and its comment."""
+    w = open_writer(io.BytesIO(), "pcapng")
+    f0 = Frame(1.0, bytes(40), 101, "lo", 1, 0, 0x0800, 40)
+    first = SocketEntry(
+        "tcp",
+        4,
+        "ESTABLISHED",
+        Endpoint("127.0.0.1", 80),
+        Endpoint("127.0.0.1", 5000),
+        holders=held(111, 3, "old"),
+    )
+    att = Attribution(Match.ESTABLISHED, receiver=first, explain="x")
+    w.write(f0, None, att)
+    w._by_att.clear()  # type: ignore[attr-defined]
+    w._sock_json._cache.clear()  # type: ignore[attr-defined]
+    del att, first
+    gc.collect()
+    kept = [e[4] for e in w._comments.values()]  # type: ignore[attr-defined]
+    assert [a.receiver.holders for a in kept] == [held(111, 3, "old")]  # alive: its id stays its own
