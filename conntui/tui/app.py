@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from textual import events, work
-from textual.app import App
+from textual.app import App, ScreenStackError
 from textual.binding import Binding, BindingType
 from textual.timer import Timer
 
@@ -182,8 +182,19 @@ class ConntuiApp(App[None]):
 
     def _covered(self) -> bool:
         """A dialog or the help is over the main screen: it holds still meanwhile (every
-        change behind a modal screen repaints the whole screen under its tint)."""
-        return self.screen is not self.main
+        change behind a modal screen repaints the whole screen under its tint). Also True
+        once the app has closed its screens (a timer may still fire while it exits)."""
+        try:
+            return self.screen is not self.main
+        except ScreenStackError:
+            return True
+
+    def _screens_gone(self) -> bool:
+        try:
+            self.screen  # noqa: B018 - raises once the app has closed its screens
+        except ScreenStackError:
+            return True
+        return False
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
@@ -200,7 +211,8 @@ class ConntuiApp(App[None]):
 
         def later() -> None:
             try:
-                work()
+                if not self._screens_gone():  # a key just before q: the app may be gone by now
+                    work()
             finally:
                 self._deferred.discard(work)
 

@@ -689,3 +689,13 @@ async def test_cursor_shows_on_a_tinted_row() -> None:
         assert first_bg(rows[cursor_y]) == cursor_bg
         other = next(y for y in rows if y != cursor_y)
         assert first_bg(rows[other]) != cursor_bg  # the other none row keeps its tint
+
+
+async def test_a_tick_after_the_screens_are_gone_does_nothing() -> None:
+    """A tick deferred by a key (``_after_key``) can fire while the app exits, after its
+    screens are gone: it must not raise (it once failed a test under load)."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("space")
+    assert app._screens_gone() and app._covered()
+    app._tick()  # no ScreenStackError
