@@ -354,31 +354,18 @@ def fuzzed(seed: int) -> list[tuple[float, bytes, int, int, int]]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_fuzzed_frames_give_the_same_rows_both_ways(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+@pytest.mark.parametrize(
+    ("make", "seed", "least"),
+    [(mangled, seed, 100) for seed in range(8)] + [(fuzzed, seed, 20) for seed in range(4)],
+    ids=[f"mangled-{seed}" for seed in range(8)] + [f"fuzzed-{seed}" for seed in range(4)],
+)
+def test_hostile_frames_give_the_same_rows_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Any, seed: int, least: int
 ) -> None:
-    results = []
-    for pure in (True, False):
-        monkeypatch.setattr(sys.modules[__name__], "frames", lambda _seed: fuzzed(seed))
-        results.append(run(tmp_path, "py" if pure else "c", pure, seed, monkeypatch, window=100_000))
-    py, c = results
-    assert c["fast_rows"] > 20
-    assert c["counters"] == py["counters"]
-    assert c["rows"] == py["rows"]
-    assert c["file"] == py["file"]
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_mangled_headers_decode_the_same_both_ways(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
-) -> None:
-    results = []
-    for pure in (True, False):
-        monkeypatch.setattr(sys.modules[__name__], "frames", lambda _seed: mangled(seed))
-        results.append(run(tmp_path, "py" if pure else "c", pure, seed, monkeypatch, window=100_000))
-    py, c = results
-    assert c["fast_rows"] > 100
+    monkeypatch.setattr(sys.modules[__name__], "frames", lambda _seed: make(seed))
+    py = run(tmp_path, "py", True, seed, monkeypatch, window=100_000)
+    c = run(tmp_path, "c", False, seed, monkeypatch, window=100_000)
+    assert c["fast_rows"] > least  # the C path did see them
     assert c["counters"] == py["counters"]
     assert c["rows"] == py["rows"]
     assert c["file"] == py["file"]
