@@ -120,13 +120,14 @@ def port() -> int:
 class Conntui:
     """``conntui --headless --json`` capturing in a subprocess."""
 
-    def __init__(self, *args: str, ready: bool = True) -> None:
+    def __init__(self, *args: str, ready: bool = True, env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "conntui", *args]
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
         self.stderr_head = b""
         if ready:
@@ -174,8 +175,8 @@ class Conntui:
 def conntui() -> Iterator[Any]:
     made: list[Conntui] = []
 
-    def start(*args: str, ready: bool = True) -> Conntui:
-        c = Conntui(*args, ready=ready)
+    def start(*args: str, ready: bool = True, env: dict[str, str] | None = None) -> Conntui:
+        c = Conntui(*args, ready=ready, env=env)
         made.append(c)
         return c
 

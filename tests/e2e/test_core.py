@@ -288,6 +288,47 @@ def test_write_then_read_back_gives_the_same_attributions(conntui, actors, port,
         assert abs(a["ts"] - b["ts"]) < 1e-5
 
 
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_a_quiet_capture_file_names_every_segments_holders_on_both_paths(
+    conntui, actors, port, tmp_path, path
+):
+    """``-q -w``: rows are handed on by the C emit (or, with CONNTUI_PURE=1, the Python
+    loop users without a compiler get); most data segments are taken by the C fast path.
+    Read back, every data segment names the sockets this test opened."""
+    out = tmp_path / "quiet.pcapng"
+    env = {"CONNTUI_PURE": "1" if path == "python" else "0"}
+    cap = conntui("--headless", "-q", "-i", "lo", "-p", str(port), "-w", str(out), env=env)
+    server, client = actors(), actors()
+    lst = server("listen", host="127.0.0.1", port=port)
+    conn = client("connect", host="127.0.0.1", port=port)
+    acc = server("accept", fd=lst["fd"])
+    for i in range(40):
+        client("send", fd=conn["fd"], data=f"m{i:03d}")
+        server("recv", fd=acc["fd"], n=4)
+        server("send", fd=acc["fd"], data=f"r{i:03d}")
+        client("recv", fd=conn["fd"], n=4)
+    _, err, code = cap.stop(signal.SIGTERM)
+    assert code == 0, err
+    version = subprocess.run(
+        [sys.executable, "-m", "conntui", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    ).stdout
+    assert ("C accelerator" in version) == (path == "c"), version
+    back = conntui("-r", str(out), "--headless", "--json", ready=False)
+    rows, err2, code2 = back.wait()
+    assert code2 == 0, err2
+    data = [r for r in tcp(rows) if r["payload_len"] == 4]
+    assert len(data) == 80
+    for r in data:
+        assert r["match"] == "established", r
+        to_server = r["dport"] == port
+        srv, cli = {(server.pid, acc["fd"])}, {(client.pid, conn["fd"])}
+        assert holder_pairs(r["receiver"]) == (srv if to_server else cli)
+        assert holder_pairs(r["sender"]) == (cli if to_server else srv)
+
+
 @pytest.mark.skipif(
     shutil.which("tcpdump") is None, reason="tcpdump not installed (the README's test line installs it)"
 )
