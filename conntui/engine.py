@@ -84,8 +84,14 @@ RECHECK_AFTER = 0.015  # seconds: a socket seen without a holder is looked up ag
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
 
 
+# After its close, a connection shown in any of these states is a table read too early
+_BEFORE_CLOSED = _OPEN_STATES | frozenset(("LAST_ACK", "CLOSING", "FIN_WAIT1", "FIN_WAIT2"))
+
+
 def _shows_open(att: Attribution) -> bool:
-    return any(s is not None and s.state in _OPEN_STATES for s in (att.receiver, att.sender))
+    """Whether the attribution shows the connection not yet closed on either end (a
+    segment seen after its close then needs a fresh look-up)."""
+    return any(s is not None and s.state in _BEFORE_CLOSED for s in (att.receiver, att.sender))
 
 
 def _late_after_close(seg: Segment, att: Attribution) -> Attribution:

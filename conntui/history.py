@@ -16,6 +16,13 @@ LIMIT = 50_000  # 4-tuples per book; cleared whole when full (a scan or flood, n
 
 Pair = tuple[str, int, str, int]
 
+# what ``_fins`` records of a 4-tuple's close
+_FIN_LOWER = 1  # the lower endpoint (as ``pair`` orders them) sent its FIN
+_FIN_UPPER = 2
+_BOTH_FINS = _FIN_LOWER | _FIN_UPPER
+_UPPER_FIRST = 4  # the upper endpoint's FIN came first (it closed first)
+_LAST_ACK = 8  # the first closer acknowledged the other FIN: the close is over
+
 
 def pair(seg: Segment) -> Pair:
     """The segment's 4-tuple, the same in both directions (lower endpoint first)."""
@@ -28,31 +35,39 @@ def pair(seg: Segment) -> Pair:
 class FlowHistory:
     def __init__(self, limit: int = LIMIT) -> None:
         self.limit = limit
-        self._fins: dict[Pair, tuple[int, float]] = {}  # (bit 1: lower end's FIN, bit 2: upper's), when both
+        self._fins: dict[Pair, tuple[int, float]] = {}  # (the bits above), when the last FIN came
         self._resets: dict[Pair, float] = {}  # last RST seen
         self._old_conns: dict[Pair, SocketEntry] = {}  # a connection a later SYN ran into
         # whether the last SYN seen came after both FINs of the connection before it
         self.syn_after_close = False
 
     def note_close(self, seg: Segment) -> bool:
-        """Record FINs; True for a segment well after both ends sent theirs: the connection
-        is over, whatever a socket table read later still shows. (The last ACK of the close
-        itself comes within a round trip and still reached a live socket.)"""
+        """Record FINs; True for a segment after the connection is over, whatever a socket
+        table read later still shows: after the close's last ACK (the first closer
+        acknowledging the other FIN: the other end's socket is gone then), or well after both
+        FINs. (The last ACK of the close itself still reached a live socket.)"""
         key = pair(seg)
         flags = seg.flags
         if "S" in flags and "A" not in flags:
             # a new connection on the same 4-tuple; remember whether the old one had closed
-            self.syn_after_close = self._fins.pop(key, (0, 0.0))[0] == 3
+            self.syn_after_close = self._fins.pop(key, (0, 0.0))[0] & _BOTH_FINS == _BOTH_FINS
             return False
         seen, done_at = self._fins.get(key, (0, 0.0))
+        if seen & _LAST_ACK:
+            return True
+        lower = key[0] == seg.src and key[1] == seg.sport
         if "F" in flags:
-            bit = 1 if key[0] == seg.src and key[1] == seg.sport else 2
+            bit = _FIN_LOWER if lower else _FIN_UPPER
             if not seen & bit:
                 if len(self._fins) > self.limit:
                     self._fins.clear()
-                self._fins[key] = (seen | bit, seg.ts)
+                first = _UPPER_FIRST if not seen & _BOTH_FINS and not lower else 0
+                self._fins[key] = (seen | bit | first, seg.ts)
+        both = seen & _BOTH_FINS == _BOTH_FINS
+        if both and flags == "A" and seg.payload_len == 0 and lower != bool(seen & _UPPER_FIRST):
+            self._fins[key] = (seen | _LAST_ACK, done_at)
         # data after both FINs is late whenever it comes (nobody sends data after its FIN)
-        return seen == 3 and (seg.payload_len > 0 or seg.ts - done_at > LATE_AFTER_CLOSE)
+        return both and (seg.payload_len > 0 or seg.ts - done_at > LATE_AFTER_CLOSE)
 
     def note_reset(self, seg: Segment) -> None:
         if len(self._resets) > self.limit:

@@ -76,3 +76,21 @@ def test_books_are_bounded() -> None:
     for port in range(1000):
         h.note_reset(seg("127.0.0.1", port, "127.0.0.2", 80, "R"))
     assert len(h._resets) <= 11
+
+
+def test_after_the_close_s_last_ack_everything_is_late_at_once() -> None:
+    """Once the first closer has acknowledged the other FIN, the other end's socket is gone:
+    a segment on the 4-tuple is late however soon it comes (a table read during the close
+    may still show that socket, even with its process)."""
+    h = FlowHistory()
+    c, s = ("127.0.0.1", 40000), ("127.0.0.1", 80)
+    assert not h.note_close(seg(*s, *c, "FA", ts=1.0))  # the server closes first
+    assert not h.note_close(seg(*c, *s, "A", ts=1.0001))  # the client's ACK of it: not the last
+    assert not h.note_close(seg(*c, *s, "FA", ts=1.0002))  # the client's FIN: both now
+    assert not h.note_close(seg(*c, *s, "A", ts=1.0003))  # not from the first closer: open still
+    assert not h.note_close(seg(*s, *c, "A", ts=1.0004))  # the last ACK itself reached a socket
+    assert h.note_close(seg(*s, *c, "A", ts=1.0005))  # a re-ACK right after: late
+    assert h.note_close(seg(*c, *s, "R", ts=1.0006))
+    assert not h.note_close(seg(*c, *s, "S", ts=2.0))  # a new connection starts afresh
+    assert h.syn_after_close
+    assert not h.note_close(seg(*c, *s, "A", ts=2.0001))
