@@ -331,20 +331,27 @@ class LiveCapture:
     def ended(self) -> bool:
         return self._ended
 
-    def read(self, timeout: float) -> list[Frame]:
+    def _wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for frames; True when some are ready (with a ring: a
+        block handed over)."""
         if self._ended:
-            return []
+            return False
         try:
             ready, _, _ = select.select([self._sock], [], [], timeout)
         except (OSError, ValueError):
             self._ended = True
-            return []
+            return False
         if not ready:
+            return False
+        if self._ring is not None and not self._ring.ready():
+            self._check_alive()
+            return False
+        return True
+
+    def read(self, timeout: float) -> list[Frame]:
+        if not self._wait(timeout):
             return []
         if self._ring is not None:
-            if not self._ring.ready():
-                self._check_alive()
-                return []
             return self._ring.take(self._ring_names, self._batch)
         frames: list[Frame] = []
         recvmsg = self._sock.recvmsg
@@ -393,17 +400,7 @@ class LiveCapture:
         the ready blocks go to ``fast.take``, which stores the common rows itself and hands
         the others to the engine. (frames read, rows stored); ``budget`` < 0: no limit."""
         ring = self._ring
-        if self._ended or ring is None:
-            return 0, 0
-        try:
-            ready, _, _ = select.select([self._sock], [], [], timeout)
-        except (OSError, ValueError):
-            self._ended = True
-            return 0, 0
-        if not ready:
-            return 0, 0
-        if not ring.ready():
-            self._check_alive()
+        if ring is None or not self._wait(timeout):
             return 0, 0
         frames, stored = fast.take(ring, self._batch, budget)  # moves ring.current on
         return int(frames), int(stored)

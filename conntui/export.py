@@ -70,6 +70,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO, Any, Final, cast
 
+from . import fastpath
 from .decode import decode_frame
 from .jsonout import dict_to_attribution, safe_text, socket_summary, socket_to_dict
 from .model import (
@@ -1013,8 +1014,6 @@ class PcapngSpool:
     def add_many(self, recs: list[Record]) -> None:
         """``add`` for each row, in order; the blocks are built in C where it can (the
         rows the C fast path stores leave the window at the packet rate)."""
-        from . import fastpath
-
         fast = fastpath.blocks_builder()
         with self._lock:
             if self._closed:

@@ -184,10 +184,7 @@ class ConntuiApp(App[None]):
         """A dialog or the help is over the main screen: it holds still meanwhile (every
         change behind a modal screen repaints the whole screen under its tint). Also True
         once the app has closed its screens (a timer may still fire while it exits)."""
-        try:
-            return self.screen is not self.main
-        except ScreenStackError:
-            return True
+        return self._screens_gone() or self.screen is not self.main
 
     def _screens_gone(self) -> bool:
         try:
