@@ -86,6 +86,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -97,7 +98,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
-from .model import Endpoint, Holder, SocketEntry, unmap
+from .model import TCP_STATES, Endpoint, Holder, SocketEntry, unmap
+from .timeline import KernelEvent, Timeline
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -222,7 +224,17 @@ class Marker(NamedTuple):
     seq: int
 
 
-Parsed = Event | Marker | tuple[str, int]
+class KernelLine(NamedTuple):
+    """A line of the kernel's record (``T1``, ``D1``, ``R1``, ``r1``, ``Y1``, ``P1``): its
+    letter and its fields as text (``record_event`` turns them into timeline calls)."""
+
+    kind: str
+    fields: list[str]
+
+
+_KERNEL_FIELDS = {"T1": 8, "D1": 9, "R1": 8, "r1": 2, "Y1": 5, "P1": 3}
+
+Parsed = Event | Marker | KernelLine | tuple[str, int]
 
 
 def parse_line(line: bytes | str) -> Parsed | None:
@@ -240,6 +252,12 @@ def parse_line(line: bytes | str) -> Parsed | None:
     if kind == "printf" and isinstance(data, str):
         if data.startswith("E1 "):
             return parse_event(data)
+        head = data[:2]
+        n = _KERNEL_FIELDS.get(head)
+        if n is not None and data[2:3] == " ":
+            # the last field (comm) may hold spaces
+            fields = data[3:].split(" ", n - 1)
+            return KernelLine(head, fields) if len(fields) == n else None
         if data.startswith("M1 "):
             parts = data.split()
             if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
@@ -361,6 +379,120 @@ tracepoint:sock:inet_sock_set_state
 }
 """
 
+# The kernel's own record (timeline.py): every TCP state change, every drop of a TCP/UDP
+# packet with the kernel's reason, every RST the kernel sends or receives, every SYN-ACK it
+# retransmits, every exec (names follow it). All tracepoints; the drop probe reads the
+# dropped packet's IP and TCP/UDP headers through BTF.
+_KERNEL_RECORD = """
+tracepoint:sock:inet_sock_set_state
+/args->protocol == 6/
+{
+  $sk = (struct sock *)args->skaddr;
+  if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
+    if (args->family == 2) {
+      printf("T1 %lu %d %d %u %u %s %s %lu", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs);
+    } else {
+      printf("T1 %lu %d %d %u %u %s %s %lu", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs);
+    }
+  }
+}
+
+tracepoint:skb:kfree_skb
+/(args->protocol == 0x0800 || args->protocol == 0x86DD)@DROP_FILTER@/
+{
+  $skb = (struct sk_buff *)args->skbaddr;
+  $dev = $skb->dev;
+  if ($dev != 0 && $dev->nd_net.net->ns.inum == @NETNS@) {
+    $ip = $skb->head + $skb->network_header;
+    $st = (int64)-1;
+    if (args->rx_sk != 0) {
+      $st = (int64)((struct sock *)args->rx_sk)->__sk_common.skc_state;
+    }
+    if (args->protocol == 0x0800) {
+      $iph = (struct iphdr *)$ip;
+      $proto = $iph->protocol;
+      $th = $ip + ($iph->ihl * 4);
+      if ($proto == 6 || $proto == 17) {
+        $seq = (int64)-1;
+        if ($proto == 6) {
+          $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
+                         (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
+        }
+        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto,
+               (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
+               $seq, $st, ntop($iph->saddr), ntop($iph->daddr), nsecs);
+      }
+    } else {
+      $ip6 = (struct ipv6hdr *)$ip;
+      $proto = $ip6->nexthdr;
+      $th = $ip + 40;
+      if ($proto == 6 || $proto == 17) {
+        $seq = (int64)-1;
+        if ($proto == 6) {
+          $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
+                         (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
+        }
+        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto,
+               (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
+               $seq, $st, ntop($ip6->saddr.in6_u.u6_addr8), ntop($ip6->daddr.in6_u.u6_addr8), nsecs);
+      }
+    }
+  }
+}
+
+tracepoint:tcp:tcp_send_reset
+{
+  $sk = (struct sock *)args->skaddr;
+  $skb = (struct sk_buff *)args->skbaddr;
+  $ns = (uint64)0;
+  if ($sk != 0) {
+    $ns = $sk->__sk_common.skc_net.net->ns.inum;
+  } else if ($skb != 0 && $skb->dev != 0) {
+    $ns = $skb->dev->nd_net.net->ns.inum;
+  }
+  if ($ns == @NETNS@) {
+    $s = (struct sockaddr_in6 *)args->saddr;
+    $d = (struct sockaddr_in6 *)args->daddr;
+    if ($s->sin6_family == 2) {
+      printf("R1 %d %d %d %u %u %s %s %lu", args->reason, args->state, $skb != 0, $s->sin6_port,
+             $d->sin6_port, ntop(((struct sockaddr_in *)args->saddr)->sin_addr.s_addr),
+             ntop(((struct sockaddr_in *)args->daddr)->sin_addr.s_addr), nsecs);
+    } else {
+      printf("R1 %d %d %d %u %u %s %s %lu", args->reason, args->state, $skb != 0, $s->sin6_port,
+             $d->sin6_port, ntop($s->sin6_addr.in6_u.u6_addr8), ntop($d->sin6_addr.in6_u.u6_addr8), nsecs);
+    }
+  }
+}
+
+tracepoint:tcp:tcp_receive_reset
+{
+  $sk = (struct sock *)args->skaddr;
+  if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
+    printf("r1 %lu %lu", (uint64)args->skaddr, nsecs);
+  }
+}
+
+tracepoint:tcp:tcp_retransmit_synack
+{
+  $sk = (struct sock *)args->skaddr;
+  if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
+    if (args->family == 2) {
+      printf("Y1 %u %u %s %s %lu", args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs);
+    } else {
+      printf("Y1 %u %u %s %s %lu", args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6),
+             nsecs);
+    }
+  }
+}
+
+tracepoint:sched:sched_process_exec
+{
+  printf("P1 %d %lu %s", pid, nsecs, comm);
+}
+"""
+
 _UDP_SENDS = """
 tracepoint:syscalls:sys_enter_sendto, tracepoint:syscalls:sys_enter_sendmsg,
 tracepoint:syscalls:sys_enter_sendmmsg
@@ -399,7 +531,32 @@ _SEND_EXIT = """$lport = $sk->__sk_common.skc_num;
             }"""
 
 
-def build_script(our_pid: int, netns: int, *, udp_sends: bool = True) -> str:
+def symbols(event: str, tracefs: str | None = None) -> dict[int, str]:
+    """The kernel's names for an enum a tracepoint prints (``skb/kfree_skb``'s drop reasons,
+    ``tcp/tcp_send_reset``'s reset reasons), read from the tracepoint's own format file, so
+    the numbers are this kernel's. Empty when it cannot be read."""
+    for d in [tracefs] if tracefs else TRACEFS_DIRS:
+        try:
+            with open(f"{d}/events/{event}/format", encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        return {int(n): name for n, name in re.findall(r'\{\s*(\d+),\s*"([A-Z0-9_]+)"\s*\}', text)}
+    return {}
+
+
+# Drops that are not the kernel refusing a packet: a closing socket's unread queues.
+_NOT_REFUSALS = ("QUEUE_PURGE",)
+
+
+def build_script(
+    our_pid: int,
+    netns: int,
+    *,
+    udp_sends: bool = True,
+    kernel_record: bool = True,
+    drop_reasons: dict[int, str] | None = None,
+) -> str:
     """The bpftrace program (see the module docstring for what each probe is for)."""
     accept = "if ($sk->sk_protocol == 6) { " + _printf("A", "$fd", "args->ret") + " }"
     connect = (
@@ -418,6 +575,10 @@ def build_script(our_pid: int, netns: int, *, udp_sends: bool = True) -> str:
         "@REFUSED@": _printf("X", "-1", "0", lport="args->sport"),
     }
     script = _SCRIPT
+    if kernel_record:
+        skip = [n for n, name in (drop_reasons or {}).items() if name in _NOT_REFUSALS]
+        subs["@DROP_FILTER@"] = "".join(f" && args->reason != {n}" for n in skip)
+        script += _KERNEL_RECORD
     end = "\nEND\n{\n  clear(@cfd); clear(@bfd);\n}\n"
     if udp_sends:
         subs["@SEND_ENTER@"] = _with_sock(
@@ -573,6 +734,12 @@ class SocketTracer:
         full_names: bool = True,
     ) -> None:
         self.memory = memory if memory is not None else TraceMemory()
+        self.timeline = Timeline()  # the kernel's record: states, drops, resets (timeline.py)
+        self.drop_reasons: dict[int, str] = {}  # the kernel's enum names (``symbols``)
+        self.reset_reasons: dict[int, str] = {}
+        self.execs: dict[int, tuple[float, str]] = {}  # pid → (when, new name) of its last exec
+        self.on_exec: list[Callable[[int, str], None]] = []  # called on the reader thread
+        self._exec_lock = threading.Lock()
         self.our_pid = os.getpid() if our_pid is None else our_pid
         # CLOCK_MONOTONIC (bpftrace's nsecs) → epoch seconds; None: measured per event
         self.fixed_offset = clock_offset
@@ -580,7 +747,9 @@ class SocketTracer:
         self.why_not = ""
         self.ready = threading.Event()  # set when the probes are attached (first marker seen)
         # fixed keys (read from other threads while the reader updates them)
-        self.stats: dict[str, int] = dict.fromkeys(("events", "records", "lost", "unparsed", "probes"), 0)
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("events", "records", "lost", "unparsed", "probes", "kernel"), 0
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.script = ""
         self._closing = False
@@ -650,7 +819,11 @@ class SocketTracer:
                 return None
             tracer = cls(memory=memory)
             netns = os.stat(netns_path or "/proc/self/ns/net").st_ino
-            tracer.script = build_script(tracer.our_pid, netns, udp_sends=udp_sends)
+            tracer.drop_reasons = symbols("skb/kfree_skb")
+            tracer.reset_reasons = symbols("tcp/tcp_send_reset")
+            tracer.script = build_script(
+                tracer.our_pid, netns, udp_sends=udp_sends, drop_reasons=tracer.drop_reasons
+            )
             tracer._spawn(bpftrace, attach_timeout)
         except Exception as e:  # never raise: the tracer is optional
             cls.why_not = f"kernel tracer: {e}"
@@ -824,17 +997,76 @@ class SocketTracer:
         if isinstance(parsed, Event):
             self.stats["events"] += 1
             self._on_event(parsed)
+        elif isinstance(parsed, KernelLine):
+            self.stats["kernel"] += 1
+            try:
+                self._on_kernel(parsed)
+            except (ValueError, OverflowError):
+                self.stats["unparsed"] += 1
         elif isinstance(parsed, Marker):
             if parsed.pid != self.our_pid:  # the probe filters on our pid: not ours
                 return
             with self._cond:
                 self._marker_seen = parsed.seq
                 self._cond.notify_all()
+            if not self.ready.is_set():
+                self.timeline.ready_at = time.time()
             self.ready.set()
         elif parsed[0] == "lost":
             self.stats["lost"] += parsed[1]
+            self.timeline.lost += parsed[1]
         else:
             self.stats[parsed[0]] = parsed[1]
+
+    def _on_kernel(self, line: KernelLine) -> None:
+        """One line of the kernel's record → the timeline (see ``_KERNEL_RECORD``)."""
+        f, tl = line.fields, self.timeline
+        kind = line.kind
+        if kind == "T1":  # sk old new sport dport saddr daddr nsecs
+            sk, old, new, sport, dport = (int(x) for x in f[:5])
+            tl.on_state(self._time(f[7]), sk, old, new, f[5], sport, f[6], dport)
+        elif kind == "D1":  # reason proto sport dport seq rx_state saddr daddr nsecs
+            reason, proto, sport, dport, seq, st = (int(x) for x in f[:6])
+            name = _PROTOS.get(proto)
+            if name is not None:
+                tl.on_event(
+                    KernelEvent(
+                        "drop", self._time(f[8]), name, f[6], sport, f[7], dport, seq,
+                        self.drop_reasons.get(reason, str(reason)), TCP_STATES.get(st, "") if st >= 0 else "",
+                    )
+                )  # fmt: skip
+        elif kind == "R1":  # reason state reply sport(be) dport(be) saddr daddr nsecs (the RST's way)
+            reason, state, reply, sport, dport = (int(x) for x in f[:5])
+            sport, dport = socket.ntohs(sport & 0xFFFF), socket.ntohs(dport & 0xFFFF)
+            why = self.reset_reasons.get(reason, str(reason))
+            was = TCP_STATES.get(state, "")
+            t = self._time(f[7])
+            if reply:  # answering a segment: keyed by that segment's way
+                tl.on_event(KernelEvent("reset", t, "tcp", f[6], dport, f[5], sport, -1, why, was))
+            else:  # the socket aborted: keyed by the RST's own way
+                tl.on_event(KernelEvent("abort", t, "tcp", f[5], sport, f[6], dport, -1, why, was))
+        elif kind == "r1":  # sk nsecs
+            tl.on_reset_received(self._time(f[1]), int(f[0]))
+        elif kind == "Y1":  # sport dport saddr daddr nsecs (the SYN-ACK's way)
+            sport, dport = int(f[0]), int(f[1])
+            tl.on_event(KernelEvent("synack", self._time(f[4]), "tcp", f[2], sport, f[3], dport))
+        elif kind == "P1":  # pid nsecs comm
+            pid = int(f[0])
+            with self._exec_lock:
+                self.execs[pid] = (self._time(f[1]), f[2])
+                if len(self.execs) > 8192:
+                    self.execs.pop(next(iter(self.execs)))
+            for hook in self.on_exec:
+                hook(pid, f[2])
+
+    def _time(self, nsecs: str) -> float:
+        return int(nsecs) / 1e9 + self._offset()
+
+    def exec_after(self, pid: int, t: float) -> str | None:
+        """The name ``pid`` took by an exec after time ``t`` (epoch seconds), if it did."""
+        with self._exec_lock:
+            got = self.execs.get(pid)
+        return got[1] if got is not None and got[0] > t else None
 
     def _on_event(self, ev: Event) -> None:
         proto = _PROTOS.get(ev.protocol)

@@ -1,0 +1,248 @@
+"""The kernel's own record, kept by time: TCP state changes, drops and resets.
+
+A socket table read now says what exists now; a segment captured a moment ago was judged by
+the kernel against the sockets of *that* moment. The tracer (``tracer.py``) reports every TCP
+state change (``sock:inet_sock_set_state``), every dropped packet with the kernel's reason
+(``skb:kfree_skb``), every RST the kernel sends (``tcp:tcp_send_reset``) or receives
+(``tcp:tcp_receive_reset``) and every SYN-ACK it retransmits; this module keeps them,
+bounded, and answers two questions for a captured segment:
+
+* ``state_at(tuple, ts)``: the state the connection socket on this 4-tuple was in at ``ts``
+  (``None`` when the record says nothing about the tuple, ``GONE`` when it says there was
+  no socket then);
+* ``verdict_for(segment)``: what the kernel published about this very segment (dropped,
+  and why; or answered by its own RST).
+
+Times are epoch seconds (the tracer converts CLOCK_MONOTONIC once per event). A state change
+caused by a segment happens after its capture (the packet tap runs before the protocol
+handler), so the state *at* a segment's timestamp is the one the kernel judged it by.
+
+Pure and thread-safe (one lock); stdlib only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .model import TCP_STATES, unmap
+
+TupleKey = tuple[str, int, str, int]  # (local addr, local port, remote addr, remote port), unmapped
+
+TIME_WAIT_LEN = 60.0  # TCP_TIMEWAIT_LEN: how long the kernel keeps a TIME_WAIT entry
+_TO_TIME_WAIT = frozenset((4, 5, 11))  # FIN_WAIT1, FIN_WAIT2, CLOSING → CLOSE: the socket left a TIME_WAIT
+_CLOSE = 7
+_TIME_WAIT = 6
+_SYN_RECV = 3
+_LISTEN = 10
+# A drop or RST is joined to the captured segment it concerns when it happened this close after
+# the capture (the kernel handles a segment microseconds after the tap; a loaded host or a
+# segment waiting in a socket backlog may take longer).
+JOIN_AFTER = 0.5
+# A RST the kernel sends to abort a socket may reach the tap before its tracepoint fires; and
+# the clocks are converted once per event (microseconds of error).
+JOIN_BEFORE = 0.005
+
+
+class StateChange(NamedTuple):
+    t: float  # epoch seconds
+    sk: int  # the struct sock's address (reused after free: joined with the tuple)
+    old: int
+    new: int
+    reset: bool = False  # the change followed a RST this socket received
+
+
+@dataclass(frozen=True, slots=True)
+class KnownState:
+    """What the kernel's record says about one 4-tuple at one moment."""
+
+    state: str  # "ESTABLISHED", "SYN_SENT", ..., "TIME_WAIT"; "" = no socket on the tuple
+    since: float  # when it entered that state (epoch seconds)
+    sk: int = 0
+    # the socket that held the tuple next (created after the moment asked about), if any:
+    # a SYN's request sock becomes this child when the handshake completes
+    next_state: str = ""
+    next_since: float = 0.0
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.state)
+
+
+GONE = KnownState("", 0.0)
+
+
+class KernelEvent(NamedTuple):
+    """A drop, a RST the kernel sent, or a SYN-ACK it retransmitted, about one segment.
+
+    ``src``/``dst`` are the segment's own direction: for a drop, the dropped segment; for a
+    sent RST, the segment that provoked it (the RST goes the other way); for a retransmitted
+    SYN-ACK, the SYN-ACK itself."""
+
+    kind: str  # "drop" | "reset" | "abort" | "synack"
+    t: float
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int = -1  # the dropped TCP segment's sequence number (-1: not known / UDP)
+    reason: str = ""
+    state: str = ""  # the state of the socket the kernel had found ("" for none)
+
+
+def _key(laddr: str, lport: int, raddr: str, rport: int) -> TupleKey:
+    return (unmap(laddr), lport, unmap(raddr), rport)
+
+
+class Timeline:
+    """The kernel's TCP state changes by 4-tuple, and its drops and resets by flow.
+
+    ``ready_at`` is when the tracer started reporting (epoch seconds; ``inf`` until then):
+    nothing is known about moments before it. ``lost`` counts events the tracer said it lost;
+    while any are lost the record can no longer prove an absence.
+    """
+
+    def __init__(self, *, ttl: float = 120.0, max_keys: int = 200_000, per_key: int = 8) -> None:
+        self.ttl = ttl
+        self.max_keys = max_keys
+        self.per_key = per_key
+        self.ready_at = float("inf")
+        self.lost = 0
+        self._lock = threading.Lock()
+        self._states: OrderedDict[TupleKey, tuple[StateChange, ...]] = OrderedDict()
+        self._resets_in: dict[int, float] = {}  # sk → when it last received a RST
+        self._unbound: dict[int, StateChange] = {}  # sk → its SYN_SENT birth, before it had a port
+        self._events: OrderedDict[tuple[str, str, int, str, int], deque[KernelEvent]] = OrderedDict()
+        self.counts: dict[str, int] = {"states": 0, "drop": 0, "reset": 0, "synack": 0}
+
+    # -- feeding (the tracer's reader thread) ------------------------------------------------
+
+    def on_state(
+        self, t: float, sk: int, old: int, new: int, laddr: str, lport: int, raddr: str, rport: int
+    ) -> None:
+        if rport == 0:  # a listener: not a 4-tuple
+            return
+        with self._lock:
+            if lport == 0:
+                # connect(): CLOSE → SYN_SENT fires before the kernel picks the local port;
+                # the socket's next change names it, and this birth is filed there.
+                self._unbound[sk] = StateChange(t, sk, old, new)
+                if len(self._unbound) > 4096:
+                    self._unbound.pop(next(iter(self._unbound)))
+                return
+            key = _key(laddr, lport, raddr, rport)
+            reset = new == _CLOSE and abs(self._resets_in.pop(sk, -1e18) - t) < 1.0
+            old_list = self._states.pop(key, ())
+            birth = self._unbound.pop(sk, None)
+            if birth is not None and t - birth.t < 300.0:
+                old_list = (*old_list, birth)
+            self._states[key] = (*old_list, StateChange(t, sk, old, new, reset))[-self.per_key :]
+            self.counts["states"] += 1
+            self._expire(t)
+
+    def on_reset_received(self, t: float, sk: int) -> None:
+        with self._lock:
+            self._resets_in[sk] = t
+            if len(self._resets_in) > 4096:
+                self._resets_in.clear()
+
+    def on_event(self, ev: KernelEvent) -> None:
+        fkey = (ev.proto, unmap(ev.src), ev.sport, unmap(ev.dst), ev.dport)
+        with self._lock:
+            q = self._events.pop(fkey, None)
+            if q is None:
+                q = deque(maxlen=64)
+            q.append(ev)
+            self._events[fkey] = q
+            self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
+            while len(self._events) > self.max_keys:
+                self._events.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        states = self._states
+        horizon = now - self.ttl
+        while states:
+            key, changes = next(iter(states.items()))
+            if len(states) <= self.max_keys and changes[-1].t >= horizon:
+                break
+            del states[key]
+
+    # -- asking -------------------------------------------------------------------------------
+
+    def covers(self, t: float) -> bool:
+        """Whether the record was being kept at time ``t`` (and nothing was lost)."""
+        return self.ready_at <= t and not self.lost
+
+    def state_at(self, laddr: str, lport: int, raddr: str, rport: int, t: float) -> KnownState | None:
+        """The state of the connection socket on this 4-tuple (seen from the local end
+        ``laddr:lport``) at time ``t``; ``GONE`` when the record shows none then; ``None``
+        when the record cannot say (not traced then, or the tuple never changed state since
+        the tracer started, e.g. a connection older than conntui)."""
+        if not self.covers(t):
+            return None
+        with self._lock:
+            changes = self._states.get(_key(laddr, lport, raddr, rport))
+        if not changes:
+            return None
+        before = [c for c in changes if c.t <= t]
+        after = [c for c in changes if c.t > t]
+        nxt = after[0] if after else None
+        next_state = _state_name(nxt.new) if nxt is not None else ""
+        next_since = nxt.t if nxt is not None else 0.0
+        if not before:
+            # The first change seen is later: if it is the socket's birth, there was no socket
+            # on the tuple before it (a socket from before the tracer would have changed state
+            # on its way out, after ``ready_at``, and be listed here).
+            if nxt is not None and nxt.old in (_CLOSE, _LISTEN) and nxt.new in (2, _SYN_RECV):
+                return KnownState("", 0.0, 0, next_state, next_since)
+            return None
+        last = before[-1]
+        if last.new == _CLOSE:
+            if last.old in _TO_TIME_WAIT and not last.reset and t - last.t < TIME_WAIT_LEN:
+                return KnownState("TIME_WAIT", last.t, last.sk, next_state, next_since)
+            return KnownState("", last.t, last.sk, next_state, next_since)
+        return KnownState(_state_name(last.new), last.t, last.sk, next_state, next_since)
+
+    def events_for(
+        self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float, seq: int = -1
+    ) -> dict[str, KernelEvent]:
+        """What the kernel published about the segment ``src → dst`` captured at ``ts``:
+        ``"drop"`` (it dropped it), ``"reset"`` (it answered it with a RST), ``"abort"``
+        (this is a RST the kernel sent to abort a socket). Each event serves one segment
+        (the first asked about), so N drops name N segments; a TCP drop must carry the
+        segment's sequence number."""
+        fkey = (proto, unmap(src), sport, unmap(dst), dport)
+        found: dict[str, KernelEvent] = {}
+        with self._lock:
+            q = self._events.get(fkey)
+            if not q:
+                return found
+            for ev in list(q):
+                if ev.kind in found or ev.kind == "synack":
+                    continue
+                if not (ts - JOIN_BEFORE <= ev.t <= ts + JOIN_AFTER):
+                    continue
+                if ev.kind == "drop" and seq >= 0 and ev.seq >= 0 and ev.seq != seq:
+                    continue
+                found[ev.kind] = ev
+                q.remove(ev)
+        return found
+
+    def pending_drops(self) -> int:
+        """Drops not yet joined to a segment (the engine then looks for their rows)."""
+        with self._lock:
+            return sum(1 for q in self._events.values() for e in q if e.kind == "drop")
+
+    def synack_retransmits(self, src: str, sport: int, dst: str, dport: int, ts: float) -> int:
+        """How many SYN-ACK retransmissions the kernel reported on this flow up to ``ts``."""
+        fkey = ("tcp", unmap(src), sport, unmap(dst), dport)
+        with self._lock:
+            q = self._events.get(fkey)
+            return sum(1 for e in q if e.kind == "synack" and e.t <= ts + JOIN_BEFORE) if q else 0
+
+
+def _state_name(n: int) -> str:
+    return TCP_STATES.get(n, str(n))
