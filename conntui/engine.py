@@ -23,11 +23,13 @@ from .export import ExportError, PcapNgWriter, Writer, attribution_from_comment
 from .flowcache import FlowCache, cache_key
 from .gcpolicy import GcPolicy
 from .history import FlowHistory
+from .judge import judge
 from .model import (
     PACKET_OUTGOING,
     Attribution,
     FlowKey,
     Frame,
+    Holder,
     Lookup,
     Match,
     Record,
@@ -80,6 +82,9 @@ def _quoted_segment(err: IcmpError) -> Segment:
     return Segment(err.ts, "", q.proto, err.family, q.src, q.sport, q.dst, q.dport)
 
 
+# A traced connect()/accept() returns a little after the kernel made the socket: a record
+# this late still names the process that held the socket when the segment came.
+TRACE_SLACK = 0.05
 RECHECK_AFTER = 0.015  # seconds: a socket seen without a holder is looked up again this soon
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
 
@@ -131,7 +136,12 @@ def _final_answer(att: Attribution) -> bool:
     """A cached answer that a segment of its flow needs nothing more for than its row: no
     question for the verifier (a ``none`` waits for its RST or ICMP) and no socket to look
     up again (``_unheld``). Such segments may take the C fast path (fastpath.py)."""
-    return att.match != Match.NONE and not _unheld(att.receiver) and not _unheld(att.sender)
+    return (
+        att.match != Match.NONE
+        and (att.receiver is not None or att.sender is not None)  # counted apart (Counters.unnamed)
+        and not _unheld(att.receiver)
+        and not _unheld(att.sender)
+    )
 
 
 def _needs_resolve(seg: Segment, att: Attribution, table: SocketTable) -> bool:
@@ -212,6 +222,7 @@ class Engine:
         self._nat_cache: dict[FlowKey, object] = {}
         self.settle = settle if source.live else 0.0
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
+        self._to_judge: deque[tuple[float, Record]] = deque()  # rows to set beside the kernel's record
         self.started_at = time.time()
 
     # -- one frame ---------------------------------------------------------------
@@ -246,6 +257,8 @@ class Engine:
         self._apply(self.verifier.on_record(rec))
         now = time.monotonic()
         self._pending.append((now, frame, rec))
+        if self.tracer is not None:
+            self._to_judge.append((now, rec))
         if self.settle <= 0:
             self.emit()
         elif self.source.live and (_unheld(att.receiver) or _unheld(att.sender)):
@@ -298,9 +311,10 @@ class Engine:
             # the session's window are handed on now, so the queue never holds more rows than
             # the window (memory stays bounded; those rows miss only later notes).
             horizon = max(horizon, pending[over][0])
+        if self._to_judge:
+            self._judge_settled(float("inf") if final else horizon)
         if (
             self._fast is not None
-            and self.tracer is None
             and self.on_record is None
             and (self.writer is None or isinstance(self.writer, PcapNgWriter))
         ):
@@ -310,8 +324,6 @@ class Engine:
             if rec is None:
                 self._write(frame, None, None)
                 continue
-            if self.tracer is not None:
-                self._fill_from_tracer(rec)
             self._write(frame, rec.segment, rec.attribution)
             if self.on_record is not None:
                 self.on_record(rec)
@@ -588,6 +600,55 @@ class Engine:
             )
         return not (_unheld(new_receiver) or _unheld(new_sender))
 
+    def _judge_settled(self, horizon: float) -> None:
+        """Set the rows about to be handed on beside the kernel's record of their moment
+        (judge.py): names from the tracer, the kernel's verdict, corrections."""
+        tracer = self.tracer
+        assert tracer is not None
+        timeline = tracer.timeline
+        queue = self._to_judge
+        table = self.tables.current()
+        while queue and queue[0][0] <= horizon:
+            rec = queue.popleft()[1]
+            seg, att = rec.segment, rec.attribution
+            if not timeline.covers(seg.ts):
+                self._fill_from_tracer(rec)
+                att = rec.attribution
+                if timeline.ready_at > seg.ts:
+                    note = "the kernel tracer was not attached yet: this row is conntui's prediction only"
+                else:
+                    note = "the kernel tracer lost events: this row is conntui's prediction only"
+                if note not in att.notes:
+                    self._reattribute(rec, replace(att, notes=(*att.notes, note)))
+                continue
+            judged = judge(seg, att, timeline, self._holder_at, table)
+            if judged is not att:
+                self._reattribute(rec, judged)
+            if judged.kernel is None or judged.match == Match.UNKNOWN:
+                # the record says nothing of this socket (UDP, or older than the tracer): the
+                # tracer's connect/accept/bind records may still name its process
+                self._fill_from_tracer(rec)
+
+    def _holder_at(
+        self, laddr: str, lport: int, raddr: str, rport: int, at: float
+    ) -> tuple[Holder, float] | None:
+        """Who got the TCP socket of this tuple (the tracer's connect/accept record), with the
+        name the process had at ``at`` (it may have exec'd since), and when it got it."""
+        tracer = self.tracer
+        if tracer is None:
+            return None
+        found = tracer.lookup_record("tcp", laddr, lport, raddr, rport, at=at)
+        if found is None:
+            return None
+        holder = found.holder
+        renamed = tracer.exec_after(holder.pid, found.t)
+        if renamed is not None and tracer.execs.get(holder.pid, (float("inf"), ""))[0] <= at:
+            holder = Holder(holder.pid, holder.fd, renamed)
+        # connect() returns after it sent the SYN (a blocking one after the handshake): the
+        # process had the socket from the call's start, a moment before the record
+        since = found.t - TRACE_SLACK if found.kind == "connect" else found.t
+        return holder, since
+
     def _reattribute(self, rec: Record, att: Attribution) -> None:
         """Give a row a fuller attribution, in the session or, once out of its window, in
         the row itself (it is still to be handed on)."""
@@ -623,6 +684,8 @@ class Engine:
                     receiver = found.former_entry()
                 else:
                     receiver = replace(receiver, former_holders=(found.holder,))
+                if found.t <= seg.ts + TRACE_SLACK:  # the process had it when the segment came
+                    receiver = replace(receiver, holders=(found.holder,), former_holders=())
                 if match in (Match.UNKNOWN, Match.NONE):
                     match = (
                         Match.ESTABLISHED
@@ -638,17 +701,27 @@ class Engine:
                     if sender is None
                     else replace(sender, former_holders=(found.holder,))
                 )
+                if found.t <= seg.ts + TRACE_SLACK:
+                    sender = replace(sender, holders=(found.holder,), former_holders=())
                 filled = True
         if filled:
+            named = any(s is not None and (s.holders or s.former_holders) for s in (receiver, sender))
+            explain = att.explain
+            if match != att.match:
+                explain = (
+                    f"The kernel tracer saw {receiver.describe() if receiver is not None else 'a process'} "
+                    f"get the socket on {endpoint_text(seg.dst, seg.dport)} (connect/accept/bind), and the "
+                    "socket was gone before conntui could look it up in the table."
+                )
+            note = "process named by the socket tracer: the socket was gone before conntui could look"
             new = replace(
                 att,
                 match=match,
                 receiver=receiver,
                 sender=sender,
-                notes=(
-                    *att.notes,
-                    "process named by the socket tracer: the socket was gone before conntui could look",
-                ),
+                explain=explain,
+                notes=(*att.notes, note) if named else att.notes,
+                related=() if match != att.match else att.related,
             )
             self._reattribute(rec, new)
 

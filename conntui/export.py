@@ -197,6 +197,12 @@ def attribution_json(att: Attribution, sock_json: Callable[[SocketEntry | None],
         parts += (',"notes":', _dumps(list(att.notes)))
     if att.related:
         parts += (',"related":', _dumps(list(att.related)))
+    if att.kernel is not None:
+        k = att.kernel
+        verdict = {"verdict": k.verdict, "reason": k.reason, "source": k.source, "socket": k.socket}
+        parts += (',"kernel":', _dumps(verdict))
+    if att.agrees is not None:
+        parts += (',"agrees":', "true" if att.agrees else "false")
     parts.append("}")
     return "".join(parts)
 
@@ -209,6 +215,10 @@ def comment_text(att: Attribution, sock_json: Callable[[SocketEntry | None], str
         human += ": " + safe_text(att.explain)
     for note in att.notes:
         human += " " + safe_text(note)
+    if att.kernel is not None:
+        human += " kernel: " + safe_text(att.kernel.text())
+        if att.agrees is False:
+            human += " (conntui's prediction disagreed)"
     return f"{human}\n{COMMENT_JSON_PREFIX}{attribution_json(att, sock_json)}"
 
 

@@ -19,6 +19,7 @@ from .model import (
     Attribution,
     Endpoint,
     Holder,
+    KernelVerdict,
     Lookup,
     Match,
     Segment,
@@ -117,6 +118,25 @@ def socket_to_dict(sock: SocketEntry | None, *, compact: bool = False) -> dict[s
     return d
 
 
+def _verdict_to_dict(v: KernelVerdict | None) -> dict[str, str] | None:
+    """The kernel's own word on a segment: ``verdict`` (dropped, reset, delivered, sent),
+    ``reason`` (the kernel's name for it), ``source`` (the tracepoint), ``socket``."""
+    if v is None:
+        return None
+    return {"verdict": v.verdict, "reason": v.reason, "source": v.source, "socket": v.socket}
+
+
+def _dict_to_verdict(d: Any) -> KernelVerdict | None:
+    if not isinstance(d, dict):
+        return None
+    return KernelVerdict(
+        str(d.get("verdict", "")),
+        str(d.get("source", "")),
+        str(d.get("reason", "")),
+        str(d.get("socket", "")),
+    )
+
+
 def attribution_to_dict(att: Attribution, *, compact: bool = False) -> dict[str, Any]:
     """Everything an ``Attribution`` holds, as JSON-ready data (the inverse of
     ``dict_to_attribution``). ``compact`` drops empty extras (used in pcapng comments)."""
@@ -131,11 +151,15 @@ def attribution_to_dict(att: Attribution, *, compact: bool = False) -> dict[str,
         "sender_explain": att.sender_explain,
         "notes": list(att.notes),
         "related": list(att.related),
+        "kernel": _verdict_to_dict(att.kernel),
+        "agrees": att.agrees,
     }
     if compact:
-        for key in ("listener", "candidates", "steps", "sender_explain", "notes", "related"):
+        for key in ("listener", "candidates", "steps", "sender_explain", "notes", "related", "kernel"):
             if not d[key]:
                 del d[key]
+        if d["agrees"] is None:
+            del d["agrees"]
     return d
 
 
@@ -225,6 +249,8 @@ def dict_to_attribution(d: dict[str, Any]) -> Attribution:
         sender_explain=str(d.get("sender_explain", "")),
         notes=tuple(str(n) for n in d.get("notes") or ()),
         related=tuple(int(r) for r in d.get("related") or ()),
+        kernel=_dict_to_verdict(d.get("kernel")),
+        agrees=d["agrees"] if isinstance(d.get("agrees"), bool) else None,
     )
 
 
@@ -282,4 +308,6 @@ def text_line(seg: Segment, att: Attribution) -> str:
         f"{_endpoint(seg.src, seg.sport)} → {_endpoint(seg.dst, seg.dport)}{flags} len {seg.payload_len}"
         f"  {socket_summary(att.sender)} → {socket_summary(att.receiver)} ({att.match.value})"
         + "".join(f"; {safe_text(n)}" for n in att.notes)
+        + (f"; kernel: {safe_text(att.kernel.text())}" if att.kernel is not None else "")
+        + ("; conntui's prediction disagreed" if att.agrees is False else "")
     )

@@ -215,6 +215,21 @@ class Lookup:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelVerdict:
+    """The kernel's own word on one segment (its tracepoints), beside conntui's prediction."""
+
+    verdict: str  # "dropped" | "reset" | "delivered" | "sent"
+    source: str  # the tracepoint that said so ("skb:kfree_skb", "sock:inet_sock_set_state", ...)
+    reason: str = ""  # the kernel's reason (skb_drop_reason / sk_rst_reason names)
+    socket: str = ""  # the socket the kernel had then, as "STATE local ↔ remote" ("" for none)
+
+    def text(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        where = f", socket {self.socket}" if self.socket else ""
+        return f"{self.verdict}{why}{where} [{self.source}]"
+
+
+@dataclass(frozen=True, slots=True)
 class Attribution:
     """Who sends and who receives one segment, and why the kernel chose the receiver."""
 
@@ -230,6 +245,10 @@ class Attribution:
     # RST (#12)", "dropped: accept queue full", ... and the records those notes point at.
     notes: tuple[str, ...] = ()
     related: tuple[int, ...] = ()
+    # The kernel's own record of this segment (None: it published nothing conntui saw), and
+    # whether it agrees with the prediction made from the socket table (None: nothing to compare).
+    kernel: KernelVerdict | None = None
+    agrees: bool | None = None
 
 
 TupleKey = tuple[str, str, int, str, int]

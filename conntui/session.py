@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .model import Attribution, Frame, Match, Record, Segment
+from .model import Attribution, Frame, Record, Segment
 
 
 @dataclass(slots=True)
@@ -29,15 +29,19 @@ class Counters:
     kernel_drops: int = 0  # dropped by the kernel before we could read them
     icmp_errors: int = 0  # ICMP destination unreachable messages (linked to their datagrams)
     by_match: dict[str, int] = field(default_factory=dict)
+    unnamed: int = 0  # rows naming no socket at all (``- → -``)
 
     @property
     def attributed(self) -> int:
-        """Segments with at least one local socket (receiver or sender) identified."""
-        bad = self.by_match.get(Match.UNKNOWN, 0)
-        return self.segments - bad
+        """Segments that name a process or a kernel-owned socket (receiver or sender)."""
+        return self.segments - self.unnamed
 
     def attributed_pct(self) -> float:
         return 100.0 * self.attributed / self.segments if self.segments else 100.0
+
+
+def _unnamed(att: Attribution) -> int:
+    return 1 if att.receiver is None and att.sender is None else 0
 
 
 class Spool(Protocol):
@@ -91,6 +95,7 @@ class Session:
             c = self.counters
             c.segments += 1
             c.by_match[attribution.match] = c.by_match.get(attribution.match, 0) + 1
+            c.unnamed += _unnamed(attribution)
             return rec
 
     def extend(self, recs: list[Record], counts: dict[str, int]) -> None:
@@ -122,6 +127,7 @@ class Session:
             c = self.counters
             c.by_match[rec.attribution.match] -= 1
             c.by_match[attribution.match] = c.by_match.get(attribution.match, 0) + 1
+            c.unnamed += _unnamed(attribution) - _unnamed(rec.attribution)
             rec.attribution = attribution
             return True
 

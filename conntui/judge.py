@@ -1,0 +1,412 @@
+"""Judge a row by the kernel's own record: the prediction made from the socket table, set
+beside what the kernel published about that segment at that moment.
+
+The demux (``demux.py``) predicts from a socket table read *after* the segment; for short
+connections that table shows the wrong moment (a connection already gone, or one the SYN
+itself created). The kernel's record (``timeline.py``, fed by the tracer) says, for TCP,
+which state the connection socket on the 4-tuple was in *when the segment came*, and for
+TCP and UDP whether the kernel dropped the segment (and why) or answered it with a RST.
+
+``judge`` returns the row's final attribution:
+
+* the kernel's verdict (``Attribution.kernel``) and whether it agrees with the prediction
+  (``Attribution.agrees``); a disagreement is corrected to what the kernel shows, and the
+  prediction is kept in a note, never hidden;
+* a predicted event the kernel did not confirm is not stated: a ``none`` row (predicting a
+  RST or ICMP) whose segment the kernel did not drop is ``unknown`` ("closed before conntui
+  could look"), not a story.
+
+Pure: the timeline and the holder look-up are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from .demux import attribute
+from .model import (
+    Attribution,
+    Endpoint,
+    Holder,
+    KernelVerdict,
+    Lookup,
+    Match,
+    Segment,
+    SocketEntry,
+    SocketTable,
+    endpoint_text,
+    unmap,
+)
+from .timeline import GONE, KernelEvent, KnownState, Timeline
+
+# (local addr, local port, remote addr, remote port, at) → (holder, when it got the socket)
+HolderAt = Callable[[str, int, str, int, float], tuple[Holder, float] | None]
+
+# States in which the process still holds the socket (a close() would have left them)
+_HELD_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT"))
+_STATE_SOURCE = "sock:inet_sock_set_state"
+_CHILD = "listener (the connection's socket was created from it)"
+_HANDSHAKE_WINDOW = 3.0  # a request sock's child appears this soon after the segment (SYN-ACK retries)
+
+
+def _sock_text(state: str, local: str, lport: int, remote: str, rport: int) -> str:
+    return f"{state} {endpoint_text(local, lport)} ↔ {endpoint_text(remote, rport)}"
+
+
+def _same_tuple(sock: SocketEntry | None, laddr: str, lport: int, raddr: str, rport: int) -> bool:
+    return (
+        sock is not None
+        and sock.remote is not None
+        and sock.local.port == lport
+        and sock.remote.port == rport
+        and unmap(sock.local.addr) == unmap(laddr)
+        and unmap(sock.remote.addr) == unmap(raddr)
+    )
+
+
+def _entry_then(
+    seg: Segment,
+    state: str,
+    laddr: str,
+    lport: int,
+    raddr: str,
+    rport: int,
+    known_sock: SocketEntry | None,
+    holder_at: HolderAt,
+) -> tuple[SocketEntry, str]:
+    """The connection socket on this tuple as it was at the segment's time, and a note on
+    its holder (who got it, when)."""
+    base = known_sock if _same_tuple(known_sock, laddr, lport, raddr, rport) else None
+    got = holder_at(laddr, lport, raddr, rport, seg.ts)
+    holders: tuple[Holder, ...] = ()
+    former: tuple[Holder, ...] = ()
+    note = ""
+    if got is not None:
+        holder, since = got
+        sent_fin = "F" in seg.flags and state in ("FIN_WAIT1", "LAST_ACK") and unmap(laddr) == unmap(seg.src)
+        if since <= seg.ts and (state in _HELD_STATES or sent_fin):
+            holders = (holder,)
+        elif since <= seg.ts:
+            former = (holder,)
+        else:
+            who = f"{holder.process}[{holder.pid}] fd {holder.fd}"
+            note = f"not accept()ed yet when this segment came; {who} got it later"
+            former = (holder,)
+    elif base is not None and (base.holders or base.former_holders):
+        if state in _HELD_STATES:
+            holders = base.holders or base.former_holders
+        else:
+            former = base.former_holders or base.holders
+    entry = SocketEntry(
+        proto=seg.proto,
+        family=base.family if base is not None else seg.family,
+        state=state,
+        local=base.local if base is not None else Endpoint(laddr, lport),
+        remote=base.remote if base is not None else Endpoint(raddr, rport),
+        inode=base.inode if base is not None else 0,
+        holders=holders,
+        uid=base.uid if base is not None else 0,
+        cookie=base.cookie if base is not None else 0,
+        former_holders=former,
+        first_seen=base.first_seen if base is not None else 0.0,
+    )
+    return entry, note
+
+
+def _prediction_note(att: Attribution) -> str:
+    who = att.receiver.describe() if att.receiver is not None else "no socket"
+    return f"conntui's table predicted {att.match.value} ({who}); the kernel's record says otherwise"
+
+
+def judge(
+    seg: Segment,
+    att: Attribution,
+    timeline: Timeline,
+    holder_at: HolderAt,
+    table: SocketTable,
+) -> Attribution:
+    """The row's attribution judged against the kernel's record of that moment."""
+    if att.kernel is not None or not timeline.covers(seg.ts):
+        return att  # judged already, or the record was not being kept then
+    tcp = seg.proto == "tcp"
+    events = timeline.events_for(
+        seg.proto, seg.src, seg.sport, seg.dst, seg.dport, seg.ts, seg.seq if tcp else -1
+    )
+    drop, reset, abort = events.get("drop"), events.get("reset"), events.get("abort")
+    new = att
+    if tcp:
+        new = _judge_tcp_receiver(seg, new, timeline, holder_at, table, drop, reset)
+        new = _judge_tcp_sender(seg, new, timeline, holder_at)
+    if abort is not None:
+        new = replace(
+            new,
+            kernel=new.kernel or KernelVerdict("sent", "tcp:tcp_send_reset", abort.reason, abort.state),
+            notes=(*new.notes, f"the kernel sent this RST to abort the socket ({abort.reason})"),
+        )
+    if drop is not None:
+        return _dropped(seg, att, new, drop)
+    if reset is not None and new.kernel is None:
+        agrees = att.match in (Match.NONE, Match.TIME_WAIT) or reset.reason != "NO_SOCKET"
+        new = replace(
+            new, kernel=KernelVerdict("reset", "tcp:tcp_send_reset", reset.reason, reset.state), agrees=agrees
+        )
+    if new.match in (Match.NONE,) and drop is None and reset is None:
+        # The prediction was "no socket: the kernel answers with a RST / ICMP"; the kernel,
+        # traced at that moment, did not drop the segment: a socket took it.
+        new = replace(
+            new,
+            match=Match.UNKNOWN,
+            receiver=None,
+            explain=(
+                "The kernel did not drop this segment (no skb:kfree_skb for it), so a socket received it; "
+                "it was gone before conntui could look it up, and its state then is unknown."
+            ),
+            notes=(*new.notes, f"conntui's table predicted none: {att.explain}"),
+            kernel=new.kernel or KernelVerdict("delivered", "skb:kfree_skb (no drop)"),
+            agrees=False,
+        )
+    return new
+
+
+def _dropped(seg: Segment, att: Attribution, new: Attribution, drop: KernelEvent) -> Attribution:
+    """A segment the kernel dropped: its reason beside the prediction."""
+    verdict = KernelVerdict("dropped", "skb:kfree_skb", drop.reason, drop.state)
+    if drop.reason == "NO_SOCKET":
+        agrees = att.match == Match.NONE
+        if new.match != Match.NONE:
+            answer = "a RST" if seg.proto == "tcp" else "ICMP port unreachable"
+            new = replace(
+                new,
+                match=Match.NONE,
+                receiver=None,
+                explain=(
+                    f"The kernel found no socket for {endpoint_text(seg.dst, seg.dport)} (NO_SOCKET) and "
+                    f"dropped the segment; it answers with {answer}."
+                ),
+                notes=(*new.notes, _prediction_note(att)),
+            )
+        return replace(new, kernel=verdict, agrees=agrees)
+    # The lookup found a socket; the kernel dropped the segment there for its own reason.
+    agrees = att.match not in (Match.NONE, Match.UNKNOWN)
+    note = f"the kernel dropped it: {drop.reason}" + (f" (socket in {drop.state})" if drop.state else "")
+    return replace(new, kernel=verdict, agrees=agrees, notes=(*new.notes, note))
+
+
+def _judge_tcp_receiver(
+    seg: Segment,
+    att: Attribution,
+    timeline: Timeline,
+    holder_at: HolderAt,
+    table: SocketTable,
+    drop: KernelEvent | None,
+    reset: KernelEvent | None,
+) -> Attribution:
+    if not table.is_local(seg.dst) or att.match == Match.NOT_LOCAL:
+        return att
+    known = timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts)
+    if known is None or drop is not None:
+        return att
+    if known.exists and known.state != "TIME_WAIT":
+        if seg.is_syn:
+            # A SYN on a live connection's tuple: the established hash holds it (RFC 5961
+            # challenge ACK); no listener is asked.
+            if att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE):
+                return _confirm(att, known, seg)
+        elif att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE, Match.SYN_RECV) and _same_tuple(
+            att.receiver, seg.dst, seg.dport, seg.src, seg.sport
+        ):
+            then = _holders_then(seg, att, known, holder_at)
+            recv = then.receiver
+            held = recv is not None and bool(recv.holders)
+            if then.match == Match.ACCEPT_QUEUE and held:
+                # accept()ed before this segment came: the process's socket took it
+                then = replace(then, match=Match.ESTABLISHED)
+            elif then.match == Match.ESTABLISHED and not held and known.state == "SYN_RECV":
+                then = replace(then, match=Match.ACCEPT_QUEUE)
+            if then.match == att.match:
+                return _confirm(then, known, seg)
+            return replace(
+                _confirm(then, known, seg),
+                agrees=False,
+                notes=(*then.notes, _prediction_note(att)),
+            )
+        entry, note = _entry_then(
+            seg, known.state, seg.dst, seg.dport, seg.src, seg.sport, att.receiver, holder_at
+        )
+        match = Match.ACCEPT_QUEUE if note else Match.ESTABLISHED
+        explain = (
+            f"The established hash holds {endpoint_text(seg.dst, seg.dport)} ↔ "
+            f"{endpoint_text(seg.src, seg.sport)}: the kernel's record shows that connection socket in "
+            f"{known.state} when this segment came, so the kernel delivered it there by its 4-tuple."
+        )
+        return replace(
+            att,
+            match=match,
+            receiver=entry,
+            explain=explain,
+            steps=(Lookup(_ehash(seg), f"hit: {known.state} (kernel record)"),),
+            notes=(*att.notes, *((note,) if note else ()), _prediction_note(att)),
+            kernel=KernelVerdict(
+                "delivered",
+                _STATE_SOURCE,
+                socket=_sock_text(known.state, seg.dst, seg.dport, seg.src, seg.sport),
+            ),
+            agrees=False,
+        )
+    if seg.is_syn:
+        # No connection on the tuple (or only a TIME_WAIT the SYN may replace): the SYN goes
+        # to the listener. A table read after the handshake shows the connection it made.
+        child = (
+            known.next_state in ("SYN_RECV", "ESTABLISHED") and known.next_since - seg.ts < _HANDSHAKE_WINDOW
+        )
+        tw = known.state == "TIME_WAIT"
+        if reset is not None:
+            return att  # the kernel answered with a RST: the reset verdict tells
+        # The lookup as the kernel ran it then: the established hash had nothing live for
+        # this tuple (a table read later shows the connection this SYN made).
+        gone = table.connected("tcp", seg.dst, seg.dport, seg.src, seg.sport)
+        redo = attribute(seg, table.with_entries((), removed=gone) if gone else table)
+        if redo.match != Match.LISTENER:
+            return att
+        if tw:
+            redo = replace(
+                redo, steps=(Lookup(_ehash(seg), "hit: TIME_WAIT (kernel record)"), *redo.steps[1:])
+            )
+        if att.match == Match.LISTENER:
+            out = replace(
+                redo,
+                sender=att.sender,
+                sender_explain=att.sender_explain,
+                notes=(*att.notes, *((_tw_syn_note(seg),) if tw else ())),
+                related=att.related,
+            )
+            if child:
+                return replace(
+                    out, kernel=KernelVerdict("delivered", _STATE_SOURCE, socket=_CHILD), agrees=True
+                )
+            return out
+        notes = (*redo.notes, *((_tw_syn_note(seg),) if tw else ()), _prediction_note(att))
+        return replace(
+            redo,
+            notes=notes,
+            kernel=KernelVerdict(
+                "delivered" if child else "no socket on the 4-tuple",
+                _STATE_SOURCE,
+                socket=_CHILD if child else "",
+            ),
+            agrees=False,
+        )
+    if known.state == "TIME_WAIT":
+        if att.match == Match.TIME_WAIT:
+            return _confirm(att, known, seg)
+        if att.match in (Match.NONE, Match.UNKNOWN):
+            return replace(
+                att,
+                match=Match.TIME_WAIT,
+                receiver=None,
+                explain=(
+                    f"The connection on {endpoint_text(seg.dst, seg.dport)} ↔ "
+                    f"{endpoint_text(seg.src, seg.sport)} had closed; the kernel's record shows "
+                    "its TIME_WAIT remains then, which take this late "
+                    "segment (the kernel re-acknowledges it; no process sees it)."
+                ),
+                steps=(Lookup(_ehash(seg), "hit: TIME_WAIT (kernel record)"),),
+                notes=(*att.notes, _prediction_note(att)),
+                kernel=KernelVerdict(
+                    "delivered",
+                    _STATE_SOURCE,
+                    socket=_sock_text("TIME_WAIT", seg.dst, seg.dport, seg.src, seg.sport),
+                ),
+                agrees=False,
+            )
+        return att
+    # GONE: no connection socket on the tuple at that moment.
+    if known.next_state in ("SYN_RECV", "ESTABLISHED") and 0 <= known.next_since - seg.ts < _HANDSHAKE_WINDOW:
+        # The handshake's last ACK: it found the request sock, which the kernel turned into
+        # this connection's socket just after (queued for accept()).
+        if att.match in (Match.ACCEPT_QUEUE, Match.SYN_RECV):
+            return _confirm(att, KnownState("SYN_RECV", known.next_since), seg)
+        entry, _ = _entry_then(
+            seg, "SYN_RECV", seg.dst, seg.dport, seg.src, seg.sport, att.receiver, holder_at
+        )
+        return replace(
+            att,
+            match=Match.ACCEPT_QUEUE,
+            receiver=replace(entry, holders=()),
+            explain=(
+                "The handshake's request sock (its listener's) took this segment; the kernel's record shows "
+                "it turned into the connection's socket just after, queued for accept() (no fd yet)."
+            ),
+            steps=(Lookup(_ehash(seg), "hit: request sock (NEW_SYN_RECV)"),),
+            notes=(*att.notes, _prediction_note(att)),
+            kernel=KernelVerdict("delivered", _STATE_SOURCE, socket="request sock → child"),
+            agrees=False,
+        )
+    return att
+
+
+def _tw_syn_note(seg: Segment) -> str:
+    return (
+        "a TIME_WAIT of an earlier connection on this 4-tuple was there; the kernel lets a newer SYN "
+        "through it to the listener (tcp_timewait_state_process → TCP_TW_SYN) and removes the TIME_WAIT"
+    )
+
+
+def _ehash(seg: Segment) -> str:
+    return f"established hash ({endpoint_text(seg.dst, seg.dport)} ← {endpoint_text(seg.src, seg.sport)})"
+
+
+def _confirm(att: Attribution, known: KnownState, seg: Segment) -> Attribution:
+    steps = att.steps
+    if not seg.is_syn and known.state:
+        # the lookup as the kernel's record shows it (a table read later may show another state)
+        who = att.receiver.describe() if att.receiver is not None else "kernel"
+        steps = (Lookup(_ehash(seg), f"hit: {known.state} (kernel record), {who}"),)
+    return replace(
+        att,
+        steps=steps,
+        kernel=KernelVerdict(
+            "delivered", _STATE_SOURCE, socket=_sock_text(known.state, seg.dst, seg.dport, seg.src, seg.sport)
+        ),
+        agrees=True,
+    )
+
+
+def _holders_then(seg: Segment, att: Attribution, known: KnownState, holder_at: HolderAt) -> Attribution:
+    """The receiver's holders as they were at the segment's time (a socket closed since still
+    names who held it; one accept()ed later is not yet held)."""
+    recv = att.receiver
+    if recv is None or recv.holders:
+        return att
+    entry, note = _entry_then(seg, known.state, seg.dst, seg.dport, seg.src, seg.sport, recv, holder_at)
+    if not (entry.holders or entry.former_holders):
+        return att
+    notes = (*att.notes, note) if note else att.notes
+    return replace(
+        att, receiver=replace(recv, holders=entry.holders, former_holders=entry.former_holders), notes=notes
+    )
+
+
+def _judge_tcp_sender(seg: Segment, att: Attribution, timeline: Timeline, holder_at: HolderAt) -> Attribution:
+    """The sending socket as it was then: a segment sent before its socket went to TIME_WAIT
+    was sent by that connection's socket, not by the kernel's TIME_WAIT remains."""
+    if "R" in seg.flags:
+        return att
+    known = timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts)
+    if known is None or not known.exists or known.state == "TIME_WAIT":
+        return att
+    sender = att.sender
+    if sender is not None and sender.holders and sender.state != "TIME_WAIT":
+        return att
+    entry, _ = _entry_then(seg, known.state, seg.src, seg.sport, seg.dst, seg.dport, sender, holder_at)
+    if sender is not None and not entry.holders and (sender.former_holders or not entry.former_holders):
+        return att
+    explain = (
+        f"sent by the connection socket on {endpoint_text(seg.src, seg.sport)}, in {known.state} then "
+        "(the kernel's record); it has closed since."
+    )
+    return replace(att, sender=entry, sender_explain=explain)
+
+
+__all__ = ["GONE", "HolderAt", "judge"]
