@@ -89,12 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long printed lines and -w wait for later segments (the kernel's RST, a challenge ACK) "
         "to complete a row (default 0.5; 0 prints at once)",
     )
-    p.add_argument(
-        "--trace",
-        action="store_true",
-        help="also trace connect()/accept() with bpftrace (if installed), to name the process of "
-        "connections that close before conntui can look them up",
+    trace = p.add_mutually_exclusive_group()
+    trace.add_argument(
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="do not run the kernel tracer (bpftrace): rows are then conntui's predictions from the "
+        "socket table only, and short connections may be unknown",
     )
+    trace.add_argument(
+        "--trace",
+        dest="trace",
+        action="store_true",
+        help="run the kernel tracer (the default when bpftrace is installed): the kernel's own record "
+        "of state changes, drops and resets, and the process of connections gone before conntui looks",
+    )
+    p.set_defaults(trace=True)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
     return p
@@ -114,7 +124,7 @@ class Options:
     quiet: bool
     overwrite: bool = False
     settle: float = 0.5
-    trace: bool = False
+    trace: bool = True
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -225,9 +235,14 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
 
         tracer = SocketTracer.start()
         if tracer is None:
-            notes.append(f"no socket tracer: {SocketTracer.why_not}")
-        elif not tracer.wait_ready(10.0):  # bpftrace takes a second or two to attach
-            notes.append("the socket tracer is still attaching: the first connections may be missed")
+            notes.append(
+                f"no kernel tracer ({SocketTracer.why_not}): rows are predictions from the socket table "
+                "only, without the kernel's verdicts, and short connections may be unknown"
+            )
+        elif opts.headless and not tracer.wait_ready(10.0):
+            # Headless output is read by scripts: start capturing once the probes are attached
+            # (a second or two). The TUI opens at once; rows before then say so.
+            notes.append("the kernel tracer is still attaching: the first rows are predictions only")
     return Engine(
         source,
         tables,
