@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from .test_lab import run_lab
 from .truthkit import (
     FileConntui,
     HttpServer,
@@ -488,3 +489,63 @@ def test_trace_note_only_on_rows_that_name_the_process(capture) -> None:
         if f"[{done['pid']}]" not in line.split(";")[0]
     ]
     assert not bad, f"{len(bad)} of {len(noted)} noted rows name no process:\n" + "\n".join(bad[:10])
+
+
+# --------------------------------------------------------------------------- 10. the labs
+
+
+def lab_run(name: str) -> tuple[list[Row], list[Row]]:
+    """``conntui lab NAME --headless --json``: (conntui's rows, the lab's events)."""
+    run = run_lab(name, "--headless", "--json")
+    end = run.one("end")
+    kernel(end.get("error") is None, f"{name} stopped early: {end.get('error')}\n{run.stderr}")
+    return run.rows, run.events
+
+
+def test_lab_listen_vs_connect_server_fin_reaches_the_open_client_fd() -> None:
+    """listen-vs-connect: the client half-closes and closes its fd only after the server's FIN
+    arrived (its program reacts to that FIN), so the FIN reached the client's open fd; the
+    row must name it, not "a socket its process already closed"."""
+    rows, events = lab_run("listen-vs-connect")
+    conn = next(e for e in events if e["what"] == "connect")
+    lst = next(e for e in events if e["what"] == "listen")
+    sport = int(lst["local"].rsplit(":", 1)[1])
+    cport = int(conn["local"].rsplit(":", 1)[1])
+    fins = [r for r in rows if r["sport"] == sport and r["dport"] == cport and "F" in r["flags"]]
+    kernel(len(fins) == 1, f"{len(fins)} server FIN rows")
+    fin = fins[0]
+    bad = []
+    if holders(fin["receiver"], former=False) != {(conn["pid"], conn["fd"])}:
+        bad.append(f"server's FIN not given to client {conn['pid']} fd {conn['fd']}: {brief(fin)}")
+    if "already closed" in said(fin):
+        bad.append(f"says the client's fd was already closed: {brief(fin)}")
+    assert not bad, failures(bad, rows)
+
+
+def test_lab_port_conflict_one_reuseport_member_per_connection() -> None:
+    """port-conflict: each connection to the SO_REUSEPORT group is taken by one member (the one
+    whose process accept()ed it); its SYN, SYN-ACK and queued ACK rows must all name that
+    member, never the other one."""
+    rows, events = lab_run("port-conflict")
+    group = [e for e in events if e.get("part") == "group"]
+    listeners = {e["pid"]: e["fd"] for e in group if e["what"] == "listen"}
+    kernel(len(listeners) == 2, f"group listeners {listeners}")
+    port = int(next(e for e in group if e["what"] == "listen")["local"].rsplit(":", 1)[1])
+    taker = {int(e["remote"].rsplit(":", 1)[1]): e["pid"] for e in group if e["what"] == "accept"}
+    kernel(len(taker) >= 6 and len(set(taker.values())) == 2, f"accepts {taker}")
+    bad = []
+    for r in rows:
+        cport = r["sport"] if r["dport"] == port else r["dport"] if r["sport"] == port else None
+        if cport not in taker or "F" in r["flags"] or r["payload_len"]:
+            continue
+        other = next(pid for pid in listeners if pid != taker[cport])
+        named = {
+            pid for key in ("receiver", "sender", "listener") for pid, _ in holders(r.get(key), former=False)
+        }
+        if other in named:
+            bad.append(
+                f"names member {other} (fd {listeners[other]}), but {taker[cport]} took it: "
+                + brief(r)
+                + f" listener={r.get('listener') and holders(r['listener'])}"
+            )
+    assert not bad, failures(bad, rows)
