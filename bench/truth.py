@@ -84,6 +84,7 @@ KINDS = {
 }
 TCPDUMP = ["tcpdump", "-i", "lo", "-n", "-s", "256", "-B", "8192"]
 GOAL_FLOWS_RIGHT = 99.0
+DROP_COUNTERS = ("Udp:NoPorts", "Udp:InErrors", "Udp:RcvbufErrors", "TcpExt:ListenDrops")
 GOAL_AGREE = 99.9
 CLAIM = re.compile(r"kernel answer(?:s|ed) with (a RST|ICMP)")
 VERIFIED = re.compile(r"verified: the kernel answered with (a RST|ICMP)")
@@ -448,6 +449,7 @@ def judge(
     claims = Counter[str]()
     stray = 0
     kernel: dict[str, Any] = {"rows_with_field": 0, "verdicts": 0, "agree": 0, "disagree": 0, "null": 0}
+    kernel["drops"] = Counter[str]()  # the kernel's drop reasons on captured segments
     disagreements: list[str] = []
 
     def flag(kind: str, cat: str, line: str) -> None:
@@ -478,6 +480,9 @@ def judge(
         if "kernel" in r or "agrees" in r:
             kernel["rows_with_field"] += 1
             kernel["verdicts"] += r.get("kernel") is not None
+            kv = r.get("kernel") or {}
+            if "drop" in str(kv.get("verdict", "")).lower() or kv.get("source") == "skb:kfree_skb":
+                kernel["drops"][str(kv.get("reason") or "no reason")] += 1
             agrees = r.get("agrees")
             kernel["agree" if agrees is True else "disagree" if agrees is False else "null"] += 1
             if agrees is False:
@@ -936,6 +941,16 @@ def report(s: dict[str, Any]) -> None:
             f"{k['verdicts']} with a verdict; "
             f"agree {k['agree']}, disagree {k['disagree']}, no verdict {k['null']}; "
             f"agreement {k['agree_pct'] if k['agree_pct'] is not None else 'n/a'} % (goal ≥ {GOAL_AGREE} %)"
+        )
+        drops = k["drops"]
+        counted = {
+            n: v["after"] - v["before"] for n, v in s["kernel_counters"].items() if None not in v.values()
+        }
+        print(
+            f"   kernel drops on captured segments: {sum(drops.values())}"
+            + (f" ({', '.join(f'{r} x{n}' for r, n in drops.most_common())})" if drops else "")
+            + "; the kernel's counters in the run: "
+            + ", ".join(f"{n} +{counted.get(n, '?')}" for n in DROP_COUNTERS)
         )
         for line in s["disagreements"]:
             print(f"   disagreement: {line}")

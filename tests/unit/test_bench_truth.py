@@ -79,7 +79,7 @@ def run(rows: list[dict[str, Any]], witness: truth.Witness | None = None) -> dic
         "missing_server": 0,
         "conntui": {},
         "tcpdump": {},
-        "witness": {},
+        "witness": {"rst": 0, "icmp_unreach": 0},
         "counters": [],
     }
     return truth.summarize(res)
@@ -90,6 +90,7 @@ def test_a_right_exchange_has_no_false_statement_and_the_kernel_fields_absent_ar
     o = s["overall"]
     assert (o["data_rows"], o["rows_right"], o["flows_right"], o["false_total"]) == (2, 2, 1, 0)
     assert s["kernel"] == "n/a"
+    truth.report(s)
     assert s["goals"]["met_false"] and s["goals"]["met_flows_right"]
 
 
@@ -132,7 +133,7 @@ def test_a_claimed_rst_is_false_unless_tcpdump_saw_it() -> None:
     assert s["claims"] == {"total": 1, "seen": 1}
 
 
-def test_kernel_verdicts_are_counted_and_every_disagreement_listed() -> None:
+def test_kernel_verdicts_are_counted_and_every_disagreement_listed(capsys: Any) -> None:
     rows = exchange()
     for r in rows:
         r["kernel"], r["agrees"] = None, None
@@ -145,3 +146,8 @@ def test_kernel_verdicts_are_counted_and_every_disagreement_listed() -> None:
     assert (k["rows_with_field"], k["verdicts"], k["agree"], k["disagree"], k["null"]) == (8, 2, 1, 1, 6)
     assert k["agree_pct"] == 50.0
     assert len(s["disagreements"]) == 1 and "dropped/NO_SOCKET (skb:kfree_skb)" in s["disagreements"][0]
+    assert dict(k["drops"]) == {"NO_SOCKET": 1}
+    truth.report(s)
+    out = capsys.readouterr().out
+    assert "agreement 50.0 %" in out and out.count("disagreement: ") == 1
+    assert "kernel drops on captured segments: 1 (NO_SOCKET x1)" in out
