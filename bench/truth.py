@@ -655,7 +655,9 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[bytes]
             stderr=errf,
         )
     if not wait_for_text(tcpdump_err, "listening on", tcpdump, 15):
-        raise Fail("tcpdump did not start: " + tcpdump_err.read_text(errors="replace").strip()[-200:])
+        raise Fail(
+            "tcpdump did not start: " + " ".join(tcpdump_err.read_text(errors="replace").split())[-200:]
+        )
 
     http = start(
         "python3 -m http.server", [PY, PEERS, "http", str(port), str(logs["http"]), str(www), str(life)]
