@@ -376,7 +376,13 @@ def _tcp_receiver(seg: Segment, table: SocketTable, steps: list[Lookup], s_ep: s
     flags = seg.flags
     if seg.is_syn:
         if winner is None:
-            return Match.NONE, None, None, (), f"No socket on {d_ep} — the kernel answers with a RST."
+            return (
+                Match.NONE,
+                None,
+                None,
+                (),
+                f"No socket on {d_ep} in the table — predicted: the kernel answers with a RST.",
+            )
         cands = pick[1] if len(pick[1]) > 1 else ()
         why = (
             f"SYN to port {dport}: no established connection, "
@@ -412,7 +418,8 @@ def _tcp_receiver(seg: Segment, table: SocketTable, steps: list[Lookup], s_ep: s
         )
         return Match.UNKNOWN, None, None, (), why
     why = (
-        f"No socket for {s_ep} → {d_ep} and nothing listens on port {dport} — the kernel answers with a RST."
+        f"No socket for {s_ep} → {d_ep} and nothing listens on port {dport} in the table — predicted: "
+        "the kernel answers with a RST."
     )
     return Match.NONE, None, None, (), why
 
@@ -656,7 +663,7 @@ def _udp_receiver(seg: Segment, table: SocketTable, steps: list[Lookup], s_ep: s
             None,
             None,
             (),
-            f"No socket on {d_ep} — the kernel answers with ICMP port unreachable.",
+            f"No socket on {d_ep} in the table — predicted: the kernel answers with ICMP port unreachable.",
         )
     if winner.remote is not None and winner.remote.port:
         why = f"UDP {s_ep} → {d_ep}: delivered to {_who(winner)}, the socket connect()ed to this peer."

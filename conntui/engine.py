@@ -85,6 +85,8 @@ def _quoted_segment(err: IcmpError) -> Segment:
 # A traced connect()/accept() returns a little after the kernel made the socket: a record
 # this late still names the process that held the socket when the segment came.
 TRACE_SLACK = 0.05
+# the verifier's notes when a predicted answer does not come: guesses the kernel's record replaces
+_NO_ANSWER = ("no RST came back", "no ICMP port unreachable came back")
 RECHECK_AFTER = 0.015  # seconds: a socket seen without a holder is looked up again this soon
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
 
@@ -266,10 +268,13 @@ class Engine:
         return rec
 
     def _apply(self, notes: list[Note]) -> None:
+        timeline = self.tracer.timeline if self.tracer is not None else None
         for note in notes:
             rec = self.session.get(note.seq)
             if rec is None:
                 continue
+            if timeline is not None and note.text.startswith(_NO_ANSWER) and timeline.covers(rec.segment.ts):
+                continue  # the kernel's record of that moment judges the row instead (judge.py)
             att = rec.attribution
             self.session.reattribute(
                 note.seq,

@@ -162,7 +162,10 @@ def judge(
                 "The kernel did not drop this segment (no skb:kfree_skb for it), so a socket received it; "
                 "it was gone before conntui could look it up, and its state then is unknown."
             ),
-            notes=(*new.notes, f"conntui's table predicted none: {att.explain}"),
+            notes=(
+                *new.notes,
+                "conntui's table predicted none (no socket); the kernel's record says otherwise",
+            ),
             kernel=new.kernel or KernelVerdict("delivered", "skb:kfree_skb (no drop)"),
             agrees=False,
         )
@@ -297,7 +300,10 @@ def _judge_tcp_receiver(
             ),
             agrees=False,
         )
-    if known.state == "TIME_WAIT":
+    handshake = known.next_state in ("SYN_RECV", "ESTABLISHED") and (
+        0 <= known.next_since - seg.ts < _HANDSHAKE_WINDOW
+    )
+    if known.state == "TIME_WAIT" and not handshake:
         if att.match == Match.TIME_WAIT:
             return _confirm(att, known, seg)
         if att.match in (Match.NONE, Match.UNKNOWN):
@@ -321,8 +327,9 @@ def _judge_tcp_receiver(
                 agrees=False,
             )
         return att
-    # GONE: no connection socket on the tuple at that moment.
-    if known.next_state in ("SYN_RECV", "ESTABLISHED") and 0 <= known.next_since - seg.ts < _HANDSHAKE_WINDOW:
+    # No connection socket on the tuple at that moment (a TIME_WAIT there was replaced by
+    # the SYN before this segment: the handshake's last ACK follows).
+    if handshake:
         # The handshake's last ACK: it found the request sock, which the kernel turned into
         # this connection's socket just after (queued for accept()).
         if att.match in (Match.ACCEPT_QUEUE, Match.SYN_RECV):
@@ -398,15 +405,24 @@ def _judge_tcp_sender(seg: Segment, att: Attribution, timeline: Timeline, holder
         return att
     sender = att.sender
     if sender is not None and sender.holders and sender.state != "TIME_WAIT":
-        return att
+        return _sender_step(att, seg, known.state, sender)
     entry, _ = _entry_then(seg, known.state, seg.src, seg.sport, seg.dst, seg.dport, sender, holder_at)
     if sender is not None and not entry.holders and (sender.former_holders or not entry.former_holders):
-        return att
+        return _sender_step(att, seg, known.state, sender)
     explain = (
         f"sent by the connection socket on {endpoint_text(seg.src, seg.sport)}, in {known.state} then "
-        "(the kernel's record); it has closed since."
+        "(sock:inet_sock_set_state); it has closed since."
     )
-    return replace(att, sender=entry, sender_explain=explain)
+    return _sender_step(replace(att, sender=entry, sender_explain=explain), seg, known.state, entry)
+
+
+def _sender_step(att: Attribution, seg: Segment, state: str, sender: SocketEntry) -> Attribution:
+    """The sender's look-up step as the kernel's record shows it (a table read later may show
+    the socket in TIME_WAIT or gone)."""
+    what = f"sender socket {endpoint_text(seg.src, seg.sport)} → {endpoint_text(seg.dst, seg.dport)}"
+    step = Lookup(what, f"hit: {state} (kernel record), {sender.describe()}")
+    steps = tuple(s for s in att.steps if not s.what.startswith("sender socket"))
+    return replace(att, steps=(*steps, step))
 
 
 __all__ = ["GONE", "HolderAt", "judge"]

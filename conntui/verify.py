@@ -79,6 +79,9 @@ class Verifier:
                             q.seq,
                         )
                     )
+            elif "S" in flags and "A" in flags and self._challenge:
+                # a SYN-ACK answered the SYN: the connection was new, no challenge ACK follows
+                self._challenge.pop(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport), None)
             elif flags == "A" and seg.payload_len == 0 and self._challenge:
                 q = self._challenge.pop(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport), None)
                 if q is not None:

@@ -95,7 +95,7 @@ class ProcessNames:
     def __init__(self, proc_root: str = "/proc", max_size: int = 8192) -> None:
         self.proc_root = proc_root
         self.max_size = max_size
-        self._cache: dict[tuple[int, int], str] = {}
+        self._cache: dict[tuple[int, int, str], str] = {}
 
     def name(self, pid: int) -> str | None:
         """The name of the process ``pid`` now is; ``None`` if it is gone."""
@@ -106,7 +106,7 @@ class ProcessNames:
 
     def name_for(self, pid: int, comm: str, starttime: int) -> str:
         """The name of (pid, starttime), whose stat said ``comm``."""
-        key = (pid, starttime)
+        key = (pid, starttime, comm)  # comm: an exec keeps the pid and start time
         name = self._cache.get(key)
         if name is None:
             name = _full_name(self.proc_root, pid, comm)
@@ -282,6 +282,7 @@ class _PidState:
     free: tuple[int, ...] = ()  # the lowest fd numbers below ``top`` that were free
     top: int = -1  # highest open fd + 1 (-1: not computed yet)
     uid: int = -1  # owner of /proc/PID (the process's euid); -1: not read yet
+    comm: str = ""  # the comm the name was read with (an exec changes it)
 
 
 _HOLES = 16  # free fd numbers remembered per process, lowest first
@@ -462,8 +463,10 @@ class HolderScanner:
                 continue
             comm, starttime = stat
             prev = prev_states.get(pid)
-            if prev is not None and prev.starttime != starttime:
-                prev = None  # pid reused: the old process counts as gone (below)
+            if prev is not None and (prev.starttime != starttime or prev.comm != comm):
+                # pid reused, or the process exec'd another program (its name changed): the
+                # old holders count as gone (below) and its sockets are named anew
+                prev = None
             got = _list_fds(
                 root,
                 pid,
@@ -487,7 +490,7 @@ class HolderScanner:
                     )
                 else:
                     sockets = frozenset(filter(None, fds.values()))
-                st = _PidState(starttime, name, fds, sockets, got.order)
+                st = _PidState(starttime, name, fds, sockets, got.order, comm=comm)
                 if alive is not None:
                     removed.extend((inode, pid, int(fd_name)) for fd_name, inode in got.removed)
                     for fd_name, inode in got.added:
@@ -563,7 +566,8 @@ class HolderScanner:
             if inode:
                 added.append((inode, self._holder(pid, int(fd_name), st.name, self._holder_cache)))
         order = [n for n in st.order if n in fds] if len(fds) != len(st.fds) else st.order
-        return _PidState(st.starttime, st.name, fds, frozenset(filter(None, fds.values())), order), len(names)
+        sockets = frozenset(filter(None, fds.values()))
+        return _PidState(st.starttime, st.name, fds, sockets, order, comm=st.comm), len(names)
 
     def _reread_files(self) -> dict[int, Holders]:
         """Read again every link that was not a socket at the last scan, and patch."""

@@ -206,7 +206,6 @@ class SocketTableSource:
 
     def _refresh(self) -> SocketTable:
         t0 = time.perf_counter()
-        now = self.clock()
         # A message identical byte for byte to one of the last refresh stands for the same
         # entry (most sockets, most of the time: no timer running). The per-message work
         # runs in C (map, compress); Python code runs only for the messages that changed.
@@ -227,6 +226,9 @@ class SocketTableSource:
             batches.append((proto, af, msgs, hits, missed))
         alive.discard(0)
         alive.discard(_NO_ENTRY.inode)
+        # after the dumps: a socket first seen now existed by then (one made during the dump
+        # must not look older than its own SYN)
+        now = self.clock()
         t1 = time.perf_counter()
         mono = self.monotonic()
         scanner = self.scanner

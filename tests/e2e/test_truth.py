@@ -392,6 +392,10 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11, open: an unreadable /proc/PID/fd still reads as kernel-held",
+)
 @pytest.mark.skipif(shutil.which("capsh") is None or shutil.which("setpriv") is None, reason="needs capsh")
 def test_holder_whose_fds_cannot_be_read_is_not_the_kernel(capture) -> None:
     """A listener held by a ``nobody`` process while conntui runs without the capabilities to
@@ -502,6 +506,9 @@ def lab_run(name: str) -> tuple[list[Row], list[Row]]:
     return run.rows, run.events
 
 
+@pytest.mark.xfail(
+    strict=True, reason="issue 11, open: the lab's FIN row is still judged against the table after the close"
+)
 def test_lab_listen_vs_connect_server_fin_reaches_the_open_client_fd() -> None:
     """listen-vs-connect: the client half-closes and closes its fd only after the server's FIN
     arrived (its program reacts to that FIN), so the FIN reached the client's open fd; the
@@ -522,6 +529,10 @@ def test_lab_listen_vs_connect_server_fin_reaches_the_open_client_fd() -> None:
     assert not bad, failures(bad, rows)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11, open: SYN-ACK/ACK rows take the first SO_REUSEPORT member",
+)
 def test_lab_port_conflict_one_reuseport_member_per_connection() -> None:
     """port-conflict: each connection to the SO_REUSEPORT group is taken by one member (the one
     whose process accept()ed it); its SYN, SYN-ACK and queued ACK rows must all name that
