@@ -134,12 +134,20 @@ def _unheld(sock: SocketEntry | None) -> bool:
     )
 
 
+# Answers a flow keeps while its socket lives. A TIME_WAIT, accept-queue or unknown answer
+# read from a table may be the wrong moment's: each such row goes the Python way, where the
+# kernel's record judges it (judge.py).
+_FINAL_MATCHES = frozenset(
+    (Match.ESTABLISHED, Match.LISTENER, Match.UDP_CONNECTED, Match.UDP_UNCONNECTED, Match.NOT_LOCAL)
+)
+
+
 def _final_answer(att: Attribution) -> bool:
     """A cached answer that a segment of its flow needs nothing more for than its row: no
     question for the verifier (a ``none`` waits for its RST or ICMP) and no socket to look
     up again (``_unheld``). Such segments may take the C fast path (fastpath.py)."""
     return (
-        att.match != Match.NONE
+        att.match in _FINAL_MATCHES
         and (att.receiver is not None or att.sender is not None)  # counted apart (Counters.unnamed)
         and not _unheld(att.receiver)
         and not _unheld(att.sender)

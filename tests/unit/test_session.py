@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conntui.model import Attribution, Frame, Match, Record, Segment
+from conntui.model import Attribution, Endpoint, Frame, Match, Record, Segment, SocketEntry
 from conntui.session import Session
 
 
@@ -88,8 +88,12 @@ def test_reattribute_moves_counters():
     s.append(frame(0), seg(0), Attribution(Match.UNKNOWN))
     assert s.counters.by_match[Match.UNKNOWN] == 1
     assert s.counters.attributed == 0
+    # a row counts as attributed once it names a socket (a process's or the kernel's)
     assert s.reattribute(0, Attribution(Match.ESTABLISHED))
     assert s.counters.by_match[Match.UNKNOWN] == 0
+    assert s.counters.attributed == 0
+    sock = SocketEntry("tcp", 4, "ESTABLISHED", Endpoint("127.0.0.1", 80), Endpoint("127.0.0.1", 5000))
+    assert s.reattribute(0, Attribution(Match.ESTABLISHED, receiver=sock))
     assert s.counters.attributed == 1 and s.counters.attributed_pct() == 100.0
     assert s.get(0).attribution.match == Match.ESTABLISHED
     assert not s.reattribute(99, Attribution(Match.NONE))

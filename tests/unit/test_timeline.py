@@ -1,0 +1,159 @@
+"""The kernel's record by time (timeline.py) and rows judged against it (judge.py)."""
+
+from __future__ import annotations
+
+from conntui.judge import judge
+from conntui.model import Attribution, Endpoint, Holder, Match, Segment, SocketEntry, SocketTable
+from conntui.timeline import KernelEvent, KnownState, Timeline
+from conntui.tracer import KernelLine, SocketTracer, parse_line
+
+C, S = "127.0.0.1", "127.0.0.1"
+CPORT, SPORT = 40000, 8000
+SK_C, SK_S = 0xC1, 0x51
+
+
+def seg(ts: float, flags: str, *, to_server: bool = True, seq: int = 1, payload: int = 0) -> Segment:
+    if to_server:
+        return Segment(ts, "lo", "tcp", 4, C, CPORT, S, SPORT, flags, payload, seq)
+    return Segment(ts, "lo", "tcp", 4, S, SPORT, C, CPORT, flags, payload, seq)
+
+
+def connection(tl: Timeline, t0: float = 100.0) -> None:
+    """A connection as the tracepoint shows it: connect (port not yet chosen), handshake,
+    the server closes first (TIME_WAIT on its side)."""
+    tl.on_state(t0, SK_C, 7, 2, C, 0, S, SPORT)  # CLOSE → SYN_SENT, before the port is chosen
+    tl.on_state(t0 + 0.001, SK_C, 2, 1, C, CPORT, S, SPORT)  # SYN_SENT → ESTABLISHED
+    tl.on_state(t0 + 0.0011, SK_S, 10, 3, S, SPORT, C, CPORT)  # the child, from the listener
+    tl.on_state(t0 + 0.0012, SK_S, 3, 1, S, SPORT, C, CPORT)
+    tl.on_state(t0 + 0.010, SK_S, 1, 4, S, SPORT, C, CPORT)  # server close(): FIN_WAIT1
+    tl.on_state(t0 + 0.011, SK_C, 1, 8, C, CPORT, S, SPORT)  # client: CLOSE_WAIT
+    tl.on_state(t0 + 0.012, SK_S, 4, 5, S, SPORT, C, CPORT)
+    tl.on_state(t0 + 0.013, SK_C, 8, 9, C, CPORT, S, SPORT)  # client close(): LAST_ACK
+    tl.on_state(t0 + 0.014, SK_S, 5, 7, S, SPORT, C, CPORT)  # → TIME_WAIT (a CLOSE after FIN_WAIT2)
+    tl.on_state(t0 + 0.015, SK_C, 9, 7, C, CPORT, S, SPORT)
+
+
+def timeline() -> Timeline:
+    tl = Timeline()
+    tl.ready_at = 50.0
+    connection(tl)
+    return tl
+
+
+def test_state_at_follows_the_connection_through_time():
+    tl = timeline()
+    server = (S, SPORT, C, CPORT)
+    client = (C, CPORT, S, SPORT)
+    # before the handshake's last ACK: no socket on the server's tuple, its child comes next
+    before = tl.state_at(*server, 100.0005)
+    assert before is not None and not before.exists and before.next_state == "SYN_RECV"
+    # the client's SYN_SENT birth was filed under its port once the port was known
+    syn_sent = tl.state_at(*client, 100.0005)
+    assert syn_sent is not None and syn_sent.state == "SYN_SENT"
+    assert tl.state_at(*server, 100.005).state == "ESTABLISHED"  # type: ignore[union-attr]
+    assert tl.state_at(*server, 100.0125).state == "FIN_WAIT2"  # type: ignore[union-attr]
+    assert tl.state_at(*server, 100.02).state == "TIME_WAIT"  # type: ignore[union-attr]
+    assert tl.state_at(*server, 100.0 + 61).state == ""  # type: ignore[union-attr]  # TIME_WAIT over
+    assert tl.state_at(*client, 100.02) == KnownState("", 100.015, SK_C)  # LAST_ACK → CLOSE: gone
+
+
+def test_nothing_is_claimed_before_the_tracer_or_after_lost_events():
+    tl = timeline()
+    assert tl.state_at(S, SPORT, C, CPORT, 49.0) is None  # before ready_at
+    assert tl.state_at(S, SPORT, C, 1, 100.005) is None  # a tuple the record never saw
+    tl.lost = 3
+    assert tl.state_at(S, SPORT, C, CPORT, 100.005) is None
+
+
+def test_a_reset_close_is_not_a_time_wait():
+    tl = Timeline()
+    tl.ready_at = 0.0
+    tl.on_state(1.0, SK_S, 10, 3, S, SPORT, C, CPORT)
+    tl.on_state(1.1, SK_S, 3, 1, S, SPORT, C, CPORT)
+    tl.on_state(1.2, SK_S, 1, 4, S, SPORT, C, CPORT)
+    tl.on_reset_received(1.29, SK_S)
+    tl.on_state(1.3, SK_S, 4, 7, S, SPORT, C, CPORT)
+    assert tl.state_at(S, SPORT, C, CPORT, 1.4).state == ""  # type: ignore[union-attr]
+
+
+def test_a_drop_serves_one_segment_with_its_sequence_number():
+    tl = Timeline()
+    tl.on_event(KernelEvent("drop", 10.0001, "tcp", C, CPORT, S, SPORT, 7, "NO_SOCKET"))
+    assert tl.events_for("tcp", C, CPORT, S, SPORT, 10.0, seq=6) == {}  # another segment
+    got = tl.events_for("tcp", C, CPORT, S, SPORT, 10.0, seq=7)
+    assert got["drop"].reason == "NO_SOCKET"
+    assert tl.events_for("tcp", C, CPORT, S, SPORT, 10.0, seq=7) == {}  # used up
+    tl.on_event(KernelEvent("drop", 20.0, "udp", C, CPORT, S, SPORT, -1, "SOCKET_RCVBUFF"))
+    assert tl.events_for("udp", C, CPORT, S, SPORT, 18.0) == {}  # too long before the drop
+
+
+LISTENER = SocketEntry(
+    "tcp", 4, "LISTEN", Endpoint(S, SPORT), None, inode=11, holders=(Holder(500, 3, "server"),)
+)
+
+
+def table(*extra: SocketEntry) -> SocketTable:
+    return SocketTable((*extra, LISTENER), local_addrs=[S])
+
+
+def holder_at(laddr: str, lport: int, raddr: str, rport: int, at: float) -> tuple[Holder, float] | None:
+    if lport == SPORT:
+        return Holder(500, 4, "server"), 100.002  # accept() returned after the handshake
+    return Holder(600, 5, "client"), 99.99  # connect()
+
+
+def test_a_syn_judged_by_a_later_table_is_given_back_to_the_listener():
+    """The table read after the handshake shows the connection the SYN made (or its
+    TIME_WAIT): the kernel's record says there was none, so the listener took the SYN."""
+    tl = timeline()
+    tw = SocketEntry("tcp", 4, "TIME_WAIT", Endpoint(S, SPORT), Endpoint(C, CPORT))
+    predicted = Attribution(Match.TIME_WAIT, receiver=tw, explain="finds that 4-tuple's TIME_WAIT remains")
+    got = judge(seg(100.0004, "S"), predicted, tl, holder_at, table(tw))
+    assert got.match == Match.LISTENER and got.receiver == LISTENER
+    assert got.agrees is False and got.kernel is not None and got.kernel.verdict == "delivered"
+    assert "miss" in got.steps[0].result  # the established hash had nothing for it
+    assert any("predicted time_wait" in n for n in got.notes)
+
+
+def test_data_to_a_socket_gone_since_is_delivered_to_its_holder_then():
+    tl = timeline()
+    predicted = Attribution(Match.NONE, explain="No socket … predicted: the kernel answers with a RST.")
+    got = judge(seg(100.005, "PA", payload=5), predicted, tl, holder_at, table())
+    assert got.match == Match.ESTABLISHED
+    assert got.receiver is not None and got.receiver.holders == (Holder(500, 4, "server"),)
+    assert got.agrees is False and "RST" not in got.explain
+
+
+def test_a_none_the_kernel_did_not_drop_is_unknown_not_a_story():
+    tl = Timeline()
+    tl.ready_at = 0.0
+    udp = Segment(5.0, "lo", "udp", 4, S, 53, C, CPORT, "", 12)
+    predicted = Attribution(Match.NONE, explain="predicted: the kernel answers with ICMP port unreachable.")
+    got = judge(udp, predicted, tl, holder_at, table())
+    assert got.match == Match.UNKNOWN and "ICMP" not in got.explain and got.agrees is False
+
+
+def test_a_drop_for_no_socket_confirms_none():
+    tl = Timeline()
+    tl.ready_at = 0.0
+    tl.on_event(KernelEvent("drop", 5.00001, "udp", C, CPORT, S, 9, -1, "NO_SOCKET"))
+    udp = Segment(5.0, "lo", "udp", 4, C, CPORT, S, 9, "", 3)
+    got = judge(udp, Attribution(Match.NONE), tl, holder_at, table())
+    assert got.match == Match.NONE and got.agrees is True
+    assert got.kernel is not None and (got.kernel.verdict, got.kernel.reason) == ("dropped", "NO_SOCKET")
+
+
+def test_kernel_record_lines_parse_and_feed_the_timeline():
+    line = '{"type": "printf", "data": "T1 193 7 10 8000 0 127.0.0.1 0.0.0.0 5000000000"}'
+    parsed = parse_line(line)
+    assert isinstance(parsed, KernelLine) and parsed.kind == "T1" and len(parsed.fields) == 8
+    assert parse_line('{"type": "printf", "data": "T1 1 2"}') is None  # too few fields
+    tracer = SocketTracer(clock_offset=100.0, full_names=False)
+    tracer.drop_reasons = {3: "NO_SOCKET"}
+    tracer.feed_line('{"type": "printf", "data": "D1 3 17 40000 9 -1 -1 127.0.0.1 127.0.0.1 5000000000"}')
+    tracer.feed_line('{"type": "printf", "data": "P1 42 6000000000 python3 -m x"}')
+    got = tracer.timeline.events_for("udp", C, CPORT, S, 9, 105.0)
+    assert got["drop"].reason == "NO_SOCKET"
+    assert tracer.exec_after(42, 105.0) == "python3 -m x" and tracer.exec_after(42, 107.0) is None
+    tracer.feed_line('{"type": "printf", "data": "D1 x 17 40000 9 -1 -1 a b c"}')  # garbage: counted
+    assert tracer.stats["unparsed"] == 1
