@@ -326,6 +326,8 @@ class Engine:
             horizon = max(horizon, pending[over][0])
         if self._to_judge:
             self._judge_settled(float("inf") if final else horizon)
+        if self.tracer is not None and self._fast is not None:
+            self._judge_fast_drops(float("inf") if final else horizon)
         if (
             self._fast is not None
             and self.on_record is None
@@ -641,6 +643,34 @@ class Engine:
                 # the record says nothing of this socket (UDP, or older than the tracer): the
                 # tracer's connect/accept/bind records may still name its process
                 self._fill_from_tracer(rec)
+
+    def _judge_fast_drops(self, horizon: float) -> None:
+        """Rows the fast path made are final answers the kernel's record need not correct,
+        but one the kernel dropped (a full receive buffer, say) must carry its reason: look
+        for those rows while drops wait for them."""
+        tracer = self.tracer
+        assert tracer is not None
+        timeline = tracer.timeline
+        flows = timeline.drop_flows()
+        if not flows:
+            return
+        table = self.tables.current()
+        for at, _, rec in self._pending:
+            if at > horizon:
+                break
+            if rec is None:
+                continue
+            seg = rec.segment
+            if (
+                seg.proto,
+                seg.src,
+                seg.sport,
+                seg.dst,
+                seg.dport,
+            ) in flows and rec.attribution.kernel is None:
+                judged = judge(seg, rec.attribution, timeline, self._holder_at, table)
+                if judged is not rec.attribution:
+                    self._reattribute(rec, judged)
 
     def _holder_at(
         self, laddr: str, lport: int, raddr: str, rport: int, at: float

@@ -154,7 +154,7 @@ class Timeline:
         with self._lock:
             q = self._events.pop(fkey, None)
             if q is None:
-                q = deque(maxlen=64)
+                q = deque(maxlen=8192)  # a flood's drops wait for their rows (judged every ~0.1 s)
             q.append(ev)
             self._events[fkey] = q
             self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
@@ -231,10 +231,11 @@ class Timeline:
                 q.remove(ev)
         return found
 
-    def pending_drops(self) -> int:
-        """Drops not yet joined to a segment (the engine then looks for their rows)."""
+    def drop_flows(self) -> set[tuple[str, str, int, str, int]]:
+        """The flows (proto, src, sport, dst, dport) with drops not yet joined to a segment:
+        the engine looks for their rows among those the fast path made."""
         with self._lock:
-            return sum(1 for q in self._events.values() for e in q if e.kind == "drop")
+            return {k for k, q in self._events.items() if any(e.kind == "drop" for e in q)}
 
     def synack_retransmits(self, src: str, sport: int, dst: str, dport: int, ts: float) -> int:
         """How many SYN-ACK retransmissions the kernel reported on this flow up to ``ts``."""
