@@ -111,10 +111,13 @@ def socket_to_dict(sock: SocketEntry | None, *, compact: bool = False) -> dict[s
         "v6only": sock.v6only,
         "former_holders": _holders(sock.former_holders),
         "first_seen": sock.first_seen,
+        "unreadable": list(sock.unreadable),
     }
     if compact:
         extras = {k: v for k, v in extras.items() if v}
     d.update(extras)
+    if sock.unreadable and not sock.holders:
+        d["holders_note"] = sock.describe()
     return d
 
 
@@ -226,6 +229,7 @@ def dict_to_socket(d: dict[str, Any]) -> SocketEntry:
         v6only=bool(d.get("v6only", False)),
         former_holders=tuple(_holder(h) for h in d.get("former_holders") or ()),
         first_seen=float(d.get("first_seen", 0.0)),
+        unreadable=tuple(int(p) for p in d.get("unreadable") or ()),
     )
 
 
@@ -260,7 +264,7 @@ def socket_summary(sock: SocketEntry | None) -> str:
     if sock is None:
         return "-"
     if not sock.holders:
-        return "kernel"
+        return safe_text(sock.describe())
     h = sock.holders[0]
     more = f" (+{len(sock.holders) - 1})" if len(sock.holders) > 1 else ""
     return f"{safe_text(h.process)}[{h.pid}] fd {h.fd}{more}"

@@ -178,6 +178,8 @@ class SocketEntry:
     v6only: bool = False  # IPV6_V6ONLY (AF_INET6 sockets only)
     former_holders: tuple[Holder, ...] = ()  # who held it before close() (remembered)
     first_seen: float = 0.0  # when the refresher first saw this socket (epoch seconds)
+    # a process holds it whose /proc/PID/fd conntui may not read (pids, by the socket's uid)
+    unreadable: tuple[int, ...] = ()
 
     @property
     def is_listener(self) -> bool:
@@ -190,10 +192,16 @@ class SocketEntry:
     def describe(self) -> str:
         """``nginx[1234] fd 6`` (first holder), or ``kernel`` when no process holds it."""
         if not self.holders:
-            return "kernel"
+            return _unreadable_text(self.unreadable) if self.unreadable else "kernel"
         first = self.holders[0]
         more = f" (+{len(self.holders) - 1})" if len(self.holders) > 1 else ""
         return f"{first.process}[{first.pid}] fd {first.fd}{more}"
+
+
+def _unreadable_text(pids: tuple[int, ...]) -> str:
+    """Who may hold a socket conntui could not see held: never "kernel"."""
+    who = ", ".join(map(str, pids[:3])) + (", ..." if len(pids) > 3 else "")
+    return f"holder could not be read (/proc/PID/fd denied: pid {who})"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -153,7 +153,7 @@ def read_fds(
     ``None`` when the process is gone or its fds cannot be read.
     """
     got = _list_fds(proc_root, pid, previous, alive, previous_sockets)
-    if got is None:
+    if got is None or got is _DENIED:
         return None
     if got is _UNCHANGED:
         assert previous is not None
@@ -173,6 +173,7 @@ class _Listing:
 
 
 _UNCHANGED = _Listing({}, [], 0, [], [])
+_DENIED = _Listing({}, [], 0, [], [])  # the fd directory exists but may not be read
 
 
 def _list_fds(
@@ -192,6 +193,8 @@ def _list_fds(
     of the sockets closed since, small) spares checking every socket against ``alive``."""
     try:
         dfd = os.open(f"{proc_root}/{pid}/fd", _DIR_FLAGS)
+    except PermissionError:
+        return _DENIED
     except OSError:
         return None
     try:
@@ -261,6 +264,13 @@ def _list_fds(
         return _Listing(out, [n for n in names if n in out] if vanished else names, reads, removed, added)
     finally:
         os.close(dfd)
+
+
+def _owner(proc_root: str, pid: int) -> int:
+    try:
+        return os.stat(f"{proc_root}/{pid}").st_uid
+    except OSError:
+        return -1
 
 
 def socket_fds(proc_root: str, pid: int) -> list[tuple[int, int]]:
@@ -361,6 +371,9 @@ class HolderScanner:
         self.last_find_listed = 0  # /proc/PID/fd directories it listed
         self.last_find_pass = ""  # the pass that found its first holder ("" if none): see find_holders
         self._pids: dict[int, _PidState] = {}
+        # pid → uid of the processes whose /proc/PID/fd the last scan may not read (a socket
+        # of theirs has no holder conntui can see: it is not the kernel's)
+        self.denied: dict[int, int] = {}
         self._by_inode: dict[int, Holders] = {}
         self._unheld: frozenset[int] = frozenset()  # live inodes a full scan found no holder for
         self._holder_cache: dict[tuple[int, int, str], Holder] = {}
@@ -454,6 +467,7 @@ class HolderScanner:
         # process's own share of it is then a small intersection, not a pass over its sockets.
         gone = self._by_inode.keys() - alive if alive is not None and prev_states else None
         states: dict[int, _PidState] = {}
+        denied: dict[int, int] = {}  # pid → uid of processes whose fds may not be read
         removed: list[tuple[int, int, int]] = []  # (inode, pid, fd)
         added: list[tuple[int, Holder]] = []
         reads = 0
@@ -476,6 +490,9 @@ class HolderScanner:
                 prev.order if prev is not None else None,
                 gone,
             )
+            if got is _DENIED:
+                denied[pid] = _owner(root, pid)
+                continue
             if got is None:
                 continue
             if got is _UNCHANGED and prev is not None:
@@ -518,6 +535,7 @@ class HolderScanner:
                     removed.extend((inode, pid, int(fd)) for fd, inode in st.fds.items() if inode)
             result = self._patch(removed, added)
         self._pids = states
+        self.denied = denied
         self._by_inode = result
         self._opened, self._read_inodes, self._freed = {}, {}, {}
         self._new = (last_pid, [], states)

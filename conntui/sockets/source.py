@@ -44,6 +44,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable
 from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
@@ -621,4 +622,12 @@ class SocketTableSource:
                 remembered = self._former.get(ck)
                 former = remembered[0] if remembered is not None else ()
         first = self._first_seen.setdefault(ck, now)
-        return to_entry(raw, hs, former_holders=former, first_seen=first)
+        entry = to_entry(raw, hs, former_holders=former, first_seen=first)
+        denied = self.scanner.denied
+        if not hs and raw.inode and denied:
+            # A socket with an inode has a holder; if conntui may not read some process's fds,
+            # say which may hold it (same uid) rather than calling it the kernel's.
+            pids = tuple(pid for pid, uid in denied.items() if uid == raw.uid)
+            if pids:
+                entry = replace(entry, unreadable=pids)
+        return entry

@@ -392,10 +392,6 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11, open: an unreadable /proc/PID/fd still reads as kernel-held",
-)
 @pytest.mark.skipif(shutil.which("capsh") is None or shutil.which("setpriv") is None, reason="needs capsh")
 def test_holder_whose_fds_cannot_be_read_is_not_the_kernel(capture) -> None:
     """A listener held by a ``nobody`` process while conntui runs without the capabilities to

@@ -647,8 +647,8 @@ def test_name_cache_is_per_start_time(tmp_path: Path) -> None:
     p.process(77, "nginx", starttime=10)
     names = ProcessNames(str(p.root))
     assert names.name(77) == "nginx"
-    p.process(77, "renamed", starttime=10)  # same process: cached name stays
-    assert names.name(77) == "nginx"
+    p.process(77, "renamed", starttime=10)  # the same pid exec'd another program: its name follows
+    assert names.name(77) == "renamed"
     p.process(77, "postgres", starttime=20)  # pid reused by another process
     assert names.name(77) == "postgres"
     assert names.name(78) is None
