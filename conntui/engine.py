@@ -142,6 +142,11 @@ _FINAL_MATCHES = frozenset(
 )
 
 
+# A socket in any other state (TIME_WAIT, closing) was read at another moment than some of
+# the flow's segments: those rows go the Python way too.
+_LIVE_STATES = frozenset(("ESTABLISHED", "LISTEN", "UNCONN", "CLOSE_WAIT", "SYN_SENT", "SYN_RECV"))
+
+
 def _final_answer(att: Attribution) -> bool:
     """A cached answer that a segment of its flow needs nothing more for than its row: no
     question for the verifier (a ``none`` waits for its RST or ICMP) and no socket to look
@@ -151,6 +156,7 @@ def _final_answer(att: Attribution) -> bool:
         and (att.receiver is not None or att.sender is not None)  # counted apart (Counters.unnamed)
         and not _unheld(att.receiver)
         and not _unheld(att.sender)
+        and all(s is None or s.state in _LIVE_STATES for s in (att.receiver, att.sender))
     )
 
 

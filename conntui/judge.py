@@ -47,6 +47,7 @@ HolderAt = Callable[[str, int, str, int, float], tuple[Holder, float] | None]
 _HELD_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT"))
 _STATE_SOURCE = "sock:inet_sock_set_state"
 _CHILD = "listener (the connection's socket was created from it)"
+_ACCEPT_LATE = 60.0  # an accept() this long after a segment still tells which listener queued it
 _HANDSHAKE_WINDOW = 3.0  # a request sock's child appears this soon after the segment (SYN-ACK retries)
 
 
@@ -74,6 +75,7 @@ def _entry_then(
     rport: int,
     known_sock: SocketEntry | None,
     holder_at: HolderAt,
+    held: bool | None = None,
 ) -> tuple[SocketEntry, str]:
     """The connection socket on this tuple as it was at the segment's time, and a note on
     its holder (who got it, when)."""
@@ -85,7 +87,9 @@ def _entry_then(
     if got is not None:
         holder, since = got
         sent_fin = "F" in seg.flags and state in ("FIN_WAIT1", "LAST_ACK") and unmap(laddr) == unmap(seg.src)
-        if since <= seg.ts and (state in _HELD_STATES or sent_fin):
+        # held: the kernel's record says whether a process still had the socket (a
+        # shutdown() keeps it, a close() orphans it); a FIN is the sending process's own act
+        if since <= seg.ts and (held is True or sent_fin or (held is None and state in _HELD_STATES)):
             holders = (holder,)
         elif since <= seg.ts:
             former = (holder,)
@@ -138,6 +142,7 @@ def judge(
     if tcp:
         new = _judge_tcp_receiver(seg, new, timeline, holder_at, table, drop, reset)
         new = _judge_tcp_sender(seg, new, timeline, holder_at)
+        new = _reuseport_member(seg, new, table, holder_at)
     if abort is not None:
         new = replace(
             new,
@@ -216,8 +221,12 @@ def _judge_tcp_receiver(
             # challenge ACK); no listener is asked.
             if att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE):
                 return _confirm(att, known, seg)
-        elif att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE, Match.SYN_RECV) and _same_tuple(
-            att.receiver, seg.dst, seg.dport, seg.src, seg.sport
+        elif (
+            att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE, Match.SYN_RECV)
+            and _same_tuple(att.receiver, seg.dst, seg.dport, seg.src, seg.sport)
+            and att.receiver is not None
+            and att.receiver.state in (known.state, "ESTABLISHED", "SYN_RECV")
+            and known.state in _HELD_STATES | {"SYN_RECV"}
         ):
             then = _holders_then(seg, att, known, holder_at)
             recv = then.receiver
@@ -235,27 +244,42 @@ def _judge_tcp_receiver(
                 notes=(*then.notes, _prediction_note(att)),
             )
         entry, note = _entry_then(
-            seg, known.state, seg.dst, seg.dport, seg.src, seg.sport, att.receiver, holder_at
+            seg, known.state, seg.dst, seg.dport, seg.src, seg.sport, att.receiver, holder_at, held=known.held
         )
         match = Match.ACCEPT_QUEUE if note else Match.ESTABLISHED
+        if entry.holders:
+            who = f"; {entry.describe()} held it then"
+        elif known.held is False and entry.former_holders:
+            h = entry.former_holders[0]
+            who = f"; {h.process}[{h.pid}] had already close()d it (fd {h.fd}): the kernel alone finishes it"
+        elif known.held is None:
+            who = "; whether a process still held it then (shutdown() or close()) the record does not say"
+        else:
+            who = ""
         explain = (
             f"The established hash holds {endpoint_text(seg.dst, seg.dport)} ↔ "
             f"{endpoint_text(seg.src, seg.sport)}: the kernel's record shows that connection socket in "
-            f"{known.state} when this segment came, so the kernel delivered it there by its 4-tuple."
+            f"{known.state} when this segment came, so the kernel delivered it there by its 4-tuple{who}."
+        )
+        predicted = att.receiver
+        agrees = (
+            match == att.match
+            and predicted is not None
+            and {h.pid for h in predicted.holders} == {h.pid for h in entry.holders}
         )
         return replace(
             att,
             match=match,
             receiver=entry,
             explain=explain,
-            steps=(Lookup(_ehash(seg), f"hit: {known.state} (kernel record)"),),
-            notes=(*att.notes, *((note,) if note else ()), _prediction_note(att)),
+            steps=(Lookup(_ehash(seg), f"hit: {known.state} (kernel record), {entry.describe()}"),),
+            notes=(*att.notes, *((note,) if note else ()), *(() if agrees else (_prediction_note(att),))),
             kernel=KernelVerdict(
                 "delivered",
                 _STATE_SOURCE,
                 socket=_sock_text(known.state, seg.dst, seg.dport, seg.src, seg.sport),
             ),
-            agrees=False,
+            agrees=agrees,
         )
     if seg.is_syn:
         # No connection on the tuple (or only a TIME_WAIT the SYN may replace): the SYN goes
@@ -353,6 +377,67 @@ def _judge_tcp_receiver(
     return att
 
 
+def _reuseport_member(seg: Segment, att: Attribution, table: SocketTable, holder_at: HolderAt) -> Attribution:
+    """Which SO_REUSEPORT member took the connection: the kernel hashed the 4-tuple to one
+    listener, whose queue the connection joined; the process that accept()ed it (the
+    tracer's record) holds that member. The table alone can only say "one of the group"."""
+    ends = ((seg.dst, seg.dport, seg.src, seg.sport), (seg.src, seg.sport, seg.dst, seg.dport))
+    server = next((e for e in ends if len(_listeners(table, e[1])) > 1), None)
+    if server is None:
+        return att
+    listeners = _listeners(table, server[1])
+    # accept() may come long after the handshake (a busy server): any accept of this
+    # connection names the member
+    got = holder_at(*server, seg.ts + _ACCEPT_LATE)
+    if got is None:
+        return att
+    pid = got[0].pid
+    mine = [e for e in listeners if any(h.pid == pid for h in e.holders)]
+    if len(mine) != 1:
+        return att
+    member = mine[0]
+    explain, sender_explain = att.explain, att.sender_explain
+    picked = []
+    for sock in (att.receiver, att.sender, att.listener):
+        swap = (
+            sock is not None
+            and sock.is_listener
+            and not _same_socket(sock, member)
+            and any(_same_socket(sock, e) for e in listeners)
+        )
+        picked.append(member if swap else sock)
+        if swap and sock is not None and not seg.is_syn:  # a SYN's text lists the whole group
+            explain = explain.replace(sock.describe(), member.describe())
+            sender_explain = sender_explain.replace(sock.describe(), member.describe())
+    receiver, sender, listener = picked
+    if (receiver, sender, listener) == (att.receiver, att.sender, att.listener):
+        return att
+    note = (
+        f"SO_REUSEPORT: the kernel's hash gave this connection to {member.describe()} "
+        "(its process accept()ed it)"
+    )
+    return replace(
+        att,
+        receiver=receiver,
+        sender=sender,
+        listener=listener,
+        explain=explain,
+        sender_explain=sender_explain,
+        notes=(*att.notes, note),
+    )
+
+
+def _same_socket(a: SocketEntry, b: SocketEntry) -> bool:
+    """The same kernel socket, whichever table read it (queue lengths change between reads)."""
+    if a.cookie and b.cookie:
+        return a.cookie == b.cookie
+    return a.inode == b.inode and a.local == b.local
+
+
+def _listeners(table: SocketTable, port: int) -> list[SocketEntry]:
+    return [e for e in table.on_port("tcp", port) if e.is_listener]
+
+
 def _tw_syn_note(seg: Segment) -> str:
     return (
         "a TIME_WAIT of an earlier connection on this 4-tuple was there; the kernel lets a newer SYN "
@@ -386,7 +471,9 @@ def _holders_then(seg: Segment, att: Attribution, known: KnownState, holder_at: 
     recv = att.receiver
     if recv is None or recv.holders:
         return att
-    entry, note = _entry_then(seg, known.state, seg.dst, seg.dport, seg.src, seg.sport, recv, holder_at)
+    entry, note = _entry_then(
+        seg, known.state, seg.dst, seg.dport, seg.src, seg.sport, recv, holder_at, held=known.held
+    )
     if not (entry.holders or entry.former_holders):
         return att
     notes = (*att.notes, note) if note else att.notes
@@ -406,7 +493,9 @@ def _judge_tcp_sender(seg: Segment, att: Attribution, timeline: Timeline, holder
     sender = att.sender
     if sender is not None and sender.holders and sender.state != "TIME_WAIT":
         return _sender_step(att, seg, known.state, sender)
-    entry, _ = _entry_then(seg, known.state, seg.src, seg.sport, seg.dst, seg.dport, sender, holder_at)
+    entry, _ = _entry_then(
+        seg, known.state, seg.src, seg.sport, seg.dst, seg.dport, sender, holder_at, held=known.held
+    )
     if sender is not None and not entry.holders and (sender.former_holders or not entry.former_holders):
         return _sender_step(att, seg, known.state, sender)
     explain = (

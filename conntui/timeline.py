@@ -52,6 +52,7 @@ class StateChange(NamedTuple):
     old: int
     new: int
     reset: bool = False  # the change followed a RST this socket received
+    orphan: bool = False  # no process held the socket any more (close()d) at the change
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class KnownState:
     # a SYN's request sock becomes this child when the handshake completes
     next_state: str = ""
     next_since: float = 0.0
+    # whether a process still held the socket then (None: the record cannot tell)
+    held: bool | None = None
 
     @property
     def exists(self) -> bool:
@@ -121,7 +124,17 @@ class Timeline:
     # -- feeding (the tracer's reader thread) ------------------------------------------------
 
     def on_state(
-        self, t: float, sk: int, old: int, new: int, laddr: str, lport: int, raddr: str, rport: int
+        self,
+        t: float,
+        sk: int,
+        old: int,
+        new: int,
+        laddr: str,
+        lport: int,
+        raddr: str,
+        rport: int,
+        *,
+        orphan: bool = False,
     ) -> None:
         if rport == 0:  # a listener: not a 4-tuple
             return
@@ -139,7 +152,8 @@ class Timeline:
             birth = self._unbound.pop(sk, None)
             if birth is not None and t - birth.t < 300.0:
                 old_list = (*old_list, birth)
-            self._states[key] = (*old_list, StateChange(t, sk, old, new, reset))[-self.per_key :]
+            change = StateChange(t, sk, old, new, reset, orphan)
+            self._states[key] = (*old_list, change)[-self.per_key :]
             self.counts["states"] += 1
             self._expire(t)
 
@@ -204,7 +218,7 @@ class Timeline:
             if last.old in _TO_TIME_WAIT and not last.reset and t - last.t < TIME_WAIT_LEN:
                 return KnownState("TIME_WAIT", last.t, last.sk, next_state, next_since)
             return KnownState("", last.t, last.sk, next_state, next_since)
-        return KnownState(_state_name(last.new), last.t, last.sk, next_state, next_since)
+        return KnownState(_state_name(last.new), last.t, last.sk, next_state, next_since, _held(last, nxt))
 
     def events_for(
         self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float, seq: int = -1
@@ -243,6 +257,22 @@ class Timeline:
         with self._lock:
             q = self._events.get(fkey)
             return sum(1 for e in q if e.kind == "synack" and e.t <= ts + JOIN_BEFORE) if q else 0
+
+
+# close() and shutdown() both enter these (the socket is orphaned only after): whether the
+# process kept it shows at the socket's next change
+_CLOSING_ENTRIES = frozenset((4, 9))  # FIN_WAIT1, LAST_ACK
+
+
+def _held(last: StateChange, nxt: StateChange | None) -> bool | None:
+    """Whether a process held the socket between ``last`` and ``nxt`` (its next change)."""
+    if last.orphan:
+        return False
+    if last.new not in _CLOSING_ENTRIES:
+        return True
+    if nxt is not None and nxt.sk == last.sk:
+        return not nxt.orphan  # still held at the next change: it was shutdown(), not close()
+    return None
 
 
 def _state_name(n: int) -> str:

@@ -232,7 +232,7 @@ class KernelLine(NamedTuple):
     fields: list[str]
 
 
-_KERNEL_FIELDS = {"T1": 8, "D1": 9, "R1": 8, "r1": 2, "Y1": 5, "P1": 3}
+_KERNEL_FIELDS = {"T1": 9, "D1": 9, "R1": 8, "r1": 2, "Y1": 5, "P1": 3}
 
 Parsed = Event | Marker | KernelLine | tuple[str, int]
 
@@ -389,12 +389,14 @@ tracepoint:sock:inet_sock_set_state
 {
   $sk = (struct sock *)args->skaddr;
   if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
+    // the last field: 1 when no process holds the socket any more (close()d: orphaned)
     if (args->family == 2) {
-      printf("T1 %lu %d %d %u %u %s %s %lu", (uint64)args->skaddr, args->oldstate, args->newstate,
-             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs);
+      printf("T1 %lu %d %d %u %u %s %s %lu %d", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs, $sk->sk_socket == 0);
     } else {
-      printf("T1 %lu %d %d %u %u %s %s %lu", (uint64)args->skaddr, args->oldstate, args->newstate,
-             args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs);
+      printf("T1 %lu %d %d %u %u %s %s %lu %d", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs,
+             $sk->sk_socket == 0);
     }
   }
 }
@@ -1022,9 +1024,9 @@ class SocketTracer:
         """One line of the kernel's record → the timeline (see ``_KERNEL_RECORD``)."""
         f, tl = line.fields, self.timeline
         kind = line.kind
-        if kind == "T1":  # sk old new sport dport saddr daddr nsecs
+        if kind == "T1":  # sk old new sport dport saddr daddr nsecs orphan
             sk, old, new, sport, dport = (int(x) for x in f[:5])
-            tl.on_state(self._time(f[7]), sk, old, new, f[5], sport, f[6], dport)
+            tl.on_state(self._time(f[7]), sk, old, new, f[5], sport, f[6], dport, orphan=f[8] == "1")
         elif kind == "D1":  # reason proto sport dport seq rx_state saddr daddr nsecs
             reason, proto, sport, dport, seq, st = (int(x) for x in f[:6])
             name = _PROTOS.get(proto)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -374,6 +375,7 @@ class HolderScanner:
         # pid → uid of the processes whose /proc/PID/fd the last scan may not read (a socket
         # of theirs has no holder conntui can see: it is not the kernel's)
         self.denied: dict[int, int] = {}
+        self._denied_cache: dict[int, tuple[float, tuple[int, ...]]] = {}
         self._by_inode: dict[int, Holders] = {}
         self._unheld: frozenset[int] = frozenset()  # live inodes a full scan found no holder for
         self._holder_cache: dict[tuple[int, int, str], Holder] = {}
@@ -385,6 +387,29 @@ class HolderScanner:
         # (ns_last_pid, pids not in the scan, the scan's states): see new_pids()
         self._new: tuple[int | None, list[int], dict[int, _PidState]] | None = None
         self._recent: dict[int, None] = {}  # pids where searches found sockets, latest last
+
+    def denied_for(self, uid: int) -> tuple[int, ...]:
+        """Pids of ``uid`` whose ``/proc/PID/fd`` may not be read now (e.g. conntui runs
+        without CAP_SYS_PTRACE): one of them may hold a socket no scan can name. Looked up at
+        most twice a second per uid, for sockets with an inode and no holder."""
+        now = time.monotonic()
+        hit = self._denied_cache.get(uid)
+        if hit is not None and now - hit[0] < 0.5:
+            return hit[1]
+        pids: list[int] = []
+        for pid in list_pids(self.proc_root):
+            if _owner(self.proc_root, pid) != uid:
+                continue
+            try:
+                os.close(os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS))
+            except PermissionError:
+                pids.append(pid)
+            except OSError:
+                pass
+        if len(self._denied_cache) > 64:
+            self._denied_cache.clear()
+        self._denied_cache[uid] = (now, tuple(pids))
+        return tuple(pids)
 
     @property
     def unheld(self) -> frozenset[int]:

@@ -623,11 +623,11 @@ class SocketTableSource:
                 former = remembered[0] if remembered is not None else ()
         first = self._first_seen.setdefault(ck, now)
         entry = to_entry(raw, hs, former_holders=former, first_seen=first)
-        denied = self.scanner.denied
-        if not hs and raw.inode and denied:
+        if not hs and raw.inode:
             # A socket with an inode has a holder; if conntui may not read some process's fds,
             # say which may hold it (same uid) rather than calling it the kernel's.
-            pids = tuple(pid for pid, uid in denied.items() if uid == raw.uid)
+            pids = tuple(pid for pid, uid in self.scanner.denied.items() if uid == raw.uid)
+            pids = pids or self.scanner.denied_for(raw.uid)
             if pids:
                 entry = replace(entry, unreadable=pids)
         return entry

@@ -502,9 +502,6 @@ def lab_run(name: str) -> tuple[list[Row], list[Row]]:
     return run.rows, run.events
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11, open: the lab's FIN row is still judged against the table after the close"
-)
 def test_lab_listen_vs_connect_server_fin_reaches_the_open_client_fd() -> None:
     """listen-vs-connect: the client half-closes and closes its fd only after the server's FIN
     arrived (its program reacts to that FIN), so the FIN reached the client's open fd; the
@@ -525,10 +522,6 @@ def test_lab_listen_vs_connect_server_fin_reaches_the_open_client_fd() -> None:
     assert not bad, failures(bad, rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11, open: SYN-ACK/ACK rows take the first SO_REUSEPORT member",
-)
 def test_lab_port_conflict_one_reuseport_member_per_connection() -> None:
     """port-conflict: each connection to the SO_REUSEPORT group is taken by one member (the one
     whose process accept()ed it); its SYN, SYN-ACK and queued ACK rows must all name that

@@ -144,9 +144,9 @@ def test_a_drop_for_no_socket_confirms_none():
 
 
 def test_kernel_record_lines_parse_and_feed_the_timeline():
-    line = '{"type": "printf", "data": "T1 193 7 10 8000 0 127.0.0.1 0.0.0.0 5000000000"}'
+    line = '{"type": "printf", "data": "T1 193 7 10 8000 0 127.0.0.1 0.0.0.0 5000000000 0"}'
     parsed = parse_line(line)
-    assert isinstance(parsed, KernelLine) and parsed.kind == "T1" and len(parsed.fields) == 8
+    assert isinstance(parsed, KernelLine) and parsed.kind == "T1" and len(parsed.fields) == 9
     assert parse_line('{"type": "printf", "data": "T1 1 2"}') is None  # too few fields
     tracer = SocketTracer(clock_offset=100.0, full_names=False)
     tracer.drop_reasons = {3: "NO_SOCKET"}
