@@ -238,7 +238,8 @@ class Engine:
         self._nat_cache: dict[FlowKey, object] = {}
         self.settle = settle if source.live else 0.0
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
-        self._to_judge: deque[tuple[float, Record]] = deque()  # rows to set beside the kernel's record
+        # rows to set beside the kernel's record, with the table they were predicted from
+        self._to_judge: deque[tuple[float, Record, SocketTable]] = deque()
         self.started_at = time.time()
 
     # -- one frame ---------------------------------------------------------------
@@ -274,7 +275,7 @@ class Engine:
         now = time.monotonic()
         self._pending.append((now, frame, rec))
         if self.tracer is not None:
-            self._to_judge.append((now, rec))
+            self._to_judge.append((now, rec, self.tables.current()))
         if self.settle <= 0:
             self.emit()
         elif self.source.live and (_unheld(att.receiver) or _unheld(att.sender)):
@@ -628,9 +629,8 @@ class Engine:
         assert tracer is not None
         timeline = tracer.timeline
         queue = self._to_judge
-        table = self.tables.current()
         while queue and queue[0][0] <= horizon:
-            rec = queue.popleft()[1]
+            _, rec, table = queue.popleft()
             seg, att = rec.segment, rec.attribution
             if not timeline.covers(seg.ts):
                 self._fill_from_tracer(rec)
@@ -645,9 +645,13 @@ class Engine:
             judged = judge(seg, att, timeline, self._holder_at, table)
             if judged is not att:
                 self._reattribute(rec, judged)
-            if judged.kernel is None or judged.match == Match.UNKNOWN:
-                # the record says nothing of this socket (UDP, or older than the tracer): the
-                # tracer's connect/accept/bind records may still name its process
+            silent = seg.proto != "tcp" or (
+                timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
+                and timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts) is None
+            )
+            if silent and (judged.kernel is None or judged.match == Match.UNKNOWN):
+                # the record says nothing of this connection (UDP, or older than the tracer):
+                # the tracer's connect/accept/bind records may still name its process
                 self._fill_from_tracer(rec)
 
     def _judge_fast_drops(self, horizon: float) -> None:

@@ -86,10 +86,9 @@ def _entry_then(
     note = ""
     if got is not None:
         holder, since = got
-        sent_fin = "F" in seg.flags and state in ("FIN_WAIT1", "LAST_ACK") and unmap(laddr) == unmap(seg.src)
         # held: the kernel's record says whether a process still had the socket (a
-        # shutdown() keeps it, a close() orphans it); a FIN is the sending process's own act
-        if since <= seg.ts and (held is True or sent_fin or (held is None and state in _HELD_STATES)):
+        # shutdown() keeps it, a close() orphans it: the FIN of a close() leaves an fd-less socket)
+        if since <= seg.ts and (held is True or (held is None and state in _HELD_STATES)):
             holders = (holder,)
         elif since <= seg.ts:
             former = (holder,)
@@ -156,7 +155,13 @@ def judge(
         new = replace(
             new, kernel=KernelVerdict("reset", "tcp:tcp_send_reset", reset.reason, reset.state), agrees=agrees
         )
-    if new.match in (Match.NONE,) and drop is None and reset is None:
+    if (
+        new.match == Match.NONE
+        and drop is None
+        and reset is None
+        and not (tcp and _record_shows_no_socket(seg, timeline))
+        and not any(n.startswith("verified:") for n in new.notes)
+    ):
         # The prediction was "no socket: the kernel answers with a RST / ICMP"; the kernel,
         # traced at that moment, did not drop the segment: a socket took it.
         new = replace(
@@ -175,6 +180,12 @@ def judge(
             agrees=False,
         )
     return new
+
+
+def _record_shows_no_socket(seg: Segment, timeline: Timeline) -> bool:
+    """The kernel's record shows no connection on the receiver's 4-tuple then (it closed)."""
+    known = timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts)
+    return known is not None and not known.exists
 
 
 def _dropped(seg: Segment, att: Attribution, new: Attribution, drop: KernelEvent) -> Attribution:
@@ -301,21 +312,28 @@ def _judge_tcp_receiver(
                 redo, steps=(Lookup(_ehash(seg), "hit: TIME_WAIT (kernel record)"), *redo.steps[1:])
             )
         if att.match == Match.LISTENER:
+            # The prediction's listener stands (read when the SYN came); only its look-up steps
+            # are the kernel's: the established hash had no live connection for this tuple.
+            steps = tuple(
+                Lookup(st.what, "hit: TIME_WAIT (kernel record)" if tw else "miss")
+                if st.what.startswith("established hash")
+                else st
+                for st in att.steps
+            )
             out = replace(
-                redo,
-                sender=att.sender,
-                sender_explain=att.sender_explain,
-                notes=(*att.notes, *((_tw_syn_note(seg),) if tw else ())),
-                related=att.related,
+                att,
+                steps=steps,
+                explain=f"{att.explain} {_tw_syn_note(seg)}" if tw else att.explain,
             )
             if child:
                 return replace(
                     out, kernel=KernelVerdict("delivered", _STATE_SOURCE, socket=_CHILD), agrees=True
                 )
             return out
-        notes = (*redo.notes, *((_tw_syn_note(seg),) if tw else ()), _prediction_note(att))
+        notes = (*redo.notes, _prediction_note(att))
         return replace(
             redo,
+            explain=f"{redo.explain} {_tw_syn_note(seg)}" if tw else redo.explain,
             notes=notes,
             kernel=KernelVerdict(
                 "delivered" if child else "no socket on the 4-tuple",

@@ -31,6 +31,7 @@ from .model import TCP_STATES, unmap
 
 TupleKey = tuple[str, int, str, int]  # (local addr, local port, remote addr, remote port), unmapped
 
+LOSS_SHADOW = 1.0  # seconds after a reported loss before the record proves anything again
 TIME_WAIT_LEN = 60.0  # TCP_TIMEWAIT_LEN: how long the kernel keeps a TIME_WAIT entry
 _TO_TIME_WAIT = frozenset((4, 5, 11))  # FIN_WAIT1, FIN_WAIT2, CLOSING → CLOSE: the socket left a TIME_WAIT
 _CLOSE = 7
@@ -114,6 +115,7 @@ class Timeline:
         self.per_key = per_key
         self.ready_at = float("inf")
         self.lost = 0
+        self.lost_until = float("-inf")  # when the last loss was reported (epoch seconds)
         self._lock = threading.Lock()
         self._states: OrderedDict[TupleKey, tuple[StateChange, ...]] = OrderedDict()
         self._resets_in: dict[int, float] = {}  # sk → when it last received a RST
@@ -186,9 +188,17 @@ class Timeline:
 
     # -- asking -------------------------------------------------------------------------------
 
+    def on_lost(self, n: int, now: float) -> None:
+        """The tracer lost ``n`` events (its buffers overflowed) by ``now``: moments up to then
+        (since the last loss, or the start) can no longer prove an absence or a state."""
+        self.lost += n
+        self.lost_until = now
+
     def covers(self, t: float) -> bool:
-        """Whether the record was being kept at time ``t`` (and nothing was lost)."""
-        return self.ready_at <= t and not self.lost
+        """Whether the record was being kept, whole, at time ``t``. After a loss, moments
+        from ``LOSS_SHADOW`` seconds after it are covered again: a connection whose events
+        were lost is then older than the loss and ``state_at`` says what its later changes show."""
+        return self.ready_at <= t and not (self.lost and t <= self.lost_until + LOSS_SHADOW)
 
     def state_at(self, laddr: str, lport: int, raddr: str, rport: int, t: float) -> KnownState | None:
         """The state of the connection socket on this 4-tuple (seen from the local end

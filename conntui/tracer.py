@@ -841,7 +841,7 @@ class SocketTracer:
         env.update(
             {
                 "BPFTRACE_MAP_KEYS_MAX": "16384",
-                "BPFTRACE_PERF_RB_PAGES": "256",
+                "BPFTRACE_PERF_RB_PAGES": "1024",  # 4 MiB a CPU: bursts of state changes
                 "BPFTRACE_STRLEN": "32",
             }
         )
@@ -1016,7 +1016,7 @@ class SocketTracer:
             self.ready.set()
         elif parsed[0] == "lost":
             self.stats["lost"] += parsed[1]
-            self.timeline.lost += parsed[1]
+            self.timeline.on_lost(parsed[1], time.time())
         else:
             self.stats[parsed[0]] = parsed[1]
 

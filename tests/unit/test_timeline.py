@@ -61,8 +61,9 @@ def test_nothing_is_claimed_before_the_tracer_or_after_lost_events():
     tl = timeline()
     assert tl.state_at(S, SPORT, C, CPORT, 49.0) is None  # before ready_at
     assert tl.state_at(S, SPORT, C, 1, 100.005) is None  # a tuple the record never saw
-    tl.lost = 3
+    tl.on_lost(3, now=100.5)  # events lost: nothing is proved up to a second after
     assert tl.state_at(S, SPORT, C, CPORT, 100.005) is None
+    assert not tl.covers(101.4) and tl.covers(101.6)
 
 
 def test_a_reset_close_is_not_a_time_wait():
