@@ -1,0 +1,144 @@
+"""conntui with Wireshark's own tools (issue 15): ``-w -`` streamed into the real tshark.
+
+The sockets are the test's own (this process's pid, the fds it holds), so the comments
+tshark prints can be checked against what the test opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import REPO
+
+TSHARK = shutil.which("tshark") or "tshark"  # the Quick start installs it
+
+
+@contextlib.contextmanager
+def conversation(port: int) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A TCP connection on loopback held by this process: (client, accepted)."""
+    lst = socket.create_server(("127.0.0.1", port))
+    cli = socket.create_connection(("127.0.0.1", port), timeout=5)
+    acc, _ = lst.accept()
+    try:
+        yield cli, acc
+    finally:
+        for s in (cli, acc, lst):
+            s.close()
+
+
+def exchange(cli: socket.socket, acc: socket.socket, i: int) -> None:
+    cli.sendall(b"ping%04d" % i)
+    acc.recv(100)
+    acc.sendall(b"pong%04d" % i)
+    cli.recv(100)
+
+
+def read_lines(stream: int, buf: bytearray, timeout: float) -> list[str]:
+    """Whatever whole lines arrive on ``stream`` within ``timeout`` seconds."""
+    r, _, _ = select.select([stream], [], [], timeout)
+    if r:
+        chunk = os.read(stream, 65536)
+        buf += chunk if chunk else b""
+    *lines, rest = bytes(buf).split(b"\n")
+    buf[:] = rest
+    return [line.decode(errors="replace") for line in lines]
+
+
+def test_w_dash_streams_into_tshark_while_capturing(conntui, port):
+    """``conntui -w - | tshark -r -``: tshark prints annotated packets while conntui still
+    runs, and their comments name this test's pid and the fds of both ends."""
+    cap = conntui("-w", "-", "-i", "lo", "-p", str(port), "--duration", "30")
+    assert cap.proc.stdout is not None
+    reader = subprocess.Popen(
+        [TSHARK, "-l", "-n", "-r", "-", "-T", "fields", "-e", "frame.number", "-e", "frame.comment"],
+        stdin=cap.proc.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    cap.proc.stdout.close()  # tshark holds the read end now
+    try:
+        me = os.getpid()
+        got: list[str] = []
+        buf = bytearray()
+        assert reader.stdout is not None
+        with conversation(port) as (cli, acc):
+            want = {f"[{me}] fd {cli.fileno()}", f"[{me}] fd {acc.fileno()}"}
+            deadline = time.monotonic() + 20
+            i = 0
+            while time.monotonic() < deadline:
+                exchange(cli, acc, i)
+                i += 1
+                got += read_lines(reader.stdout.fileno(), buf, 0.3)
+                if all(any(w in line for line in got) for w in want):
+                    break
+            assert cap.proc.poll() is None, "conntui ended before tshark printed its packets"
+        assert all(any(w in line for line in got) for w in want), got
+        for line in got:
+            number, comment = line.split("\t", 1)
+            assert int(number) >= 1 and comment.startswith("conntui: "), line
+            # every data segment of the flow: this process on both ends
+            assert re.search(rf"\[{me}\] fd \d+ → \S+\[{me}\] fd \d+", comment), line
+        cap.proc.send_signal(signal.SIGINT)
+        _, err = cap.proc.communicate(timeout=20)
+        assert cap.proc.returncode == 0, err
+        assert b"Traceback" not in err
+    finally:
+        cap.kill()
+        reader.kill()
+        reader.wait()
+
+
+@pytest.mark.parametrize("traffic", [True, False], ids=["packets-flowing", "idle"])
+def test_w_dash_ends_with_one_line_when_its_reader_goes_away(conntui, port, traffic):
+    """The reader exits (``| head -c``): conntui stops with one clear line, no traceback,
+    whether packets are flowing (the write fails) or not (the flush sees the closed pipe)."""
+    cap = conntui("-w", "-", "-i", "lo", "-p", str(port), "--duration", "30")
+    assert cap.proc.stdout is not None
+    head = os.read(cap.proc.stdout.fileno(), 4)
+    assert head == b"\x0a\x0d\x0d\x0a"  # the section header, flushed at once
+    cap.proc.stdout.close()
+    start = time.monotonic()
+    with conversation(port) as (cli, acc):
+        for i in range(40 if traffic else 0):
+            exchange(cli, acc, i)
+            time.sleep(0.05)
+        _, err = cap.proc.communicate(timeout=20)
+    assert time.monotonic() - start < 10
+    assert cap.proc.returncode == 0, err
+    text = err.decode(errors="replace")
+    assert "Traceback" not in text and "Exception" not in text, text
+    lines = [line for line in text.splitlines() if "standard output" in line]
+    assert lines == ["conntui: standard output was closed: its reader went away; stopping"], text
+
+
+def test_w_dash_refuses_a_terminal(port):
+    """Binary pcapng would garble a terminal: one line, exit 1."""
+    main_fd, tty_fd = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "conntui", "-w", "-", "-i", "lo", "-p", str(port), "-c", "1"],
+            stdout=tty_fd,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            timeout=30,
+        )
+    finally:
+        os.close(tty_fd)
+        os.close(main_fd)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip().splitlines() == [
+        "conntui: -w -: standard output is a terminal; pipe it, e.g. conntui -w - | tshark -r -"
+    ]
