@@ -348,6 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .lab import main as lab_main
 
         return int(lab_main(argv[1:]))
+    if argv[:1] == ["wireshark"]:
+        from .wireshark import main as wireshark_main
+
+        return int(wireshark_main(argv[1:]))
+    if any(a.startswith("--extcap-") or a == "--capture" for a in argv):  # run by Wireshark
+        from .wireshark.extcap import main as extcap_main
+
+        return extcap_main(argv)
     notes: list[str] = []
     try:
         opts = parse_options(argv)
