@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,95 @@ def test_w_dash_refuses_a_terminal(port):
     assert proc.stderr.decode().strip().splitlines() == [
         "conntui: -w -: standard output is a terminal; pipe it, e.g. conntui -w - | tshark -r -"
     ]
+
+
+# --- extcap: conntui as a capture source ----------------------------------------------
+
+
+def folders() -> dict[str, str]:
+    out = subprocess.run([TSHARK, "-G", "folders"], capture_output=True, text=True, timeout=30).stdout
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
+
+
+def private_extcap(tmp_path: Path, cmd: list[str]) -> list[str]:
+    """``cmd`` run where Wireshark's extcap folder is a fresh directory of this test.
+
+    Wireshark >= 4.2 reads a personal extcap folder under HOME (a temporary HOME is enough);
+    up to 4.0 there is only the global one (and WIRESHARK_EXTCAP_DIR is ignored as root):
+    then ``cmd`` runs in a private mount namespace where a temporary directory is mounted
+    over it, so the system's folder is never touched."""
+    f = folders()
+    if any(k.lower() == "personal extcap path" for k in f):
+        return cmd
+    shadow = tmp_path / "extcap"
+    shadow.mkdir(exist_ok=True)
+    script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        str(shadow),
+        f["Extcap path"],
+        *cmd,
+    ]
+
+
+def test_install_makes_tshark_list_the_conntui_interface(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    listed = private_extcap(tmp_path, [TSHARK, "-D"])
+    before = subprocess.run(listed, capture_output=True, text=True, env=env, timeout=60)
+    assert before.returncode == 0 and "conntui-any" not in before.stdout
+    both = private_extcap(
+        tmp_path, ["sh", "-c", f'"$0" -m conntui wireshark install && exec {TSHARK} -D', sys.executable]
+    )
+    after = subprocess.run(both, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert after.returncode == 0, after.stderr
+    assert re.search(r"^\d+\. conntui-any \(conntui: any", after.stdout, re.M), after.stdout
+
+
+def test_tshark_captures_annotated_packets_through_the_extcap(tmp_path, port):
+    """``tshark -i conntui-any -c 20``: every packet of this test's connection names this
+    process and the fd of each end, read by the installed Lua plugin."""
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    fields = [
+        "tcp.srcport",
+        "conntui.sender.pid",
+        "conntui.sender.fd",
+        "conntui.receiver.pid",
+        "conntui.receiver.fd",
+    ]
+    capture = " ".join(
+        [TSHARK, "-n", "-i", "conntui-any", "-f", f"'tcp port {port}'", "-c", "20", "-T", "fields"]
+        + [f"-e {f}" for f in fields]
+    )
+    cmd = private_extcap(
+        tmp_path,
+        ["sh", "-c", f'"$0" -m conntui wireshark install >/dev/null && exec {capture}', sys.executable],
+    )
+    with conversation(port) as (cli, acc):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 60
+            i = 0
+            while proc.poll() is None and time.monotonic() < deadline:
+                exchange(cli, acc, i)
+                i += 1
+                time.sleep(0.05)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        client_port = cli.getsockname()[1]
+        me = str(os.getpid())
+        rows = [line.split("\t") for line in out.decode().splitlines()]
+        assert proc.returncode == 0, err.decode(errors="replace")
+        assert len(rows) == 20, (rows, err)
+        for sport, spid, sfd, rpid, rfd in rows:
+            from_client = int(sport) == client_port
+            want = (cli, acc) if from_client else (acc, cli)
+            assert (spid, sfd, rpid, rfd) == (me, str(want[0].fileno()), me, str(want[1].fileno())), rows
