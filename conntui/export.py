@@ -112,6 +112,7 @@ __all__ = [
     "create_private_file",
     "open_stdout_writer",
     "open_writer",
+    "ptcpdump_attribution",
     "read_capture",
 ]
 
@@ -236,7 +237,43 @@ def attribution_from_comment(comment: str) -> Attribution | None:
                 _parsed.clear()
             _parsed[line] = att
             return att
+    if comment.startswith(PTCPDUMP_PREFIX):
+        return ptcpdump_attribution(comment)
     return None
+
+
+# ptcpdump (an eBPF tcpdump) writes the local process of each packet as pcapng comments, one
+# option per group, each "Key: value" lines: "PID: 42\nCmd: /usr/bin/curl\nArgs: curl x",
+# then optionally ThreadId/ThreadName, UserId/GroupId, ParentPID/ParentCmd/ParentArgs,
+# ContainerName/ContainerId/ContainerImage/ContainerLabels, PodName/PodNamespace/... (the
+# reader joins a packet's comments with newlines).
+PTCPDUMP_PREFIX: Final = "PID: "
+_PTCPDUMP_TEXT = 200  # characters kept of each value (Args can be a whole command line)
+
+
+def ptcpdump_attribution(comment: str) -> Attribution | None:
+    """What a ptcpdump comment says about a packet, as an ``unknown`` attribution whose
+    note names the process: ptcpdump records the process, not the socket, the fd, nor why
+    the kernel chose it, so conntui claims no more."""
+    fields: dict[str, str] = {}
+    for line in comment.split("\n"):
+        key, sep, value = line.partition(": ")
+        if sep and key.isalnum() and key not in fields:
+            fields[key] = value[:_PTCPDUMP_TEXT]
+    pid = fields.get("PID", "")
+    if not pid.isdigit() or len(pid) > 10:
+        return None
+    cmd = fields.get("Cmd", "") or "?"
+    what = f"{cmd}[{pid}]"
+    if fields.get("ContainerName") or fields.get("ContainerId"):
+        what += f" in container {fields.get('ContainerName') or fields.get('ContainerId')}"
+    if fields.get("PodName"):
+        what += f" (pod {fields.get('PodNamespace', '')}/{fields['PodName']})"
+    explain = f"Recorded by ptcpdump: the local process of this packet is {what}"
+    if fields.get("Args"):
+        explain += f", run as: {fields['Args']}"
+    explain += ". ptcpdump records no socket, fd or kernel decision."
+    return Attribution(Match.UNKNOWN, explain=explain, notes=(f"ptcpdump: {what}",))
 
 
 # ---------------------------------------------------------------------------------------
