@@ -66,6 +66,22 @@ def config() -> str:
     )
 
 
+def check_filter(expression: str) -> int:
+    """Exit status 0 if conntui can compile ``expression``, else 1 with the reason on stdout
+    (what Wireshark shows beside the filter field)."""
+    from ..capture import CaptureError, compile_bpf, libpcap_available
+
+    if not libpcap_available():
+        sys.stdout.write("BPF filters need libpcap (apt-get install libpcap0.8); use the Ports option\n")
+        return 1
+    try:
+        compile_bpf(expression)
+    except CaptureError as exc:
+        sys.stdout.write(f"{exc}\n")
+        return 1
+    return 0
+
+
 class _ErrorsOnly(io.TextIOBase):
     """Standard error for a capture run by Wireshark, which shows whatever an extcap writes
     there as an error: only conntui's error lines go through (not "listening on", notes,
@@ -105,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(config())
         return 0
     if not args.capture:
-        return 0  # e.g. a capture filter check: conntui checks the filter when it starts
+        if args.extcap_capture_filter.strip():  # Wireshark checks a filter as it is typed
+            return check_filter(args.extcap_capture_filter.strip())
+        return 0
     if not args.fifo:
         sys.stderr.write("conntui: --capture needs --fifo PATH\n")
         return 2
