@@ -12,7 +12,7 @@
 --
 --   conntui.sender.pid / .fd / .process / .container / .state   (one set per holder)
 --   conntui.receiver.pid / .fd / .process / .container / .state
---   conntui.match  conntui.explain  conntui.kernel.reason  conntui.agrees
+--   conntui.match  conntui.explain  conntui.kernel.verdict  conntui.kernel.reason  conntui.agrees
 --   conntui.summary  conntui.json_frame  conntui.error
 --
 --   tshark -r x.pcapng -Y 'conntui.match == "none"' -T fields -e conntui.receiver.process
@@ -44,6 +44,7 @@ local F = {
     summary = ProtoField.string("conntui.summary", "Summary"),
     match = ProtoField.string("conntui.match", "Match"),
     explain = ProtoField.string("conntui.explain", "Explanation"),
+    kernel_verdict = ProtoField.string("conntui.kernel.verdict", "Kernel's verdict"),
     kernel_reason = ProtoField.string("conntui.kernel.reason", "Kernel's reason"),
     agrees = ProtoField.bool("conntui.agrees", "Kernel agrees with conntui"),
     json_frame = ProtoField.framenum("conntui.json_frame", "Attribution in frame", base.NONE, frametype.NONE),
@@ -346,6 +347,7 @@ local function from_json(line)
     end
     local kernel = d.kernel
     if is_object(kernel) then
+        att.kernel_verdict = text(kernel.verdict)
         att.kernel_reason = text(kernel.reason)
     end
     if type(d.agrees) == "boolean" then
@@ -467,6 +469,9 @@ local function add_comment(tree, info)
         add_side(sub, "receiver", att.receiver)
         if att.explain then
             sub:add(F.explain, att.explain)
+        end
+        if att.kernel_verdict then
+            sub:add(F.kernel_verdict, att.kernel_verdict)
         end
         if att.kernel_reason then
             sub:add(F.kernel_reason, att.kernel_reason)

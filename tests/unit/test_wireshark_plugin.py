@@ -135,7 +135,7 @@ def test_kernel_verdict_containers_and_escaped_names_when_present(tmp_path):
             "sender": None,
             "match": "none",
             "explain": "x",
-            "kernel": {"reason": "NO_SOCKET"},
+            "kernel": {"verdict": "dropped", "reason": "NO_SOCKET", "source": "skb:kfree_skb"},
             "agrees": False,
         }
     )
@@ -153,13 +153,14 @@ def test_kernel_verdict_containers_and_escaped_names_when_present(tmp_path):
         "conntui.receiver.pid",
         "conntui.receiver.process",
         "conntui.receiver.container",
+        "conntui.kernel.verdict",
         "conntui.kernel.reason",
         "conntui.agrees",
         "conntui.error",
     )
-    assert rows[0] == ["77", "caf\u00e9 \U0001f600", "web", "NO_SOCKET", "0", ""]
-    assert rows[1] == ["", "", "cd34", "", "1", ""]
-    assert rows[2] == ["", "", "", "", "", ""]  # absent: left empty, not an error
+    assert rows[0] == ["77", "caf\u00e9 \U0001f600", "web", "dropped", "NO_SOCKET", "0", ""]
+    assert rows[1] == ["", "", "cd34", "", "", "1", ""]
+    assert rows[2] == ["", "", "", "", "", "", ""]  # absent: left empty, not an error
 
 
 BAD = [
