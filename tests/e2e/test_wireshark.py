@@ -7,6 +7,7 @@ tshark prints can be checked against what the test opened.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
 import re
@@ -237,3 +238,26 @@ def test_tshark_captures_annotated_packets_through_the_extcap(tmp_path, port):
             from_client = int(sport) == client_port
             want = (cli, acc) if from_client else (acc, cli)
             assert (spid, sfd, rpid, rfd) == (me, str(want[0].fileno()), me, str(want[1].fileno())), rows
+
+
+def test_w_dash_with_json_keeps_stdout_pure_pcapng(conntui, port, tmp_path):
+    """``-w - --json``: the JSON lines go to stderr; standard output is nothing but the
+    capture (tshark reads every packet of it, conntui's own reader agrees)."""
+    cap = conntui("-w", "-", "--json", "-i", "lo", "-p", str(port), "--duration", "30")
+    with conversation(port) as (cli, acc):
+        for i in range(10):
+            exchange(cli, acc, i)
+        time.sleep(1.0)  # past --settle, so every row is written and printed
+        cap.proc.send_signal(signal.SIGINT)
+        out, err = cap.proc.communicate(timeout=20)
+    assert cap.proc.returncode == 0, err
+    path = tmp_path / "stdout.pcapng"
+    path.write_bytes(out)
+    res = subprocess.run(
+        [TSHARK, "-n", "-r", str(path), "-T", "fields", "-e", "tcp.len"], capture_output=True
+    )
+    assert res.returncode == 0 and b"cut short" not in res.stderr, res.stderr
+    lengths = [int(x) for x in res.stdout.split()]
+    rows = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert len(rows) == len(lengths) and lengths.count(8) == 20  # 10 pings and 10 pongs
+    assert sorted(r["payload_len"] for r in rows) == sorted(lengths)
