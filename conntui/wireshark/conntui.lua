@@ -20,8 +20,9 @@
 -- Bad input never stops the dissection: a comment that is not conntui's is left alone; a
 -- reference to a frame this capture does not have, a cut or malformed JSON line, a value
 -- of the wrong type show what the summary line says and are marked (conntui.error and an
--- expert info). (`tshark -2 -R FILTER` renumbers the frames it keeps, so references cannot
--- be followed there: filter with -Y.) Install it with `conntui wireshark install`, or print it with
+-- expert info). A reference whose frame is gone (a file cut with editcap, `tshark -2 -R`,
+-- which renumbers frames) is resolved by its summary line when another frame carries the
+-- JSON under the same summary. Install it with `conntui wireshark install`, or print it with
 -- `conntui wireshark plugin`.
 
 local VERSION = "0.1.0"
@@ -76,9 +77,15 @@ local comment_field = Field.new("frame.comment")
 -- frame number → what its conntui-json line said (filled as frames are first dissected;
 -- references always point back, so a first sequential pass sees the JSON before its refs)
 local attributions = {}
+-- summary line → the frame of the last JSON line written under it: a reference that cannot
+-- be followed by number (a file cut with editcap, `tshark -2 -R`, which renumbers the frames
+-- it keeps) is resolved by its summary line, which conntui writes identically for every
+-- packet sharing an attribution
+local by_summary = {}
 
 function proto.init()
     attributions = {}
+    by_summary = {}
 end
 
 ---------------------------------------------------------------------------------------------
@@ -392,6 +399,9 @@ local function read_comment(comment, number)
             out.att, out.problem = att, problem
             if att then
                 attributions[number] = { att = att, summary = out.summary }
+                if out.summary then
+                    by_summary[out.summary] = number
+                end
             end
         elseif line:sub(1, #REF_PREFIX) == REF_PREFIX then
             local at = int_in(tonumber(line:sub(#REF_PREFIX + 1)), 1, 4294967295)
@@ -406,6 +416,10 @@ local function read_comment(comment, number)
                 out.problem = "frame " .. at .. " carries another attribution (was the capture cut or merged?)"
             else
                 out.att, out.json_frame = known.att, at
+            end
+            local same = out.problem and out.summary and attributions[by_summary[out.summary] or 0]
+            if same and same.summary == out.summary then
+                out.att, out.problem = same.att, nil -- no json_frame: its number may not be this file's
             end
         end
     end

@@ -310,3 +310,38 @@ def test_install_puts_the_plugin_where_tshark_loads_it(tmp_path):
         timeout=60,
     )
     assert printed.returncode == 0 and printed.stdout == plugin_text()
+
+
+@pytest.mark.parametrize("passes", [(), ("-2",)], ids=["one-pass", "two-pass"])
+def test_references_survive_a_cut_file_by_their_summary_line(tmp_path, passes):
+    """editcap drops frame 1 (the only JSON of the established flow): its references keep
+    the summary line's pid and fd, marked; the 'none' flow's JSON moves from frame 3 to 2
+    and its reference, which still says frame 3, is resolved by its summary line."""
+    whole, cut = tmp_path / "whole.pcapng", tmp_path / "cut.pcapng"
+    write(whole, list(ORDER))
+    subprocess.run(["editcap", str(whole), str(cut), "1"], check=True, capture_output=True, timeout=60)
+    rows = tshark(cut, *SIDES, "conntui.match", "conntui.error", extra=passes)
+    assert [r[4] for r in rows] == [
+        "established",
+        "none",
+        "established",
+        "none",
+        "established",
+        "established",
+    ]
+    for r, att in zip(rows, ORDER[1:], strict=True):
+        if att is EST:  # summary: "curl[1234] fd 3 (+1) → nginx[4321] fd 7": the first holder only
+            assert r[:4] == ["1234", "3", "4321", "7"] and "from the summary line" in r[5], r
+        else:
+            assert r[:4] == ["1234,1235", "3,9", "", ""] and r[5] == "", r
+
+
+def test_tshark_two_pass_read_filter_renumbers_frames_and_references_still_resolve(tmp_path):
+    """``tshark -2 -R``: the frames kept are renumbered, so 'frame 3' names another frame
+    in the second pass; the summary line finds the right JSON."""
+    path = tmp_path / "known.pcapng"
+    write(path, list(ORDER))
+    rows = tshark(
+        path, "frame.number", *SIDES, "conntui.error", extra=("-2", "-R", 'conntui.match == "none"')
+    )
+    assert rows == [["1", "1234,1235", "3,9", "", "", ""], ["2", "1234,1235", "3,9", "", "", ""]]
