@@ -345,3 +345,28 @@ def test_tshark_two_pass_read_filter_renumbers_frames_and_references_still_resol
         path, "frame.number", *SIDES, "conntui.error", extra=("-2", "-R", 'conntui.match == "none"')
     )
     assert rows == [["1", "1234,1235", "3,9", "", "", ""], ["2", "1234,1235", "3,9", "", "", ""]]
+
+
+def test_uninstall_removes_both_files_and_a_bad_folder_is_one_line(tmp_path):
+    lua, ext = tmp_path / "lua", tmp_path / "ext"
+    base = [sys.executable, "-m", "conntui", "wireshark"]
+    dirs = ["--lua-dir", str(lua), "--extcap-dir", str(ext)]
+    assert (
+        subprocess.run([*base, "install", *dirs], capture_output=True, cwd=REPO, timeout=60).returncode == 0
+    )
+    assert (lua / PLUGIN_NAME).exists() and (ext / "conntui").exists()
+    res = subprocess.run([*base, "uninstall", *dirs], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 0 and not (lua / PLUGIN_NAME).exists() and not (ext / "conntui").exists()
+    assert res.stdout.count("removed ") == 2
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = subprocess.run(
+        [*base, "install", "--lua-dir", str(blocker / "sub"), "--extcap-dir", str(ext)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"conntui wireshark: cannot write {blocker / 'sub' / PLUGIN_NAME}: ")
+    assert len(res.stderr.splitlines()) == 1
