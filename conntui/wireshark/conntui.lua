@@ -82,10 +82,15 @@ local attributions = {}
 -- it keeps) is resolved by its summary line, which conntui writes identically for every
 -- packet sharing an attribution
 local by_summary = {}
+-- a reference comment → what it resolved to: the packets of a flow repeat the same comment
+-- ("conntui-json-ref: frame N"), and it resolves the same way while frame N's JSON stands
+local resolved = {}
+local resolved_count = 0
 
 function proto.init()
     attributions = {}
     by_summary = {}
+    resolved, resolved_count = {}, 0
 end
 
 ---------------------------------------------------------------------------------------------
@@ -386,10 +391,7 @@ local function from_summary(summary)
 end
 
 -- one comment → {summary=, att=, json_frame=, problem=} or nil when it is not conntui's
-local function read_comment(comment, number)
-    if comment:sub(1, #PREFIX) ~= PREFIX then
-        return nil
-    end
+local function read_comment_uncached(comment, number)
     local out = {}
     for line in (comment .. "\n"):gmatch("(.-)\r?\n") do
         if line:sub(1, #PREFIX) == PREFIX and not out.summary then
@@ -429,6 +431,30 @@ local function read_comment(comment, number)
         if out.att then
             out.problem = out.problem .. "; pid and fd from the summary line"
         end
+    end
+    return out
+end
+
+local function read_comment(comment, number)
+    if comment:sub(1, #PREFIX) ~= PREFIX then
+        return nil
+    end
+    local hit = resolved[comment]
+    if hit and hit.json_frame < number then
+        local known = attributions[hit.json_frame]
+        if known and known.att == hit.att then
+            return hit
+        end
+    end
+    local out = read_comment_uncached(comment, number)
+    if out.json_frame and not out.problem then
+        if resolved_count >= 65536 then -- bounded: a long capture of many short flows
+            resolved, resolved_count = {}, 0
+        end
+        if not resolved[comment] then
+            resolved_count = resolved_count + 1
+        end
+        resolved[comment] = out
     end
     return out
 end
