@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 from . import __version__, fastpath
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
 from .engine import Engine, StaticTables, TableSource
-from .export import ExportError, PcapngSpool, open_writer
+from .export import STDOUT, ExportError, PcapngSpool, StdoutWriter, Writer, open_stdout_writer, open_writer
 from .filters import FilterError, PortSet, parse_ports
 from .jsonout import json_line, text_line
 from .model import Record
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--write",
         metavar="FILE",
-        help="write the session while capturing (.pcap, else pcapng with attributions)",
+        help="write the session while capturing (.pcap, else pcapng with attributions); "
+        "-w - streams pcapng to standard output (| tshark -r -)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="with -w: replace FILE if it exists (else it is an error)"
@@ -139,7 +140,10 @@ def parse_options(argv: Sequence[str]) -> Options:
         raise UsageError(f"bad count {args.count}: it must be a positive number", 2)
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"bad duration {args.duration}: it must be a positive number of seconds", 2)
-    if args.read and args.write and os.path.abspath(args.read) == os.path.abspath(args.write):
+    # -w -: the capture is the output; per-segment lines only when asked for (to stderr)
+    to_stdout = args.write == STDOUT
+    same = args.read and args.write and os.path.abspath(args.read) == os.path.abspath(args.write)
+    if same and not to_stdout:
         raise UsageError("-r and -w name the same file", 2)
     return Options(
         interface=args.interface,
@@ -149,9 +153,9 @@ def parse_options(argv: Sequence[str]) -> Options:
         read=args.read,
         count=args.count,
         duration=args.duration,
-        headless=args.headless or args.json or args.quiet,
+        headless=args.headless or args.json or args.quiet or to_stdout,
         json=args.json,
-        quiet=args.quiet,
+        quiet=args.quiet or (to_stdout and not (args.headless or args.json)),
         overwrite=args.overwrite,
         settle=args.settle,
         trace=args.trace,
@@ -213,7 +217,11 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     notes = notes if notes is not None else []
     source = make_source(opts, notes)
     try:
-        writer = open_writer(opts.write, overwrite=opts.overwrite) if opts.write else None
+        writer: Writer | None
+        if opts.write == STDOUT:
+            writer = open_stdout_writer()
+        else:
+            writer = open_writer(opts.write, overwrite=opts.overwrite) if opts.write else None
     except ExportError as exc:
         source.close()
         raise UsageError(str(exc)) from None
@@ -316,7 +324,11 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
 
     def writer_failed(message: str) -> None:  # once, when it happens; capture goes on
         reported.append(message)
-        sys.stderr.write(f"{PROG}: {message}; capture goes on without writing the file\n")
+        if isinstance(engine.writer, StdoutWriter):  # -w -: the output is gone, so is the point
+            sys.stderr.write(f"{PROG}: {message}; stopping\n")
+            engine.request_stop()
+        else:
+            sys.stderr.write(f"{PROG}: {message}; capture goes on without writing the file\n")
         sys.stderr.flush()
 
     engine.on_writer_error = writer_failed
@@ -339,7 +351,9 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
         if engine.writer_error:
             if not reported:
                 sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
-            code = 1
+            # -w - | tshark -c 10: the reader had what it wanted (like --headless | head)
+            broken = isinstance(engine.writer, StdoutWriter) and engine.writer.broken_pipe
+            code = code if broken else 1
     return code
 
 
@@ -349,6 +363,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .lab import main as lab_main
 
         return int(lab_main(argv[1:]))
+    if argv[:1] == ["wireshark"]:
+        from .wireshark import main as wireshark_main
+
+        return int(wireshark_main(argv[1:]))
+    if any(a.startswith("--extcap-") or a == "--capture" for a in argv):  # run by Wireshark
+        from .wireshark.extcap import main as extcap_main
+
+        return extcap_main(argv)
     notes: list[str] = []
     try:
         opts = parse_options(argv)
@@ -360,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: note: {note}\n")
     if opts.headless:
         try:
-            return run_headless(opts, engine, sys.stdout)
+            return run_headless(opts, engine, sys.stderr if opts.write == STDOUT else sys.stdout)
         except BrokenPipeError:
             # the reader went away (e.g. `| head`): stop quietly, like tcpdump
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -61,8 +61,10 @@ import io
 import json
 import os
 import re
+import select
 import stat
 import struct
+import sys
 import tempfile
 import threading
 from collections import deque
@@ -95,18 +97,22 @@ __all__ = [
     "LINKTYPE_LINUX_SLL",
     "LINKTYPE_LINUX_SLL2",
     "LINKTYPE_RAW",
+    "STDOUT",
     "CaptureFileError",
     "CaptureReader",
     "ExportError",
     "ExportExists",
     "PcapNgWriter",
     "PcapWriter",
+    "StdoutWriter",
     "Writer",
     "attribution_from_comment",
     "attribution_json",
     "comment_text",
     "create_private_file",
+    "open_stdout_writer",
     "open_writer",
+    "ptcpdump_attribution",
     "read_capture",
 ]
 
@@ -241,7 +247,43 @@ def attribution_from_comment(comment: str) -> Attribution | None:
                 _parsed.clear()
             _parsed[line] = att
             return att
+    if comment.startswith(PTCPDUMP_PREFIX):
+        return ptcpdump_attribution(comment)
     return None
+
+
+# ptcpdump (an eBPF tcpdump) writes the local process of each packet as pcapng comments, one
+# option per group, each "Key: value" lines: "PID: 42\nCmd: /usr/bin/curl\nArgs: curl x",
+# then optionally ThreadId/ThreadName, UserId/GroupId, ParentPID/ParentCmd/ParentArgs,
+# ContainerName/ContainerId/ContainerImage/ContainerLabels, PodName/PodNamespace/... (the
+# reader joins a packet's comments with newlines).
+PTCPDUMP_PREFIX: Final = "PID: "
+_PTCPDUMP_TEXT = 200  # characters kept of each value (Args can be a whole command line)
+
+
+def ptcpdump_attribution(comment: str) -> Attribution | None:
+    """What a ptcpdump comment says about a packet, as an ``unknown`` attribution whose
+    note names the process: ptcpdump records the process, not the socket, the fd, nor why
+    the kernel chose it, so conntui claims no more."""
+    fields: dict[str, str] = {}
+    for line in comment.split("\n"):
+        key, sep, value = line.partition(": ")
+        if sep and key.isalnum() and key not in fields:
+            fields[key] = value[:_PTCPDUMP_TEXT]
+    pid = fields.get("PID", "")
+    if not pid.isdigit() or len(pid) > 10:
+        return None
+    cmd = fields.get("Cmd", "") or "?"
+    what = f"{cmd}[{pid}]"
+    if fields.get("ContainerName") or fields.get("ContainerId"):
+        what += f" in container {fields.get('ContainerName') or fields.get('ContainerId')}"
+    if fields.get("PodName"):
+        what += f" (pod {fields.get('PodNamespace', '')}/{fields['PodName']})"
+    explain = f"Recorded by ptcpdump: the local process of this packet is {what}"
+    if fields.get("Args"):
+        explain += f", run as: {fields['Args']}"
+    explain += ". ptcpdump records no socket, fd or kernel decision."
+    return Attribution(Match.UNKNOWN, explain=explain, notes=(f"ptcpdump: {what}",))
 
 
 # ---------------------------------------------------------------------------------------
@@ -650,6 +692,87 @@ def open_writer(
     if fmt == "pcap":
         return PcapWriter(target, flush_bytes=flush_bytes, overwrite=overwrite)
     raise ValueError(f"unknown capture format {fmt!r} (pcap or pcapng)")
+
+
+# ---------------------------------------------------------------------------------------
+# standard output (``-w -``)
+
+STDOUT: Final = "-"
+
+
+class _StdoutStream(io.FileIO):
+    """The private copy of standard output ``-w -`` writes to; remembers that its reader
+    went away (EPIPE: Python ignores SIGPIPE, so the write fails instead of killing us)."""
+
+    broken_pipe = False
+
+    def write(self, data: Any, /) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            self.broken_pipe = True
+            raise
+
+
+class StdoutWriter(PcapNgWriter):
+    """pcapng streamed to standard output, for ``conntui -w - | tshark -r -``.
+
+    The engine flushes its writer every 0.25 s, so packets reach the reader as they come, as
+    whole blocks. Each flush also checks that the reader is still there (``poll`` says
+    POLLERR once the read end of a pipe is closed), so a reader that exits while no packet
+    flows still ends the capture. ``broken_pipe`` tells that case from other write errors.
+    """
+
+    def flush(self) -> None:
+        stream = self._stream
+        if not isinstance(stream, _StdoutStream):  # not built by open_stdout_writer
+            super().flush()
+            return
+        try:
+            super().flush()
+        except ExportError:
+            if not stream.broken_pipe:
+                raise
+        if self._closed or stream.closed:
+            return
+        poller = select.poll()
+        poller.register(stream.fileno(), 0)  # POLLERR and POLLHUP are always reported
+        if any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0)):
+            stream.broken_pipe = True
+        if stream.broken_pipe:
+            raise ExportError("standard output was closed: its reader went away")
+
+    @property
+    def broken_pipe(self) -> bool:
+        return isinstance(self._stream, _StdoutStream) and self._stream.broken_pipe
+
+    def _release(self) -> None:
+        super()._release()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                # whatever a failed flush left in the buffer is dropped: the reader is gone
+                stream.close()
+
+
+def open_stdout_writer(*, flush_bytes: int = 1 << 20) -> StdoutWriter:
+    """A pcapng writer on standard output (``-w -``).
+
+    The stream gets a private duplicate of fd 1, and fd 1 itself is pointed at standard
+    error: nothing else (a stray ``print``, a library's warning) can land in the middle of
+    the capture. Refuses a terminal (binary data would garble it). Raises ``ExportError``.
+    """
+    if os.isatty(1):
+        raise ExportError("-w -: standard output is a terminal; pipe it, e.g. conntui -w - | tshark -r -")
+    try:
+        fd = os.dup(1)
+    except OSError as e:
+        raise ExportError(f"-w -: standard output is not open: {e.strerror or e}") from None
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    stream = _StdoutStream(fd, "wb")
+    stream.name = "standard output"  # for messages
+    return StdoutWriter(stream, flush_bytes=flush_bytes)
 
 
 # ---------------------------------------------------------------------------------------

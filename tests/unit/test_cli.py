@@ -63,3 +63,12 @@ def test_a_bpf_expression_with_a_file_is_refused():
     with pytest.raises(UsageError) as e:
         cli.make_source(opts("-r", "x.pcapng", "tcp"), [])
     assert "-p" in str(e.value)
+
+
+def test_w_dash_streams_to_stdout_headless_and_quiet_unless_lines_are_asked_for():
+    """``-w -`` is the output: no TUI, no per-segment lines (they would go to stderr)."""
+    o = opts("-w", "-")
+    assert o.write == "-" and o.headless and o.quiet
+    o = opts("-w", "-", "--json")
+    assert o.headless and o.json and not o.quiet
+    assert opts("-r", "x.pcapng", "-w", "-").write == "-"  # converting a file to a stream

@@ -1,0 +1,266 @@
+"""conntui with Wireshark's own tools (issue 15): ``-w -`` streamed into the real tshark.
+
+The sockets are the test's own (this process's pid, the fds it holds), so the comments
+tshark prints can be checked against what the test opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+TSHARK = shutil.which("tshark") or "tshark"  # the Quick start installs it
+
+
+@contextlib.contextmanager
+def conversation(port: int) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A TCP connection on loopback held by this process: (client, accepted)."""
+    lst = socket.create_server(("127.0.0.1", port))
+    cli = socket.create_connection(("127.0.0.1", port), timeout=5)
+    acc, _ = lst.accept()
+    try:
+        yield cli, acc
+    finally:
+        for s in (cli, acc, lst):
+            s.close()
+
+
+def exchange(cli: socket.socket, acc: socket.socket, i: int) -> None:
+    cli.sendall(b"ping%04d" % i)
+    acc.recv(100)
+    acc.sendall(b"pong%04d" % i)
+    cli.recv(100)
+
+
+def read_lines(stream: int, buf: bytearray, timeout: float) -> list[str]:
+    """Whatever whole lines arrive on ``stream`` within ``timeout`` seconds."""
+    r, _, _ = select.select([stream], [], [], timeout)
+    if r:
+        chunk = os.read(stream, 65536)
+        buf += chunk if chunk else b""
+    *lines, rest = bytes(buf).split(b"\n")
+    buf[:] = rest
+    return [line.decode(errors="replace") for line in lines]
+
+
+@pytest.mark.parametrize("how", ["-r", "-i"], ids=["read-stdin", "capture-from-pipe"])
+def test_w_dash_streams_into_tshark_while_capturing(conntui, port, how):
+    """``conntui -w - | tshark -r -`` (and ``tshark -i -``: dumpcap reading the pipe, as a
+    live capture): tshark prints annotated packets while conntui still runs, and each
+    comment names this test's pid and the fds of both ends. The connection is made before
+    the capture starts, so every packet is data or ACK between sockets the table holds."""
+    me = os.getpid()
+    with conversation(port) as (cli, acc):
+        cap = conntui("-w", "-", "-i", "lo", "-p", str(port), "--duration", "30")
+        assert cap.proc.stdout is not None
+        reader = subprocess.Popen(
+            [TSHARK, "-l", "-n", how, "-", "-T", "fields", "-e", "frame.number", "-e", "frame.comment"],
+            stdin=cap.proc.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        cap.proc.stdout.close()  # tshark holds the read end now
+        try:
+            got: list[str] = []
+            buf = bytearray()
+            assert reader.stdout is not None
+            c, a = cli.fileno(), acc.fileno()
+            want = [rf"\[{me}\] fd {c} → \S+\[{me}\] fd {a} ", rf"\[{me}\] fd {a} → \S+\[{me}\] fd {c} "]
+            deadline = time.monotonic() + 20
+            i = 0
+            while time.monotonic() < deadline:
+                exchange(cli, acc, i)
+                i += 1
+                got += read_lines(reader.stdout.fileno(), buf, 0.3)
+                if all(any(re.search(w, line) for line in got) for w in want):
+                    break
+            assert cap.proc.poll() is None, "conntui ended before tshark printed its packets"
+            assert all(any(re.search(w, line) for line in got) for w in want), got
+            for line in got:
+                number, comment = line.split("\t", 1)
+                assert int(number) >= 1, line
+                assert re.match(rf"conntui: \S+\[{me}\] fd ({c}|{a}) → \S+\[{me}\] fd ({c}|{a}) ", comment), (
+                    line
+                )
+            cap.proc.send_signal(signal.SIGINT)
+            _, err = cap.proc.communicate(timeout=20)
+            assert cap.proc.returncode == 0, err
+            assert b"Traceback" not in err
+        finally:
+            cap.kill()
+            reader.kill()
+            reader.wait()
+
+
+@pytest.mark.parametrize("traffic", [True, False], ids=["packets-flowing", "idle"])
+def test_w_dash_ends_with_one_line_when_its_reader_goes_away(conntui, port, traffic):
+    """The reader exits (``| head -c``): conntui stops with one clear line, no traceback,
+    whether packets are flowing (the write fails) or not (the flush sees the closed pipe)."""
+    cap = conntui("-w", "-", "-i", "lo", "-p", str(port), "--duration", "30")
+    assert cap.proc.stdout is not None
+    head = os.read(cap.proc.stdout.fileno(), 4)
+    assert head == b"\x0a\x0d\x0d\x0a"  # the section header, flushed at once
+    cap.proc.stdout.close()
+    start = time.monotonic()
+    with conversation(port) as (cli, acc):
+        for i in range(40 if traffic else 0):
+            exchange(cli, acc, i)
+            time.sleep(0.05)
+        _, err = cap.proc.communicate(timeout=20)
+    assert time.monotonic() - start < 10
+    assert cap.proc.returncode == 0, err
+    text = err.decode(errors="replace")
+    assert "Traceback" not in text and "Exception" not in text, text
+    lines = [line for line in text.splitlines() if "standard output" in line]
+    assert lines == ["conntui: standard output was closed: its reader went away; stopping"], text
+
+
+def test_w_dash_refuses_a_terminal(port):
+    """Binary pcapng would garble a terminal: one line, exit 1."""
+    main_fd, tty_fd = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "conntui", "-w", "-", "-i", "lo", "-p", str(port), "-c", "1"],
+            stdout=tty_fd,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            timeout=30,
+        )
+    finally:
+        os.close(tty_fd)
+        os.close(main_fd)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().strip().splitlines() == [
+        "conntui: -w -: standard output is a terminal; pipe it, e.g. conntui -w - | tshark -r -"
+    ]
+
+
+# --- extcap: conntui as a capture source ----------------------------------------------
+
+
+def folders() -> dict[str, str]:
+    out = subprocess.run([TSHARK, "-G", "folders"], capture_output=True, text=True, timeout=30).stdout
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
+
+
+def private_extcap(tmp_path: Path, cmd: list[str]) -> list[str]:
+    """``cmd`` run where Wireshark's extcap folder is a fresh directory of this test.
+
+    Wireshark >= 4.2 reads a personal extcap folder under HOME (a temporary HOME is enough);
+    up to 4.0 there is only the global one (and WIRESHARK_EXTCAP_DIR is ignored as root):
+    then ``cmd`` runs in a private mount namespace where a temporary directory is mounted
+    over it, so the system's folder is never touched."""
+    f = folders()
+    if any(k.lower() == "personal extcap path" for k in f):
+        return cmd
+    shadow = tmp_path / "extcap"
+    shadow.mkdir(exist_ok=True)
+    script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        str(shadow),
+        f["Extcap path"],
+        *cmd,
+    ]
+
+
+def test_install_makes_tshark_list_the_conntui_interface(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    listed = private_extcap(tmp_path, [TSHARK, "-D"])
+    before = subprocess.run(listed, capture_output=True, text=True, env=env, timeout=60)
+    assert before.returncode == 0 and "conntui-any" not in before.stdout
+    both = private_extcap(
+        tmp_path, ["sh", "-c", f'"$0" -m conntui wireshark install && exec {TSHARK} -D', sys.executable]
+    )
+    after = subprocess.run(both, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert after.returncode == 0, after.stderr
+    assert re.search(r"^\d+\. conntui-any \(conntui: any", after.stdout, re.M), after.stdout
+
+
+def test_tshark_captures_annotated_packets_through_the_extcap(tmp_path, port):
+    """``tshark -i conntui-any -c 20``: every packet of this test's connection names this
+    process and the fd of each end, read by the installed Lua plugin."""
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    fields = [
+        "tcp.srcport",
+        "conntui.sender.pid",
+        "conntui.sender.fd",
+        "conntui.receiver.pid",
+        "conntui.receiver.fd",
+    ]
+    capture = " ".join(
+        [TSHARK, "-n", "-i", "conntui-any", "-f", f"'tcp port {port}'", "-c", "20", "-T", "fields"]
+        + [f"-e {f}" for f in fields]
+    )
+    cmd = private_extcap(
+        tmp_path,
+        ["sh", "-c", f'"$0" -m conntui wireshark install >/dev/null && exec {capture}', sys.executable],
+    )
+    with conversation(port) as (cli, acc):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 60
+            i = 0
+            while proc.poll() is None and time.monotonic() < deadline:
+                exchange(cli, acc, i)
+                i += 1
+                time.sleep(0.05)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        client_port = cli.getsockname()[1]
+        me = str(os.getpid())
+        rows = [line.split("\t") for line in out.decode().splitlines()]
+        assert proc.returncode == 0, err.decode(errors="replace")
+        assert len(rows) == 20, (rows, err)
+        for sport, spid, sfd, rpid, rfd in rows:
+            from_client = int(sport) == client_port
+            want = (cli, acc) if from_client else (acc, cli)
+            assert (spid, sfd, rpid, rfd) == (me, str(want[0].fileno()), me, str(want[1].fileno())), rows
+
+
+def test_w_dash_with_json_keeps_stdout_pure_pcapng(conntui, port, tmp_path):
+    """``-w - --json``: the JSON lines go to stderr; standard output is nothing but the
+    capture (tshark reads every packet of it, conntui's own reader agrees)."""
+    cap = conntui("-w", "-", "--json", "-i", "lo", "-p", str(port), "--duration", "30")
+    with conversation(port) as (cli, acc):
+        for i in range(10):
+            exchange(cli, acc, i)
+        time.sleep(1.0)  # past --settle, so every row is written and printed
+        cap.proc.send_signal(signal.SIGINT)
+        out, err = cap.proc.communicate(timeout=20)
+    assert cap.proc.returncode == 0, err
+    path = tmp_path / "stdout.pcapng"
+    path.write_bytes(out)
+    res = subprocess.run(
+        [TSHARK, "-n", "-r", str(path), "-T", "fields", "-e", "tcp.len"], capture_output=True
+    )
+    assert res.returncode == 0 and b"cut short" not in res.stderr, res.stderr
+    lengths = [int(x) for x in res.stdout.split()]
+    rows = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert len(rows) == len(lengths) and lengths.count(8) == 20  # 10 pings and 10 pongs
+    assert sorted(r["payload_len"] for r in rows) == sorted(lengths)
