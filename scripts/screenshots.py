@@ -114,9 +114,20 @@ def start_actor(name: str, body: str, duration: float) -> subprocess.Popen[bytes
     return subprocess.Popen([sys.executable, "-c", code])
 
 
+def for_rsvg(svg: str) -> str:
+    """Textual's SVG as rsvg-convert should draw it: rsvg drops the no-break spaces that
+    start or end a ``<text>`` unless told to keep them, and every field after one then
+    runs into the one before (``19:46:40.000000lo``). Browsers keep them anyway."""
+    return svg.replace("<svg ", '<svg xml:space="preserve" ', 1)
+
+
 def to_png(svg: Path) -> None:
     if shutil.which("rsvg-convert"):
-        subprocess.run(["rsvg-convert", str(svg), "-o", str(svg.with_suffix(".png"))], check=False)
+        subprocess.run(
+            ["rsvg-convert", "-o", str(svg.with_suffix(".png"))],
+            input=for_rsvg(svg.read_text(encoding="utf-8")).encode(),
+            check=False,
+        )
 
 
 async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def]
