@@ -109,6 +109,7 @@ class ConntuiApp(App[None]):
         iface: str,
         filter_text: str = "",
         export_path: str | None = None,
+        note: str = "",
         clock: Callable[[], float] = time.time,
         tick_interval: float = 0.1,
         socket_interval: float = 1.0,
@@ -141,7 +142,7 @@ class ConntuiApp(App[None]):
         self._last_detail = 0.0
         self._key_at = 0.0  # time.monotonic() of the last key press
         self._deferred: set[Callable[[], None]] = set()
-        self.main = MainScreen(self.feed.buffer)
+        self.main = MainScreen(self.feed.buffer, note)  # note: conntui lab's what to watch
         self.gc_policy = GcPolicy(lead=True)  # collections between frames (see _tick)
         self.gc_policy.enabled = gc_freeze
 
