@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, fastpath
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
@@ -40,17 +40,31 @@ class UsageError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line (what is wrong, where to read more) and exit code 2, not
+    the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Show, live, which process and file descriptor the kernel delivers each TCP/UDP "
-            "segment to, and why. Without --headless it opens the TUI."
+            "Show, live, which process and file descriptor the kernel delivers each TCP/UDP\n"
+            "segment to, and why. Without --headless it opens the TUI (and runs headless when\n"
+            "standard output is not a terminal)."
         ),
         epilog=(
-            "examples:  sudo conntui -i lo -p 8080    "
-            "sudo conntui --headless --json -c 20 tcp port 443    "
-            "conntui -r session.pcapng --headless"
+            "examples:\n"
+            "  sudo conntui -i lo -p 8080\n"
+            "  sudo conntui --headless --json -c 20 tcp port 443\n"
+            "  conntui -r session.pcapng --headless\n"
+            "\n"
+            "teaching scenarios in private network namespaces:\n"
+            "  sudo conntui lab [SCENARIO]   (list them, or run one; conntui lab --help)"
         ),
     )
     p.add_argument(
@@ -96,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "connections that close before conntui can look them up",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
+    p.add_argument("--lab-note", default="", help=argparse.SUPPRESS)  # conntui lab: what to watch
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
     return p
 
@@ -115,6 +130,7 @@ class Options:
     overwrite: bool = False
     settle: float = 0.5
     trace: bool = False
+    lab_note: str = ""
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -145,6 +161,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         overwrite=args.overwrite,
         settle=args.settle,
         trace=args.trace,
+        lab_note=args.lab_note,
     )
 
 
@@ -249,6 +266,7 @@ def make_app(opts: Options, engine: Engine) -> ConntuiApp:
         iface=opts.interface if not opts.read else opts.read,
         filter_text=filter_text,
         export_path=opts.write,
+        note=opts.lab_note,
     )
 
 
@@ -328,6 +346,13 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     return code
 
 
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a real stream
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lab"]:
@@ -337,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     try:
         opts = parse_options(argv)
+        if not opts.headless and not _is_terminal(sys.stdout):
+            # a TUI nobody sees (a pipe, a file): lines instead, as tcpdump writes them
+            opts.headless = True
+            notes.append("standard output is not a terminal: running headless (one line per segment)")
         engine = make_engine(opts, notes)
     except (UsageError, CaptureError) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
