@@ -70,8 +70,6 @@ class MainScreen(Screen[None]):
     def on_mount(self) -> None:
         self.segment_list.focus()
         self._apply_size(self.size.width, self.size.height)
-        if self.lab_note is not None:  # open where there is room; n opens or folds it
-            self.lab_note.expanded = not self.has_class("-narrow")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "toggle_note":
@@ -88,6 +86,11 @@ class MainScreen(Screen[None]):
     def _apply_size(self, width: int, height: int) -> None:
         self.set_class(width < NARROW_WIDTH or height < SHORT_HEIGHT, "-narrow")
         self.set_class(height < TINY_HEIGHT, "-tiny")
+        note = self.lab_note
+        room = not self.has_class("-narrow")
+        if note is not None and not note.toggled and note.expanded != room:  # (until n says)
+            note.expanded = room  # open where there is room
+            note.refresh(layout=True)
         self._show_lower()
 
     def _show_lower(self) -> None:

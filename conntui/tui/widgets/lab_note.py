@@ -94,6 +94,7 @@ class LabNote(Widget):
         super().__init__(id=id)
         self.title, self.watch_lines = split_note(note)
         self.expanded = True
+        self.toggled = False  # n was pressed: the size no longer decides
 
     def lines(self, width: int) -> list[Text]:
         room = max(1, width - 1)  # the last cell left blank
@@ -119,5 +120,6 @@ class LabNote(Widget):
         return Text("\n").join(self.lines(self.content_region.width))
 
     def toggle(self) -> None:
+        self.toggled = True
         self.expanded = not self.expanded
         self.refresh(layout=True)
