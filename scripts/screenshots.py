@@ -3,7 +3,7 @@
 
     sudo /path/to/venv/bin/python scripts/screenshots.py [--frozen]
 
-As root it starts, for about 20 seconds, a small TCP server (``demo-server``, port 18080),
+As root it starts, for at most a minute, a small TCP server (``demo-server``, port 18080),
 a client that connects to it every few hundred milliseconds (``demo-client``), a listener
 that never accepts (``demo-backlog``, port 18081, so segments wait in its accept queue), a
 UDP server and client (``demo-udp-server``, port 18053) and a connection attempt to a closed
@@ -187,6 +187,13 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         save("sockets")
         app.screen.minimize()
         await pilot.pause(0.3)
+        # an 80x24 terminal: the columns that matter most, the rest in the details
+        await pilot.press("shift+tab", "shift+tab")
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.6)
+        save("narrow-80x24")
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause(0.3)
         await pilot.press("question_mark")
         await pilot.pause(0.3)
         save("help")
@@ -220,7 +227,7 @@ def main() -> int:
         if frozen:
             app = frozen_app()
         else:
-            duration = 20.0
+            duration = 60.0  # (stopped when the pictures are taken; a loaded machine is slow)
             actors.append(start_actor("demo-server", SERVER, duration))
             actors.append(start_actor("demo-udp-server", UDP_SERVER, duration))
             time.sleep(0.5)
