@@ -183,3 +183,22 @@ def test_sender_receiver_is_the_last_column_to_go() -> None:
         if layout.note:
             assert "too narrow" in layout.note and len(layout.note) <= width - 1
     assert seen_shapes == set(SHAPES)
+
+
+async def test_resized_while_drawing_every_size_still_fits() -> None:
+    """A terminal dragged through sizes (some tiny) between frames, with the lab note and
+    the filter line open: no error, and at each size it settles on, nothing cut silently."""
+    app = make_app(note=NARRATIVE)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("slash", *"80")
+        for size in [(40, 12), (240, 70), (12, 5), (80, 24), (121, 31), (119, 29), (30, 8), (1, 1)]:
+            await pilot.resize_terminal(*size)  # no pause: the next size comes mid-layout
+        await pilot.press("escape")
+        for size in SIZES:
+            await pilot.resize_terminal(*size)
+            await settle(pilot)
+            lines = screen_lines(app)
+            assert [(line, joined(line)) for line in lines if joined(line)] == [], size
+            assert cut_at_edge(app) == [], (size, "\n".join(lines))
+        assert app.is_running

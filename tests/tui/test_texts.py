@@ -103,3 +103,13 @@ async def test_no_note_no_watch_key() -> None:
         await settle(pilot)
         assert app.main.lab_note is None
         assert not any("Watch" in line for line in screen_lines(app))
+
+
+async def test_a_hostile_note_is_shown_literally() -> None:
+    note = "[bold red]lab[/] \x1b[2J\u202etitle\nWatch for:\n  * [link=x]y[/link]\x07"
+    app = make_app(note=note)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        text = "\n".join(screen_lines(app))
+        assert "[bold red]lab[/] \\x1b[2J" in text and "[link=x]y[/link]\\x07" in text
+        assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
