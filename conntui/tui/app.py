@@ -34,10 +34,12 @@ from ..model import Record, SocketTable
 from ..session import WINDOW, Session
 from .commands import ConntuiCommands
 from .feed import FILL_CHUNK, Feed, record_filter
+from .ladder import ladder_for
 from .messages import ExportDone, ExportFailed
 from .screens.confirm import ConfirmScreen
 from .screens.export import ExportRequest, ExportScreen
 from .screens.help import HelpScreen
+from .screens.ladder import LadderScreen
 from .screens.main import MainScreen
 from .text import safe
 from .widgets.filter_input import FilterInput
@@ -355,6 +357,14 @@ class ConntuiApp(App[None]):
     def action_follow(self) -> None:
         self.main.segment_list.action_last()
         self.main.focus_pane("segments")
+
+    def action_ladder(self) -> None:
+        """The selected segment's connection as a ladder (``screens/ladder.py``)."""
+        rec = self.main.segment_list.selected_record
+        if rec is None:
+            self.notify("select a segment first", severity="warning", markup=False)
+            return
+        self.push_screen(LadderScreen(ladder_for(self.engine.session.window(), rec)))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -96,3 +96,14 @@ def test_lab_note_80x24(snap_compare) -> None:  # type: ignore[no-untyped-def]
         await settle(pilot)
 
     assert snap_compare(make_app(note=NARRATIVE), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_ladder_80x24(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    """l: the selected connection as a ladder (curl's, the last row)."""
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        await pilot.press("l")
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)

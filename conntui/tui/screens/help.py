@@ -21,6 +21,7 @@ KEYS = [
     ("Enter", "focus the detail pane of the selected segment"),
     ("Tab / Shift+Tab", "switch between the list, the sockets and the details"),
     ("w", "export to pcapng/pcap (all, or only what the filter shows)"),
+    ("l", "the selected segment's connection as a ladder (Esc closes)"),
     ("n", "conntui lab: show or fold what to watch"),
     ("Ctrl+P", "command palette: the same actions by name"),
     ("?", "this help"),

@@ -37,6 +37,7 @@ class MainScreen(Screen[None]):
         Binding("tab", "app.switch_pane", "Pane"),
         Binding("shift+tab", "app.switch_pane(-1)", "Previous pane", show=False),
         Binding("w", "app.export", "Export"),
+        Binding("l", "app.ladder", "Ladder"),
         Binding("n", "toggle_note", "Watch"),
         Binding("question_mark", "app.help", "Help"),
         Binding("q", "app.quit", "Quit"),

@@ -1,0 +1,99 @@
+"""The ladder of the selected segment's connection, full screen (``l``; Esc closes).
+
+A Line API view over the ladder's lines: only the lines on screen are drawn, so a flow
+of thousands of segments opens as fast as a short one. It scrolls both ways (a ladder
+of many lanes is wider than the screen). The last segment is shown first.
+"""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.screen import Screen
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from ..ladder import LANE_WIDTH, TIME_WIDTH, Ladder, ladder_lines
+from ..widgets.keys_footer import KeysFooter
+
+
+class LadderView(ScrollView, can_focus=True):
+    DEFAULT_CSS = """
+    LadderView { background: $surface; border: round $accent; }
+    """
+
+    def __init__(self, ladder: Ladder) -> None:
+        super().__init__()
+        self.ladder = ladder
+        # (elided), lane labels (two lines), rails: the lines that stay at the top
+        self.head = 3 + (1 if ladder.elided else 0)
+        self.border_title = f"Ladder of {ladder.title}"
+        self.lines: list[str] = []
+        self._lane_width = 0
+        self._lay_out(LANE_WIDTH)
+
+    def _lay_out(self, lane_width: int) -> None:
+        if lane_width == self._lane_width:
+            return
+        self._lane_width = lane_width
+        self.lines = ladder_lines(self.ladder, lane_width)[1:]  # (the title is the border's)
+        width = max((len(line) for line in self.lines), default=0) + 1
+        self.virtual_size = Size(width, len(self.lines))
+        self.refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        # lanes share the width (the match names need 16 cells after them); a ladder of
+        # many lanes scrolls sideways
+        room = self.scrollable_content_region.width - TIME_WIDTH - 2 - 16
+        self._lay_out(max(14, min(LANE_WIDTH, room // max(1, len(self.ladder.lanes)))))
+
+    def on_mount(self) -> None:
+        self.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        scroll_x, scroll_y = self.scroll_offset
+        base = self.rich_style
+        if y < self.head:
+            index = y
+            style = Style(bold=True) if y != self.head - 1 else Style(dim=True)
+        else:
+            index = scroll_y + y
+            style = Style()
+        if index >= len(self.lines):
+            return Strip.blank(width, base)
+        text = Text(self.lines[index], style=style, no_wrap=True, end="")
+        strip = Strip(text.render(self.app.console), text.cell_len)
+        return strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base)
+
+
+class LadderScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape,q,l", "close", "Close"),
+        Binding("home", "first", "First", show=False),
+        Binding("end", "last", "Last", show=False),
+    ]
+
+    def __init__(self, ladder: Ladder) -> None:
+        super().__init__()
+        self.view = LadderView(ladder)
+
+    def compose(self) -> ComposeResult:
+        yield self.view
+        yield KeysFooter()
+
+    def on_mount(self) -> None:
+        self.view.focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_first(self) -> None:
+        self.view.scroll_home(animate=False, immediate=True)
+
+    def action_last(self) -> None:
+        self.view.scroll_end(animate=False, immediate=True, x_axis=False)
