@@ -20,7 +20,7 @@ from . import __version__, fastpath
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
 from .engine import Engine, StaticTables, TableSource
 from .export import ExportError, PcapngSpool, open_writer
-from .filters import FilterError, PortSet, parse_ports
+from .filters import FilterError, PortSet, parse_display_filter, parse_ports
 from .jsonout import json_line, text_line
 from .model import Record
 from .session import Counters, Session
@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also trace connect()/accept() with bpftrace (if installed), to name the process of "
         "connections that close before conntui can look them up",
     )
+    p.add_argument(
+        "--ladder",
+        metavar="FILTER",
+        help="with -r: print each connection FILTER matches as a ladder (a sequence diagram of its "
+        "segments between sockets); FILTER as in the TUI: 8080, host:10.0.0.1, proc:nginx, match:none",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
     p.add_argument("--lab-note", default="", help=argparse.SUPPRESS)  # conntui lab: what to watch
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
@@ -131,6 +137,7 @@ class Options:
     settle: float = 0.5
     trace: bool = False
     lab_note: str = ""
+    ladder: str | None = None
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -145,6 +152,13 @@ def parse_options(argv: Sequence[str]) -> Options:
         raise UsageError(f"bad count {args.count}: it must be a positive number", 2)
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"bad duration {args.duration}: it must be a positive number of seconds", 2)
+    if args.ladder is not None:
+        if not args.read:
+            raise UsageError("--ladder reads a saved session: give it -r FILE", 2)
+        try:
+            parse_display_filter(args.ladder)
+        except FilterError as exc:
+            raise UsageError(str(exc), 2) from None
     if args.read and args.write and os.path.abspath(args.read) == os.path.abspath(args.write):
         raise UsageError("-r and -w name the same file", 2)
     return Options(
@@ -155,13 +169,14 @@ def parse_options(argv: Sequence[str]) -> Options:
         read=args.read,
         count=args.count,
         duration=args.duration,
-        headless=args.headless or args.json or args.quiet,
+        headless=args.headless or args.json or args.quiet or args.ladder is not None,
         json=args.json,
         quiet=args.quiet,
         overwrite=args.overwrite,
         settle=args.settle,
         trace=args.trace,
         lab_note=args.lab_note,
+        ladder=args.ladder,
     )
 
 
@@ -346,6 +361,33 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     return code
 
 
+MAX_LADDERS = 20  # connections --ladder prints at most (it says how many more matched)
+
+
+def run_ladder(opts: Options, engine: Engine, out: IO[str]) -> int:
+    """``-r FILE --ladder FILTER``: the ladder of each connection with a segment FILTER keeps."""
+    from .tui.ladder import flow_key, ladder_for, ladder_lines
+
+    flt = parse_display_filter(opts.ladder or "")
+    try:
+        engine.run()
+    finally:
+        engine.close()
+    records = engine.session.window()
+    flows: dict[object, Record] = {}
+    for rec in records:
+        if not flt or flt(rec.segment, rec.attribution):
+            flows.setdefault(flow_key(rec.segment), rec)
+    if not flows:
+        sys.stderr.write(f"{PROG}: no segment in {opts.read} matches {opts.ladder!r}\n")
+        return 1
+    for i, rec in enumerate(list(flows.values())[:MAX_LADDERS]):
+        out.write(("\n" if i else "") + "\n".join(ladder_lines(ladder_for(records, rec))) + "\n")
+    if len(flows) > MAX_LADDERS:
+        sys.stderr.write(f"{PROG}: {len(flows) - MAX_LADDERS} more connections match; narrow the filter\n")
+    return 0
+
+
 def _is_terminal(stream: IO[str]) -> bool:
     try:
         return stream.isatty()
@@ -372,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc, UsageError) else 1
     for note in notes:
         sys.stderr.write(f"{PROG}: note: {note}\n")
+    if opts.ladder is not None:
+        try:
+            return run_ladder(opts, engine, sys.stdout)
+        except BrokenPipeError:
+            return 0
     if opts.headless:
         try:
             return run_headless(opts, engine, sys.stdout)
