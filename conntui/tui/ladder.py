@@ -38,6 +38,11 @@ class Lane:
     label: str
     left: bool  # the end that sent the flow's first segment shown
 
+    @property
+    def held(self) -> bool:
+        """Named by a process's fd (not by what the kernel keeps)."""
+        return "[" in self.label and " fd " in self.label
+
 
 @dataclass(frozen=True)
 class Arrow:
@@ -91,6 +96,9 @@ def ladder_for(records: Iterable[Record], selected: Record, limit: int = MAX_ARR
         if i is None:
             i = index[k] = len(ladder.lanes)
             ladder.lanes.append(Lane(k, lane_label(sock), left))
+        elif sock is not None and sock.holders and not ladder.lanes[i].held:
+            # a connection first seen in the accept queue, accept()ed since: named by its fd
+            ladder.lanes[i] = Lane(k, lane_label(sock), ladder.lanes[i].left)
         return i
 
     for rec in flow:
