@@ -174,3 +174,18 @@ def ladder_lines(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
                 _put(line, lo + 1 + (hi - lo - 1 - len(label)) // 2, label)
         out.append("".join(line).rstrip() + "   " + a.match)
     return out
+
+
+def ladder_svg(ladder: Ladder, lane_width: int = LANE_WIDTH) -> str:
+    """The ladder as an SVG picture of its text (rich's terminal export)."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    lines = ladder_lines(ladder, lane_width)
+    width = max(40, max(len(line) for line in lines) + 1)
+    console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
+    for line in lines:
+        console.print(Text(line, no_wrap=True, end=""), overflow="ignore", crop=False)
+    return console.export_svg(title="conntui ladder")

@@ -83,3 +83,24 @@ async def test_l_opens_the_ladder_of_the_selected_row_and_esc_closes_it() -> Non
         await pilot.press("escape")
         await settle(pilot)
         assert app.screen is app.main
+
+
+async def test_w_saves_the_ladder_as_text_and_svg(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "decoy.txt").write_text("keep")
+    app = make_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("up", "up", "up", "up", "up", "up", "l")  # dig ↔ the hostile name (UDP)
+        await settle(pilot)
+        await pilot.press("w")
+        await settle(pilot)
+        await pilot.press("w")  # a second time: a second pair, nothing overwritten
+        await settle(pilot)
+    txt = sorted(tmp_path.glob("conntui-ladder-*.txt"))
+    svg = sorted(tmp_path.glob("conntui-ladder-*.svg"))
+    assert len(txt) == 2 and len(svg) == 2 and (tmp_path / "decoy.txt").read_text() == "keep"
+    text = txt[0].read_text()
+    assert text.startswith("udp 127.0.0.1:40000 ⇄ 127.0.0.1:5353") and "[bold red]evil[/]\\x1b" in text
+    picture = svg[0].read_text()
+    assert picture.startswith("<svg") and "dig[7070]" in picture and "\x1b" not in picture

@@ -7,6 +7,9 @@ of many lanes is wider than the screen). The last segment is shown first.
 
 from __future__ import annotations
 
+import os
+import time
+
 from rich.style import Style
 from rich.text import Text
 from textual import events
@@ -17,7 +20,7 @@ from textual.screen import Screen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..ladder import LANE_WIDTH, TIME_WIDTH, Ladder, ladder_lines
+from ..ladder import LANE_WIDTH, TIME_WIDTH, Ladder, ladder_lines, ladder_svg
 from ..widgets.keys_footer import KeysFooter
 
 
@@ -74,6 +77,7 @@ class LadderView(ScrollView, can_focus=True):
 class LadderScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,q,l", "close", "Close"),
+        Binding("w", "save", "Save .txt and .svg"),
         Binding("home", "first", "First", show=False),
         Binding("end", "last", "Last", show=False),
     ]
@@ -91,6 +95,32 @@ class LadderScreen(Screen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def action_save(self) -> None:
+        """The ladder as text and as an SVG picture, in the current directory (never over
+        an existing file)."""
+        stem = time.strftime("conntui-ladder-%Y%m%d-%H%M%S")
+        ladder = self.view.ladder
+        text = "\n".join(ladder_lines(ladder)) + "\n"
+        for n in range(100):
+            name = stem if not n else f"{stem}-{n}"
+            try:
+                with open(f"{name}.txt", "x", encoding="utf-8") as f:
+                    f.write(text)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                self.notify(f"cannot save the ladder: {exc}", severity="error", markup=False)
+                return
+            try:
+                with open(f"{name}.svg", "x", encoding="utf-8") as f:
+                    f.write(ladder_svg(ladder))
+            except OSError as exc:
+                self.notify(f"saved {name}.txt; not the SVG: {exc}", severity="error", markup=False)
+                return
+            where = os.path.abspath(name)
+            self.notify(f"saved {where}.txt and .svg", title="ladder", markup=False)
+            return
 
     def action_first(self) -> None:
         self.view.scroll_home(animate=False, immediate=True)
