@@ -162,6 +162,12 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         await app.workers.wait_for_complete()
         await pilot.pause(0.3)
         save("details")
+        # that SYN's connection as a ladder: listen()'s fd gets the SYN, accept()'s the rest
+        await pilot.press("l")
+        await pilot.pause(0.5)
+        save("ladder")
+        await pilot.press("escape")
+        await pilot.pause(0.3)
         await pilot.press("escape")
         await pilot.pause(0.3)
         # a port filter, on the list and the socket view at once, and the filter line
