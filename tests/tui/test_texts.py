@@ -18,8 +18,8 @@ from .test_layout import screen_lines, settle
 
 def test_the_frame_length_reads_as_a_length() -> None:
     rec = next(iter(make_engine().session.window()))
-    text = detail_text(rec, None).plain.replace("\u00a0", " ")  # (kept on one line)
-    assert f"({rec.segment.wire_len}-byte frame)" in text
+    text = detail_text(rec, None).plain
+    assert f"len {rec.segment.payload_len} ({rec.segment.wire_len}-byte frame)" in text.splitlines()[1]
     assert "(frame " not in text  # "frame N" is a frame's number in the README
 
 
