@@ -80,8 +80,21 @@ def lane_label(sock: SocketEntry | None) -> str:
 
 def ladder_for(records: Iterable[Record], selected: Record, limit: int = MAX_ARROWS) -> Ladder:
     """The ladder of ``selected``'s 4-tuple over ``records`` (in capture order)."""
-    key = flow_key(selected.segment)
-    flow = [r for r in records if flow_key(r.segment) == key]
+    sel = selected.segment
+    ports = {sel.sport, sel.dport}
+    a, b = (sel.src, sel.sport), (sel.dst, sel.dport)
+    flow = [
+        r
+        for r in records
+        # the ports first: one set lookup each rules out nearly every other segment
+        if (s := r.segment).sport in ports
+        and s.dport in ports
+        and s.proto == sel.proto
+        and (
+            ((s.src, s.sport) == a and (s.dst, s.dport) == b)
+            or ((s.src, s.sport) == b and (s.dst, s.dport) == a)
+        )
+    ]
     elided = max(0, len(flow) - limit)
     flow = flow[elided:]
     seg0 = flow[0].segment if flow else selected.segment
@@ -137,9 +150,9 @@ def split_label(label: str) -> tuple[str, str]:
     return label, ""
 
 
-def ladder_lines(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
-    """The ladder as plain lines: the title, (what is left out), the lane labels on two
-    lines, the rails, then one line per segment."""
+def ladder_head(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
+    """The lines above the arrows: the title, (what is left out), the lane labels on two
+    lines, the rails."""
     n = len(ladder.lanes)
     width = TIME_WIDTH + 1 + n * lane_width
     out = [ladder.title]
@@ -154,26 +167,38 @@ def ladder_lines(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
             label = cut(split_label(ln.label)[part], lane_width - 1)
             _put(head, _center(i, lane_width) - len(label) // 2, label)
         out.append("".join(head).rstrip())
-    rail = [" "] * width
+    out.append("".join(_rail(n, lane_width)).rstrip())
+    return out
+
+
+def _rail(n: int, lane_width: int) -> list[str]:
+    rail = [" "] * (TIME_WIDTH + 1 + n * lane_width)
     for i in range(n):
         rail[_center(i, lane_width)] = "│"
-    out.append("".join(rail).rstrip())
-    for a in ladder.arrows:
-        line = list(rail)
-        _put(line, 0, clock(a.ts))
-        x0, x1 = _center(a.src, lane_width), _center(a.dst, lane_width)
-        if x0 == x1:  # a segment from a socket to itself (or from nowhere to nowhere)
-            _put(line, x0 + 1, f" ↺ {a.what}")
-        else:
-            lo, hi = min(x0, x1), max(x0, x1)
-            for x in range(lo + 1, hi):
-                line[x] = "─"
-            line[hi - 1 if x1 > x0 else lo + 1] = "▶" if x1 > x0 else "◀"
-            label = f" {a.what} "
-            if len(label) <= hi - lo - 3:
-                _put(line, lo + 1 + (hi - lo - 1 - len(label)) // 2, label)
-        out.append("".join(line).rstrip() + "   " + a.match)
-    return out
+    return rail
+
+
+def arrow_line(ladder: Ladder, a: Arrow, lane_width: int = LANE_WIDTH) -> str:
+    """One segment: its time, an arrow from the sender's lane to the receiver's, the match."""
+    line = _rail(len(ladder.lanes), lane_width)
+    _put(line, 0, clock(a.ts))
+    x0, x1 = _center(a.src, lane_width), _center(a.dst, lane_width)
+    if x0 == x1:  # a segment from a socket to itself (or from nowhere to nowhere)
+        _put(line, x0 + 1, f" ↺ {a.what}")
+    else:
+        lo, hi = min(x0, x1), max(x0, x1)
+        for x in range(lo + 1, hi):
+            line[x] = "─"
+        line[hi - 1 if x1 > x0 else lo + 1] = "▶" if x1 > x0 else "◀"
+        label = f" {a.what} "
+        if len(label) <= hi - lo - 3:
+            _put(line, lo + 1 + (hi - lo - 1 - len(label)) // 2, label)
+    return "".join(line).rstrip() + "   " + a.match
+
+
+def ladder_lines(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
+    """The whole ladder as plain lines (``ladder_head``, then one ``arrow_line`` each)."""
+    return ladder_head(ladder, lane_width) + [arrow_line(ladder, a, lane_width) for a in ladder.arrows]
 
 
 def ladder_svg(ladder: Ladder, lane_width: int = LANE_WIDTH) -> str:

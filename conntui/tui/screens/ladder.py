@@ -20,7 +20,7 @@ from textual.screen import Screen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..ladder import LANE_WIDTH, TIME_WIDTH, Ladder, ladder_lines, ladder_svg
+from ..ladder import LANE_WIDTH, TIME_WIDTH, Ladder, arrow_line, ladder_head, ladder_lines, ladder_svg
 from ..widgets.keys_footer import KeysFooter
 
 
@@ -35,7 +35,8 @@ class LadderView(ScrollView, can_focus=True):
         # (elided), lane labels (two lines), rails: the lines that stay at the top
         self.head = 3 + (1 if ladder.elided else 0)
         self.border_title = f"Ladder of {ladder.title}"
-        self.lines: list[str] = []
+        self.head_lines: list[str] = []
+        self._drawn: dict[int, str] = {}  # arrow lines made so far (only those shown)
         self._lane_width = 0
         self._lay_out(LANE_WIDTH)
 
@@ -43,10 +44,24 @@ class LadderView(ScrollView, can_focus=True):
         if lane_width == self._lane_width:
             return
         self._lane_width = lane_width
-        self.lines = ladder_lines(self.ladder, lane_width)[1:]  # (the title is the border's)
-        width = max((len(line) for line in self.lines), default=0) + 1
-        self.virtual_size = Size(width, len(self.lines))
+        self._drawn.clear()
+        self.head_lines = ladder_head(self.ladder, lane_width)[1:]  # (the title is the border's)
+        match = max((len(a.match) for a in self.ladder.arrows), default=0)
+        width = max(len(line) for line in self.head_lines) + 3 + match + 1
+        self.virtual_size = Size(width, len(self.head_lines) + len(self.ladder.arrows))
         self.refresh()
+
+    def line(self, index: int) -> str | None:
+        """Line ``index`` of the ladder (the head's, then the arrows'), made when first shown."""
+        if index < len(self.head_lines):
+            return self.head_lines[index]
+        i = index - len(self.head_lines)
+        if i >= len(self.ladder.arrows):
+            return None
+        text = self._drawn.get(i)
+        if text is None:
+            text = self._drawn[i] = arrow_line(self.ladder, self.ladder.arrows[i], self._lane_width)
+        return text
 
     def on_resize(self, event: events.Resize) -> None:
         # lanes share the width (the match names need 16 cells after them); a ladder of
@@ -67,9 +82,10 @@ class LadderView(ScrollView, can_focus=True):
         else:
             index = scroll_y + y
             style = Style()
-        if index >= len(self.lines):
+        line = self.line(index)
+        if line is None:
             return Strip.blank(width, base)
-        text = Text(self.lines[index], style=style, no_wrap=True, end="")
+        text = Text(line, style=style, no_wrap=True, end="")
         strip = Strip(text.render(self.app.console), text.cell_len)
         return strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base)
 
