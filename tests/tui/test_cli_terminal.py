@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PORT = 47311  # this test's own (grep tests/ before reusing it)
+PORT = 29471  # this test's own, below the ephemeral range (grep tests/ before reusing it)
 
 
 def conntui(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
