@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = {
-    (80, 24): 29474,
-    (40, 12): 29475,
-}  # (below the ephemeral range)  # this file's own (grep tests/ before reusing them)
+# this file's own ports, below the ephemeral range (grep tests/ before reusing them)
+PORTS = {(80, 24): 29474, (40, 12): 29475}
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (packet capture)"),
