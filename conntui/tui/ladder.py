@@ -12,16 +12,17 @@ says how many it left out. No Textual here (the screen is ``screens/ladder.py``)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..model import Record, Segment, SocketEntry
 from .feed import socket_key
 from .row_text import cut
-from .text import clock, endpoint, holder_text
+from .text import clock, endpoint, holder_text, safe
 
 MAX_ARROWS = 5000
 LANE_WIDTH = 26
 TIME_WIDTH = 15
+NOTE_WIDTH = 90  # a note is cut here (the detail pane has it whole)
 
 FlowKey = tuple[str, tuple[str, int], tuple[str, int]]
 
@@ -52,6 +53,7 @@ class Arrow:
     dst: int
     what: str  # "S 0", "PA 35"
     match: str
+    note: str = ""  # what later segments proved or the kernel will do (the first note)
 
 
 @dataclass
@@ -120,12 +122,13 @@ def ladder_for(records: Iterable[Record], selected: Record, limit: int = MAX_ARR
         src = lane(att.sender, from_left)
         dst = lane(att.receiver, not from_left)
         what = f"{seg.flags or '-'} {seg.payload_len}" if seg.proto == "tcp" else f"udp {seg.payload_len}"
-        ladder.arrows.append(Arrow(rec.seq, seg.ts, src, dst, what, str(att.match)))
+        note = safe(att.notes[0]) if att.notes else ""
+        ladder.arrows.append(Arrow(rec.seq, seg.ts, src, dst, what, str(att.match), note))
     # left lanes first, then right ones, each in order of first appearance
     order = sorted(range(len(ladder.lanes)), key=lambda i: (not ladder.lanes[i].left, i))
     where = {old: new for new, old in enumerate(order)}
     ladder.lanes = [ladder.lanes[i] for i in order]
-    ladder.arrows = [Arrow(a.seq, a.ts, where[a.src], where[a.dst], a.what, a.match) for a in ladder.arrows]
+    ladder.arrows = [replace(a, src=where[a.src], dst=where[a.dst]) for a in ladder.arrows]
     return ladder
 
 
@@ -193,7 +196,8 @@ def arrow_line(ladder: Ladder, a: Arrow, lane_width: int = LANE_WIDTH) -> str:
         label = f" {a.what} "
         if len(label) <= hi - lo - 3:
             _put(line, lo + 1 + (hi - lo - 1 - len(label)) // 2, label)
-    return "".join(line).rstrip() + "   " + a.match
+    note = f"  ⚠ {cut(a.note, NOTE_WIDTH)}" if a.note else ""
+    return "".join(line).rstrip() + "   " + a.match + note
 
 
 def ladder_lines(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:

@@ -45,6 +45,9 @@ def test_kernel_lanes_say_what_the_kernel_holds() -> None:
     closed = ladder_for(recs, by_port[51500])
     assert [ln.label for ln in closed.lanes] == ["- (no socket)", "- (no socket)"]
     assert [(a.what, a.match) for a in closed.arrows] == [("S 0", "none"), ("RA 0", "none")]
+    # what later segments proved shows on the arrow: the kernel's RST for the SYN
+    rst = ladder_lines(closed)[-1]
+    assert rst.endswith("none  ⚠ the kernel's RST answering record #10: nothing listens on port 9999"), rst
     late = ladder_for(recs, by_port[50990])
     assert [ln.label for ln in late.lanes] == ["- (no socket)", "TIME_WAIT (kernel)"]
 

@@ -46,7 +46,7 @@ class LadderView(ScrollView, can_focus=True):
         self._lane_width = lane_width
         self._drawn.clear()
         self.head_lines = ladder_head(self.ladder, lane_width)[1:]  # (the title is the border's)
-        match = max((len(a.match) for a in self.ladder.arrows), default=0)
+        match = max((len(a.match) + (len(a.note) and 94) for a in self.ladder.arrows), default=0)
         width = max(len(line) for line in self.head_lines) + 3 + match + 1
         self.virtual_size = Size(width, len(self.head_lines) + len(self.ladder.arrows))
         self.refresh()
