@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, fastpath
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
 from .engine import Engine, StaticTables, TableSource
 from .export import STDOUT, ExportError, PcapngSpool, StdoutWriter, Writer, open_stdout_writer, open_writer
-from .filters import FilterError, PortSet, parse_ports
+from .filters import FilterError, PortSet, parse_display_filter, parse_ports
 from .jsonout import json_line, text_line
 from .model import Record
 from .session import Counters, Session
@@ -40,17 +40,31 @@ class UsageError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line (what is wrong, where to read more) and exit code 2, not
+    the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Show, live, which process and file descriptor the kernel delivers each TCP/UDP "
-            "segment to, and why. Without --headless it opens the TUI."
+            "Show, live, which process and file descriptor the kernel delivers each TCP/UDP\n"
+            "segment to, and why. Without --headless it opens the TUI (and runs headless when\n"
+            "standard output is not a terminal)."
         ),
         epilog=(
-            "examples:  sudo conntui -i lo -p 8080    "
-            "sudo conntui --headless --json -c 20 tcp port 443    "
-            "conntui -r session.pcapng --headless"
+            "examples:\n"
+            "  sudo conntui -i lo -p 8080\n"
+            "  sudo conntui --headless --json -c 20 tcp port 443\n"
+            "  conntui -r session.pcapng --headless\n"
+            "\n"
+            "teaching scenarios in private network namespaces:\n"
+            "  sudo conntui lab [SCENARIO]   (list them, or run one; conntui lab --help)"
         ),
     )
     p.add_argument(
@@ -106,7 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         "of state changes, drops and resets, and the process of connections gone before conntui looks",
     )
     p.set_defaults(trace=True)
+    p.add_argument(
+        "--ladder",
+        metavar="FILTER",
+        help="with -r: print each connection FILTER matches as a ladder (a sequence diagram of its "
+        "segments between sockets); FILTER as in the TUI: 8080, host:10.0.0.1, proc:nginx, match:none",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
+    p.add_argument("--lab-note", default="", help=argparse.SUPPRESS)  # conntui lab: what to watch
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
     return p
 
@@ -126,6 +147,8 @@ class Options:
     overwrite: bool = False
     settle: float = 0.5
     trace: bool = True
+    lab_note: str = ""
+    ladder: str | None = None
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -140,6 +163,13 @@ def parse_options(argv: Sequence[str]) -> Options:
         raise UsageError(f"bad count {args.count}: it must be a positive number", 2)
     if args.duration is not None and not args.duration > 0:
         raise UsageError(f"bad duration {args.duration}: it must be a positive number of seconds", 2)
+    if args.ladder is not None:
+        if not args.read:
+            raise UsageError("--ladder reads a saved session: give it -r FILE", 2)
+        try:
+            parse_display_filter(args.ladder)
+        except FilterError as exc:
+            raise UsageError(str(exc), 2) from None
     # -w -: the capture is the output; per-segment lines only when asked for (to stderr)
     to_stdout = args.write == STDOUT
     same = args.read and args.write and os.path.abspath(args.read) == os.path.abspath(args.write)
@@ -153,12 +183,14 @@ def parse_options(argv: Sequence[str]) -> Options:
         read=args.read,
         count=args.count,
         duration=args.duration,
-        headless=args.headless or args.json or args.quiet or to_stdout,
+        headless=args.headless or args.json or args.quiet or to_stdout or args.ladder is not None,
         json=args.json,
         quiet=args.quiet or (to_stdout and not (args.headless or args.json)),
         overwrite=args.overwrite,
         settle=args.settle,
         trace=args.trace,
+        lab_note=args.lab_note,
+        ladder=args.ladder,
     )
 
 
@@ -272,6 +304,7 @@ def make_app(opts: Options, engine: Engine) -> ConntuiApp:
         iface=opts.interface if not opts.read else opts.read,
         filter_text=filter_text,
         export_path=opts.write,
+        note=opts.lab_note,
     )
 
 
@@ -357,6 +390,40 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     return code
 
 
+MAX_LADDERS = 20  # connections --ladder prints at most (it says how many more matched)
+
+
+def run_ladder(opts: Options, engine: Engine, out: IO[str]) -> int:
+    """``-r FILE --ladder FILTER``: the ladder of each connection with a segment FILTER keeps."""
+    from .tui.ladder import flow_key, ladder_for, ladder_lines
+
+    flt = parse_display_filter(opts.ladder or "")
+    try:
+        engine.run()
+    finally:
+        engine.close()
+    records = engine.session.window()
+    flows: dict[object, Record] = {}
+    for rec in records:
+        if not flt or flt(rec.segment, rec.attribution):
+            flows.setdefault(flow_key(rec.segment), rec)
+    if not flows:
+        sys.stderr.write(f"{PROG}: no segment in {opts.read} matches {opts.ladder!r}\n")
+        return 1
+    for i, rec in enumerate(list(flows.values())[:MAX_LADDERS]):
+        out.write(("\n" if i else "") + "\n".join(ladder_lines(ladder_for(records, rec))) + "\n")
+    if len(flows) > MAX_LADDERS:
+        sys.stderr.write(f"{PROG}: {len(flows) - MAX_LADDERS} more connections match; narrow the filter\n")
+    return 0
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed, or not a real stream
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lab"]:
@@ -374,12 +441,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     try:
         opts = parse_options(argv)
+        if not opts.headless and not _is_terminal(sys.stdout):
+            # a TUI nobody sees (a pipe, a file): lines instead, as tcpdump writes them
+            opts.headless = True
+            notes.append("standard output is not a terminal: running headless (one line per segment)")
         engine = make_engine(opts, notes)
     except (UsageError, CaptureError) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return exc.code if isinstance(exc, UsageError) else 1
     for note in notes:
         sys.stderr.write(f"{PROG}: note: {note}\n")
+    if opts.ladder is not None:
+        try:
+            return run_ladder(opts, engine, sys.stdout)
+        except BrokenPipeError:
+            return 0
     if opts.headless:
         try:
             return run_headless(opts, engine, sys.stderr if opts.write == STDOUT else sys.stdout)

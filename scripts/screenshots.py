@@ -3,7 +3,7 @@
 
     sudo /path/to/venv/bin/python scripts/screenshots.py [--frozen]
 
-As root it starts, for about 20 seconds, a small TCP server (``demo-server``, port 18080),
+As root it starts, for at most a minute, a small TCP server (``demo-server``, port 18080),
 a client that connects to it every few hundred milliseconds (``demo-client``), a listener
 that never accepts (``demo-backlog``, port 18081, so segments wait in its accept queue), a
 UDP server and client (``demo-udp-server``, port 18053) and a connection attempt to a closed
@@ -114,9 +114,20 @@ def start_actor(name: str, body: str, duration: float) -> subprocess.Popen[bytes
     return subprocess.Popen([sys.executable, "-c", code])
 
 
+def for_rsvg(svg: str) -> str:
+    """Textual's SVG as rsvg-convert should draw it: rsvg drops the no-break spaces that
+    start or end a ``<text>`` unless told to keep them, and every field after one then
+    runs into the one before (``19:46:40.000000lo``). Browsers keep them anyway."""
+    return svg.replace("<svg ", '<svg xml:space="preserve" ', 1)
+
+
 def to_png(svg: Path) -> None:
     if shutil.which("rsvg-convert"):
-        subprocess.run(["rsvg-convert", str(svg), "-o", str(svg.with_suffix(".png"))], check=False)
+        subprocess.run(
+            ["rsvg-convert", "-o", str(svg.with_suffix(".png"))],
+            input=for_rsvg(svg.read_text(encoding="utf-8")).encode(),
+            check=False,
+        )
 
 
 async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def]
@@ -151,6 +162,12 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         await app.workers.wait_for_complete()
         await pilot.pause(0.3)
         save("details")
+        # that SYN's connection as a ladder: listen()'s fd gets the SYN, accept()'s the rest
+        await pilot.press("l")
+        await pilot.pause(0.5)
+        save("ladder")
+        await pilot.press("escape")
+        await pilot.pause(0.3)
         await pilot.press("escape")
         await pilot.pause(0.3)
         # a port filter, on the list and the socket view at once, and the filter line
@@ -175,6 +192,13 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         await pilot.pause(0.3)
         save("sockets")
         app.screen.minimize()
+        await pilot.pause(0.3)
+        # an 80x24 terminal: the columns that matter most, the rest in the details
+        await pilot.press("shift+tab", "shift+tab")
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.6)
+        save("narrow-80x24")
+        await pilot.resize_terminal(*SIZE)
         await pilot.pause(0.3)
         await pilot.press("question_mark")
         await pilot.pause(0.3)
@@ -209,7 +233,7 @@ def main() -> int:
         if frozen:
             app = frozen_app()
         else:
-            duration = 20.0
+            duration = 60.0  # (stopped when the pictures are taken; a loaded machine is slow)
             actors.append(start_actor("demo-server", SERVER, duration))
             actors.append(start_actor("demo-udp-server", UDP_SERVER, duration))
             time.sleep(0.5)

@@ -440,6 +440,7 @@ def _run_tui(scn: Scenario, lab: Lab, emit: Emitter, opts: RunOptions) -> int:
     time.sleep(1.5)
     argv = [
         sys.executable, "-m", "conntui", "-i", lab.topo.capture_iface, "-w", pcap,
+        "--lab-note", scn.narrative,  # what to watch stays on screen (the TUI covers this text)
         *scn.conntui_args, *opts.conntui_args,
     ]  # fmt: skip
     errors: list[str] = []

@@ -34,10 +34,12 @@ from ..model import Record, SocketTable
 from ..session import WINDOW, Session
 from .commands import ConntuiCommands
 from .feed import FILL_CHUNK, Feed, record_filter
+from .ladder import ladder_for
 from .messages import ExportDone, ExportFailed
 from .screens.confirm import ConfirmScreen
 from .screens.export import ExportRequest, ExportScreen
 from .screens.help import HelpScreen
+from .screens.ladder import LadderScreen
 from .screens.main import MainScreen
 from .text import safe
 from .widgets.filter_input import FilterInput
@@ -109,6 +111,7 @@ class ConntuiApp(App[None]):
         iface: str,
         filter_text: str = "",
         export_path: str | None = None,
+        note: str = "",
         clock: Callable[[], float] = time.time,
         tick_interval: float = 0.1,
         socket_interval: float = 1.0,
@@ -141,7 +144,7 @@ class ConntuiApp(App[None]):
         self._last_detail = 0.0
         self._key_at = 0.0  # time.monotonic() of the last key press
         self._deferred: set[Callable[[], None]] = set()
-        self.main = MainScreen(self.feed.buffer)
+        self.main = MainScreen(self.feed.buffer, note)  # note: conntui lab's what to watch
         self.gc_policy = GcPolicy(lead=True)  # collections between frames (see _tick)
         self.gc_policy.enabled = gc_freeze
 
@@ -354,6 +357,14 @@ class ConntuiApp(App[None]):
     def action_follow(self) -> None:
         self.main.segment_list.action_last()
         self.main.focus_pane("segments")
+
+    def action_ladder(self) -> None:
+        """The selected segment's connection as a ladder (``screens/ladder.py``)."""
+        rec = self.main.segment_list.selected_record
+        if rec is None:
+            self.notify("select a segment first", severity="warning", markup=False)
+            return
+        self.push_screen(LadderScreen(ladder_for(self.engine.session.window(), rec)))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -61,10 +61,14 @@ def detail_text(rec: Record, dissection: list[str] | None, *, wrap_width: int = 
     t.append(" → ")
     t.append(endpoint(seg.dst, seg.dport), style=LABEL)
     if seg.proto == "tcp":
-        t.append(f"  [{seg.flags or 'none'}] seq {seg.seq} ack {seg.ack} win {seg.window}")
-    t.append(f"  len {seg.payload_len}")
+        t.append(f"  [{seg.flags or 'none'}]")
+    # the numbers on a line of their own (wrapped, "len" and its number could part)
+    t.append("\n  ")
+    if seg.proto == "tcp":
+        t.append(f"seq {seg.seq} ack {seg.ack} win {seg.window}  ")
+    t.append(f"len {seg.payload_len}")
     if seg.wire_len:
-        t.append(f" (frame {seg.wire_len})", style=DIM)
+        t.append(f" ({seg.wire_len}-byte frame)", style=DIM)  # a length, not a frame number
     t.append("\n\n")
 
     match_style = MATCH_STYLE.get(att.match, Style())

@@ -14,7 +14,7 @@ from conntui.session import Session
 from conntui.tui.detail_text import detail_text
 from conntui.tui.dissect import dissect
 from conntui.tui.feed import Feed, RowBuffer, row_selector, socket_key
-from conntui.tui.row_text import Layout, row_text
+from conntui.tui.row_text import Widths, fit, row_text
 from conntui.tui.sockview import SECTION_LISTEN, SECTION_TCP, SECTION_UDP, build_view, socket_passes
 
 from .scenario import HOSTILE, T0, frames, make_engine, socket_table
@@ -269,9 +269,10 @@ def test_rows_and_details_are_literal() -> None:
         r for r in engine.session.window() if r.attribution.receiver and "evil" in str(r.attribution.receiver)
     ]
     assert hostile
-    for layout in (Layout(), Layout(narrow=True)):
-        line = row_text(hostile[0], layout).plain
-        assert "\x1b" not in line and "[bold red]evil[/]" in line
+    for width in (240, 160, 80, 40):
+        line = row_text(hostile[0], fit(width, Widths().grow(hostile[0]))).plain
+        assert "\x1b" not in line
+        assert "[bold red]evil[/]" in line or width < 100  # (narrower: the name is cut)
     text = detail_text(hostile[0], dissect(hostile[0].frame)).plain
     assert "[bold red]evil[/]\\x1b[31m[6666] fd 7" in text
     assert "\x1b" not in text and "\u202e" not in text

@@ -69,3 +69,41 @@ def test_narrow_80x24_sockets(snap_compare) -> None:  # type: ignore[no-untyped-
         await settle(pilot)
 
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_tiny_40x12(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(make_app(), terminal_size=(40, 12), run_before=settle)
+
+
+def test_tiny_40x12_details(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    async def run_before(pilot: Pilot[None]) -> None:
+        await pilot.press("enter")
+        await settle(pilot)
+
+    assert snap_compare(make_app(), terminal_size=(40, 12), run_before=run_before)
+
+
+def test_wide_240x70(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(make_app(), terminal_size=(240, 70), run_before=settle)
+
+
+def test_lab_note_80x24(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    """conntui lab: the scenario's title stays on screen; n opens what to watch."""
+    from conntui.lab.scenarios.accept_queue import NARRATIVE
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await pilot.press("n")
+        await settle(pilot)
+
+    assert snap_compare(make_app(note=NARRATIVE), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_ladder_80x24(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    """l: the selected connection as a ladder (curl's, the last row)."""
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        await pilot.press("l")
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)

@@ -8,8 +8,10 @@ never the whole screen's layout (as a ``Static.update`` would, on every cursor m
 
 from __future__ import annotations
 
+import re
 import time
 
+from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 from textual import events, work
@@ -25,6 +27,40 @@ from ..messages import Dissected
 from .scrolling import set_virtual_size
 
 DISSECT_AFTER = 0.05  # seconds
+# a line's wrapped part starts under the text after its indent and its label ("why: ",
+# "1. "), or two cells further in than the line when it has none
+_HANG = re.compile(r"( *)((?:[A-Za-z][A-Za-z ]{0,14}:|\d+\.) )?")
+
+
+def hang(line: str) -> int:
+    """Cells each wrapped part of ``line`` is indented by."""
+    m = _HANG.match(line)
+    if m is None:  # pragma: no cover - the pattern matches every string
+        return 2
+    indent, label = m.group(1), m.group(2)
+    return len(indent) + (len(label) if label else 2)
+
+
+def wrap(console: Console, text: Text, width: int) -> list[Strip]:
+    """``text`` wrapped to ``width`` cells (the last left blank), each wrapped part
+    indented under its line's text (``hang``)."""
+    room = max(1, width - 1)
+    strips: list[Strip] = []
+    for line in text.split("\n", allow_blank=True):
+        if line.cell_len <= room:
+            strips.append(Strip(line.render(console), line.cell_len).simplify())
+            continue
+        indent = min(hang(line.plain), room // 2)
+        first, *rest = line.wrap(console, room, overflow="fold")
+        strips.append(Strip(first.render(console), first.cell_len).simplify())
+        if rest:
+            tail = Text(" ").join(rest) if len(rest) > 1 else rest[0]
+            for part in tail.wrap(console, room - indent, overflow="fold"):
+                part.pad_left(indent)
+                strips.append(Strip(part.render(console), part.cell_len).simplify())
+    return strips
+
+
 PLACEHOLDER = "select a segment (↑/↓ in the list) to see how the kernel routed it"
 
 
@@ -81,12 +117,7 @@ class DetailPane(ScrollView, can_focus=True):
             self._lines = []
             self._wrapped_for = -1
             return
-        console = self.app.console
-        options = console.options.update_width(width)
-        self._lines = [
-            Strip(line).simplify()
-            for line in console.render_lines(self.text, options, pad=False, new_lines=False)
-        ]
+        self._lines = wrap(self.app.console, self.text, width)
         self._wrapped_for = width
         set_virtual_size(self, Size(width, len(self._lines)))
         self.refresh()

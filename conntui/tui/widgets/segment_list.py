@@ -22,10 +22,8 @@ from textual.strip import Strip
 
 from ...model import Record
 from ..feed import Drained, RowBuffer
-from ..row_text import Layout, endpoint_width, header_text, row_text
+from ..row_text import Layout, Widths, fit, header_text, row_text
 from .scrolling import QuietScrollView, changing_bars, set_virtual_size
-
-NARROW_BELOW = 120  # columns
 
 
 class _Pass(NamedTuple):
@@ -49,7 +47,7 @@ class SegmentList(QuietScrollView, can_focus=True):
     }
 
     DEFAULT_CSS = """
-    SegmentList { background: $surface; }
+    SegmentList { background: $surface; overflow-x: hidden; }
     SegmentList > .segment-list--cursor { background: $accent 60%; text-style: bold; }
     SegmentList > .segment-list--cursor-blurred { background: $accent 25%; }
     SegmentList > .segment-list--header { background: $panel; color: $text; }
@@ -85,9 +83,10 @@ class SegmentList(QuietScrollView, can_focus=True):
         self.buffer = buffer
         self.cursor = -1  # index into buffer, -1 when empty
         self._selected: int | None = None
+        self._widths = Widths()
         self._layout = Layout()
+        self._layout_for = -1  # the width the layout was fitted to
         self._cache: LRUCache[tuple[int, int, bool, bool, int, int], Strip] = LRUCache(1024)
-        self._width = 0  # the widest row rendered so far (the virtual width)
         self._pass: _Pass | None = None
         self._header: tuple[object, Strip] | None = None
         # while a new filter fills in older rows: the seq the cursor should end up near
@@ -190,29 +189,34 @@ class SegmentList(QuietScrollView, can_focus=True):
         return Region(0, 1, self.size.width, max(0, self.size.height - 1))
 
     def _widen(self, start: int, stop: int) -> None:
-        width = self._layout.endpoint_width
+        widths = self._widths
         buffer = self.buffer
         for i in range(start, stop):
-            width = max(width, endpoint_width(buffer[i]))
-        if width != self._layout.endpoint_width:
-            self._layout = Layout(self._layout.narrow, width)
+            widths = widths.grow(buffer[i])
+        if widths != self._widths:
+            self._widths = widths
+            self._layout_for = -1  # fitted again at the next render
+
+    def _fit(self, width: int) -> None:
+        """The columns for ``width`` cells (see ``row_text.fit``)."""
+        if width == self._layout_for:
+            return
+        layout = fit(width, self._widths)
+        self._layout_for = width
+        if layout != self._layout:
+            self._layout = layout
             self._cache.clear()
-            self._width = 0
 
     def _update_size(self) -> None:
-        size = Size(self._width, len(self.buffer) + 1)
+        # the rows fit the width: nothing to scroll sideways
+        size = Size(self.scrollable_content_region.width, len(self.buffer) + 1)
         if size != self.virtual_size:
             set_virtual_size(self, size)
             if self.following:  # a new scrollbar may have taken a line: stay at the bottom
                 self.call_after_refresh(self.scroll_end, animate=False, immediate=True, x_axis=False)
 
     def on_resize(self, event: events.Resize) -> None:
-        narrow = event.size.width < NARROW_BELOW
-        if narrow != self._layout.narrow:
-            self._layout = Layout(narrow, self._layout.endpoint_width)
-            self._cache.clear()
-            self._width = 0
-            self._update_size()
+        self._update_size()
         if self.following:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
         else:
@@ -316,6 +320,7 @@ class SegmentList(QuietScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y, width, base, focused = self._pass or self._pass_context()
+        self._fit(width)
         if y == 0:
             hkey = (self._layout, width, scroll_x, base)
             if self._header is None or self._header[0] != hkey:
@@ -345,12 +350,9 @@ class SegmentList(QuietScrollView, can_focus=True):
         if is_cursor:
             text.style = ""  # a row's tint (none, unknown) would hide the cursor's background
         strip = Strip(text.render(self.app.console), text.cell_len)
-        if text.cell_len > self._width:
-            self._width = text.cell_len
-            self.call_after_refresh(self._update_size)
         if is_cursor:
             name = "segment-list--cursor" if focused else "segment-list--cursor-blurred"
-            strip = strip.extend_cell_length(max(scroll_x + width, self._width)).apply_style(
+            strip = strip.extend_cell_length(scroll_x + width).apply_style(
                 self.get_component_rich_style(name)
             )
         strip = strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base)

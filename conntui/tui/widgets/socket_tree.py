@@ -81,7 +81,7 @@ class SocketTree(Tree[NodeData]):
     """See the module docstring. Call ``show(entries, filter, activity, now)``."""
 
     DEFAULT_CSS = """
-    SocketTree { background: $surface; }
+    SocketTree { background: $surface; overflow-x: hidden; }
     """
 
     # space pauses everywhere (a Tree would fold a node with it; enter still does)
@@ -107,6 +107,7 @@ class SocketTree(Tree[NodeData]):
         self._shown = 0  # show() calls so far
         self._activity = SocketActivity()
         self._now = 0.0
+        self._room = -1  # the width labels were last cut for
 
     # -- labels ------------------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class SocketTree(Tree[NodeData]):
             t.append(f":{lst.local.port}", style=Style(bold=True, color="cyan"))
             t.append(f" {_addr(lst)}  ")
             t.append_text(_holders(lst))
-            t.append(f"  backlog {lst.tx_queue} accept queue {lst.rx_queue}", style=DIM)
+            t.append(f"  accept queue {lst.rx_queue} (backlog {lst.tx_queue})", style=DIM)
             hist = self._queue_hist.get(lst.cookie)
             if hist and any(hist):
                 t.append(" " + queue_sparkline(list(hist), lst.tx_queue + 1), style=Style(color="yellow"))
@@ -161,9 +162,13 @@ class SocketTree(Tree[NodeData]):
             t.append(_addr(s))
             t.append(" ← ", style=DIM)
             t.append(endpoint(r.addr, r.port) if r else "*")
-            t.append("  ")
-            t.append_text(_holders(s))
-            t.append(f"  {child_kind(s)}", style=DIM)
+            # who holds it, or why nobody does (unless the state says it: TIME_WAIT)
+            kind = child_kind(s)
+            if kind == "in accept queue":
+                t.append("  in accept queue (no fd yet)", style=Style(color="yellow"))
+            elif s.holders or kind == "kernel":
+                t.append("  ")
+                t.append_text(_holders(s))
         else:
             t.append(_addr(s))
             if r is not None and r.port:
@@ -207,9 +212,9 @@ class SocketTree(Tree[NodeData]):
         self._shown += 1
         self._activity = activity
         self._now = now
-        sig = view.signature()
+        sig = (*view.signature(), not view.groups and bool(flt))  # (what an empty view says)
         if sig != self._signature:
-            self._rebuild(view, activity, now)
+            self._rebuild(view, activity, now, flt)
             self._signature = sig
             return
         # the same sockets (their counters, queues and holders may differ): new labels
@@ -256,6 +261,10 @@ class SocketTree(Tree[NodeData]):
 
     def render_lines(self, crop: Region) -> list[Strip]:
         self._relabel_visible(quiet=True)  # lines scrolled or unfolded into view
+        room = self.scrollable_content_region.width
+        if room != self._room:  # a scrollbar came or went: labels are cut for the new width
+            self._room = room
+            self._line_cache.clear()
         return super().render_lines(crop)
 
     def notify_style_update(self) -> None:
@@ -267,6 +276,19 @@ class SocketTree(Tree[NodeData]):
         self._updates += 1
         self.refresh()
 
+    def render_label(self, node: TreeNode[NodeData], base_style: Style, style: Style) -> Text:
+        """The label, cut with an ellipsis to the pane's width (the last cell left blank)."""
+        text = super().render_label(node, base_style, style)
+        depth = 0
+        parent = node.parent
+        while parent is not None and parent is not self.root:
+            depth += 1
+            parent = parent.parent
+        room = self.scrollable_content_region.width - depth * self.guide_depth - 1
+        if text.cell_len > room:
+            text.truncate(max(0, room), overflow="ellipsis")
+        return text
+
     def get_label_width(self, node: TreeNode[NodeData]) -> int:
         # what Tree's own does (render_label's cell length), without copying each label
         width = node.label.cell_len if isinstance(node.label, Text) else cell_len(str(node.label))
@@ -274,7 +296,9 @@ class SocketTree(Tree[NodeData]):
             width += cell_len(self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE)
         return width
 
-    def _rebuild(self, view: SocketView, activity: SocketActivity, now: float) -> None:
+    def _rebuild(
+        self, view: SocketView, activity: SocketActivity, now: float, flt: DisplayFilter | None = None
+    ) -> None:
         cursor = self.cursor_node
         cursor_data = cursor.data if cursor is not None else None
         self.clear()
@@ -286,7 +310,8 @@ class SocketTree(Tree[NodeData]):
         shown = self._shown
         restore: TreeNode[NodeData] | None = None
         if not view.groups:
-            self.root.add_leaf(Text("no sockets match the filter", style=DIM), data=("more", ""))
+            empty = "no sockets match the filter" if flt else "no sockets in the table yet"
+            self.root.add_leaf(Text(empty, style=DIM), data=("more", ""))
         for section in (SECTION_LISTEN, SECTION_TCP, SECTION_UDP):
             groups = view.by_section(section)
             if not groups:

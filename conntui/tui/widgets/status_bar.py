@@ -30,20 +30,22 @@ class Status:
     filtering: tuple[int, int] | None = None  # (rows gone through, of) while a filter is applied
 
 
-def status_text(s: Status) -> Text:
-    parts: list[Text] = []
+def status_text(s: Status, width: int | None = None) -> Text:
+    """The status line; in ``width`` cells (the last left blank), the least useful parts
+    are left out first, and a part still too long ends in an ellipsis."""
+    parts: list[tuple[int, Text]] = []  # (rank: lower is kept longer, part)
     if s.paused:
-        parts.append(Text(" PAUSED ", style=Style(color="black", bgcolor="yellow", bold=True)))
+        parts.append((0, Text(" PAUSED ", style=Style(color="black", bgcolor="yellow", bold=True))))
     if s.error:  # early, so a narrow terminal still shows it
-        parts.append(Text(safe(s.error), style=Style(color="bright_white", bgcolor="red", bold=True)))
-    parts.append(Text.assemble(("⇅ ", Style(dim=True)), (safe(s.iface) or "any", Style(bold=True))))
+        parts.append((0, Text(safe(s.error), style=Style(color="bright_white", bgcolor="red", bold=True))))
+    parts.append((5, Text.assemble(("⇅ ", Style(dim=True)), (safe(s.iface) or "any", Style(bold=True)))))
     if s.capture_filter:
-        parts.append(Text.assemble(("capture ", Style(dim=True)), safe(s.capture_filter)))
+        parts.append((6, Text.assemble(("capture ", Style(dim=True)), safe(s.capture_filter))))
     if s.display_filter:
         parts.append(
-            Text.assemble(("filter ", Style(dim=True)), (safe(s.display_filter), Style(color="cyan")))
+            (1, Text.assemble(("filter ", Style(dim=True)), (safe(s.display_filter), Style(color="cyan"))))
         )
-    parts.append(Text(f"{count(s.rate)} pkt/s"))
+    parts.append((7, Text(f"{count(s.rate)} pkt/s")))
     seg = Text(f"{count(s.segments)} segments")
     if s.filtering is not None:
         done, total = s.filtering
@@ -52,20 +54,32 @@ def status_text(s: Status) -> Text:
         seg.append(")", style=Style(dim=True))
     elif s.display_filter:
         seg.append(f" ({count(s.shown)} shown)", style=Style(dim=True))
-    parts.append(seg)
+    parts.append((2, seg))
     parts.append(
-        Text(f"{count(s.drops)} dropped", style=Style(color="red", bold=True) if s.drops else Style())
+        (
+            3 if s.drops else 4,
+            Text(f"{count(s.drops)} dropped", style=Style(color="red", bold=True) if s.drops else Style()),
+        )
     )
     pct = s.attributed_pct
     pct_style = (
         Style(color="green") if pct >= 99.5 else Style(color="yellow") if pct >= 90 else Style(color="red")
     )
-    parts.append(Text(f"{pct:.1f}% attributed", style=pct_style))
+    parts.append((3, Text(f"{pct:.1f}% attributed", style=pct_style)))
     if s.export:
-        parts.append(Text(safe(s.export)))
+        parts.append((8, Text(safe(s.export))))
     if s.source_ended:
-        parts.append(Text("end of input", style=Style(dim=True)))
-    return SEP.join(parts)
+        parts.append((6, Text("end of input", style=Style(dim=True))))
+    if width is None:
+        return SEP.join(p for _, p in parts)
+    room = width - 1
+    while len(parts) > 1 and sum(p.cell_len for _, p in parts) + 3 * (len(parts) - 1) > room:
+        worst = max(range(len(parts)), key=lambda i: (parts[i][0], i))
+        del parts[worst]
+    line = SEP.join(p for _, p in parts)
+    if line.cell_len > room:
+        line.truncate(max(0, room), overflow="ellipsis")
+    return line
 
 
 class StatusBar(Widget):
@@ -80,12 +94,18 @@ class StatusBar(Widget):
         super().__init__(id=id)
         self._last: Status | None = None
         self._text = Text("")
+        self._width = -1
 
     def render(self) -> Text:
+        width = self.content_region.width
+        if self._last is not None and width != self._width:
+            self._width = width
+            self._text = status_text(self._last, width)
         return self._text
 
     def show(self, status: Status) -> None:
         if status != self._last:
             self._last = status
-            self._text = status_text(status)
+            self._text = status_text(status, self.content_region.width)
+            self._width = self.content_region.width
             self.refresh()
