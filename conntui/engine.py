@@ -961,6 +961,11 @@ class Engine:
             self.error = f"capture stopped: {type(exc).__name__}: {exc}"
 
     @property
+    def live(self) -> bool:
+        """A live capture (not a file): its pids are this host's processes now."""
+        return bool(self.source.live)
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

@@ -145,6 +145,8 @@ class ConntuiApp(App[None]):
         self._key_at = 0.0  # time.monotonic() of the last key press
         self._deferred: set[Callable[[], None]] = set()
         self.main = MainScreen(self.feed.buffer, note)  # note: conntui lab's what to watch
+        # pids of a live capture are this host's now: Details may ask psutil about them
+        self.main.detail_pane.live = bool(getattr(engine, "live", False))
         self.gc_policy = GcPolicy(lead=True)  # collections between frames (see _tick)
         self.gc_policy.enabled = gc_freeze
 

@@ -7,6 +7,7 @@ from rich.style import Style
 from rich.text import Text
 
 from ..model import Record, SocketEntry
+from .procinfo import process_line
 from .text import MATCH_HELP, MATCH_STYLE, clock, direction, endpoint, holder_text, safe
 
 TITLE = Style(bold=True, underline=True)
@@ -16,7 +17,7 @@ HIT = Style(color="green")
 MISS = Style(color="yellow")
 
 
-def _socket_lines(t: Text, sock: SocketEntry, indent: str = "  ") -> None:
+def _socket_lines(t: Text, sock: SocketEntry, indent: str = "  ", live: bool = False) -> None:
     t.append(indent)
     t.append(sock.state, style=LABEL)
     t.append(f" {sock.proto}{sock.family} {endpoint(sock.local.addr, sock.local.port)}")
@@ -44,13 +45,22 @@ def _socket_lines(t: Text, sock: SocketEntry, indent: str = "  ") -> None:
             t.append(f"{indent}  held by ")
             t.append(holder_text(h), style=LABEL)
             t.append("\n")
+            about = process_line(h) if live else ""
+            if about:
+                t.append(f"{indent}    {safe(about)}\n", style=DIM)
+    elif sock.unreadable:
+        t.append(f"{indent}  held by a process conntui may not read: {safe(sock.describe())}\n", style=DIM)
     else:
         t.append(f"{indent}  held by no process: the kernel owns it\n", style=DIM)
     for h in sock.former_holders:
         t.append(f"{indent}  formerly held by {holder_text(h)}\n", style=DIM)
 
 
-def detail_text(rec: Record, dissection: list[str] | None, *, wrap_width: int = 0) -> Text:
+def detail_text(
+    rec: Record, dissection: list[str] | None, *, wrap_width: int = 0, live: bool = False
+) -> Text:
+    """``live``: a live capture, whose holders' processes psutil may describe (a file's pids
+    are another moment's, or another host's)."""
     seg = rec.segment
     att = rec.attribution
     t = Text()
@@ -79,12 +89,27 @@ def detail_text(rec: Record, dissection: list[str] | None, *, wrap_width: int = 
         t.append(f"  {help_text}", style=DIM)
     t.append("\n")
     if att.receiver is not None:
-        _socket_lines(t, att.receiver)
+        _socket_lines(t, att.receiver, live=live)
     else:
         t.append("  no local socket receives it\n", style=DIM)
     if att.explain:
         t.append("  why: ", style=LABEL)
         t.append(safe(att.explain) + "\n")
+
+    if att.kernel is not None:
+        t.append("\nThe kernel's record\n", style=TITLE)
+        t.append("  " + safe(att.kernel.text()) + "\n")
+        if att.agrees is False:
+            t.append(
+                "  conntui's table predicted otherwise (see the notes): this row follows the kernel\n",
+                style=MISS,
+            )
+        elif att.agrees:
+            t.append("  agrees with conntui's prediction\n", style=DIM)
+    if att.notes:
+        t.append("\nNotes\n", style=TITLE)
+        for note in att.notes:
+            t.append("  " + safe(note) + "\n", style=DIM)
 
     if att.steps:
         t.append("\nKernel lookup\n", style=TITLE)
@@ -106,7 +131,7 @@ def detail_text(rec: Record, dissection: list[str] | None, *, wrap_width: int = 
 
     t.append("\nSender\n", style=TITLE)
     if att.sender is not None:
-        _socket_lines(t, att.sender)
+        _socket_lines(t, att.sender, live=live)
     else:
         t.append("  no local socket sent it", style=DIM)
         t.append(" (a remote host, or the kernel itself, e.g. a RST)\n", style=DIM)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from rich.style import Style
 from rich.text import Text
 
-from ..model import Record, SocketEntry
+from ..model import Attribution, Record, SocketEntry
 from .text import MATCH_STYLE, ROW_TINT, clock, direction, endpoint, safe
 
 MIN_ENDPOINT = 11  # "source" / "destination" (the header's words)
@@ -41,6 +41,16 @@ SHORT_MATCH = {
 SHORT_MATCH_WIDTH = 10
 
 
+def kernel_mark(att: Attribution) -> str:
+    """A mark after the match: ``!`` where the kernel's record disagreed with the table's
+    prediction (Details says how), ``✗`` where the kernel dropped the segment."""
+    if att.agrees is False:
+        return "!"
+    if att.kernel is not None and att.kernel.verdict == "dropped":
+        return "✗"
+    return ""
+
+
 def cut(s: str, width: int) -> str:
     """``s`` in at most ``width`` cells, its end replaced by ``…`` if it had to be cut."""
     if len(s) <= width:
@@ -65,7 +75,7 @@ class Widths:
         iface = min(10, len(safe(seg.iface) or "?"))
         flags = min(8, len(seg.flags)) if seg.proto == "tcp" else 3
         length = len(str(seg.payload_len))
-        match = len(str(rec.attribution.match))
+        match = len(str(rec.attribution.match)) + len(kernel_mark(rec.attribution))
         who = min(WHO_WANT, who_width(rec))
         if (
             ep <= self.endpoint
@@ -211,7 +221,7 @@ def _holder_parts(sock: SocketEntry | None) -> tuple[str, str, str]:
     if sock is None:
         return ("-", "", "")
     if not sock.holders:
-        return ("kernel", "", "")
+        return ("unreadable" if sock.unreadable else "kernel", "", "")
     h = sock.holders[0]
     more = f" +{len(sock.holders) - 1}" if len(sock.holders) > 1 else ""
     return (safe(h.process), f"[{h.pid}]", f" fd {h.fd}{more}")
@@ -306,7 +316,7 @@ def row_text(rec: Record, layout: Layout) -> Text:
         _cell(t, str(seg.payload_len), max(w.length, 3), right=True)
     match = att.match
     name = SHORT_MATCH.get(match, str(match)) if shape.short_match else str(match)
-    _cell(t, name, layout.match_width, MATCH_STYLE.get(match, Style()))
+    _cell(t, name + kernel_mark(att), layout.match_width, MATCH_STYLE.get(match, Style()))
     if layout.who > 0:
         t.append_text(who_text(rec, layout.who))
     if t.cell_len > layout.room:

@@ -428,3 +428,46 @@ def test_source_in_another_netns() -> None:
         assert all(r.inode != lst.inode for r in lookup_exact("tcp", 4, LO, info["port"], LO, 1))
     finally:
         c.close()
+
+
+ORACLE_CHILD = r"""
+import json, os, socket, sys
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen(4)
+c = socket.create_connection(lst.getsockname()); a, _ = lst.accept()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+print(json.dumps({"pid": os.getpid()}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_table_agrees_with_psutil_on_a_childs_sockets() -> None:
+    """psutil as an independent oracle: every inet socket it lists for the child (address,
+    peer, state, fd) is in conntui's table with the same holder."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", ORACLE_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        pid = json.loads(child.stdout.readline())["pid"]
+        theirs = [c for c in psutil.Process(pid).net_connections(kind="inet") if c.fd >= 0]
+        assert len(theirs) == 4, theirs  # listener, client, accepted, UDP
+        table = SocketTableSource().refresh()
+        for c in theirs:
+            proto = "tcp" if c.type == socket.SOCK_STREAM else "udp"
+            mine = [
+                e
+                for e in table.entries
+                if e.proto == proto
+                and e.local == Endpoint(c.laddr.ip, c.laddr.port)
+                and (e.remote is None) == (not c.raddr)
+                and (not c.raddr or e.remote == Endpoint(c.raddr.ip, c.raddr.port))
+            ]
+            assert len(mine) == 1, (c, mine)
+            assert Holder(pid, c.fd, mine[0].holders[0].process) in mine[0].holders, (c, mine[0])
+            if proto == "tcp":
+                assert mine[0].state == c.status.replace("NONE", "UNCONN"), (c, mine[0])
+    finally:
+        assert child.stdin is not None
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.wait(5)

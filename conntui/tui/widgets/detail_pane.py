@@ -74,6 +74,7 @@ class DetailPane(ScrollView, can_focus=True):
         self.record: Record | None = None
         self.text = Text(PLACEHOLDER, style="dim")
         self._dissection: tuple[int, list[str]] | None = None
+        self.live = False  # a live capture: the holders' processes may be asked about (procinfo)
         self._lines: list[Strip] = []
         self._wrapped_for = -1
         self._shown_attribution = 0
@@ -105,7 +106,7 @@ class DetailPane(ScrollView, can_focus=True):
             return
         lines = self._dissection[1] if self._dissection and self._dissection[0] == rec.seq else None
         self._shown_attribution = id(rec.attribution)
-        self._set_text(detail_text(rec, lines))
+        self._set_text(detail_text(rec, lines, live=self.live))
 
     def _set_text(self, text: Text) -> None:
         self.text = text
