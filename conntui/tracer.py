@@ -924,7 +924,10 @@ class SocketTracer:
         self._closing = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            for sig, wait in ((signal.SIGINT, 2.0), (signal.SIGKILL, 2.0)):
+            # SIGKILL at once: nothing of bpftrace's END output is needed, and the kernel
+            # detaches the probes when its descriptors close (a SIGINT waits for its END block
+            # and the detaching, seconds with this many probes)
+            for sig, wait in ((signal.SIGKILL, 2.0),):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, sig)
                 try:
