@@ -32,4 +32,6 @@ cd "$out"
 loaded=$("$py" -c 'import conntui._fastpath as m; print(m.__file__)')
 [ "$loaded" = "$so" ] || { echo "sanitize: loaded $loaded, not the sanitized build $so" >&2; exit 1; }
 echo "sanitize: $so (ASan + UBSan)"
-"$py" -m pytest -q -p no:cacheprovider tests/unit/test_fastpath.py tests/unit/test_fuzz.py "$@"
+# (the JSON comments read back are parsed in Python only: not worth their minute here)
+"$py" -m pytest -q -p no:cacheprovider tests/unit/test_fastpath.py tests/unit/test_fuzz.py \
+  --deselect tests/unit/test_fuzz.py::test_hostile_comments_read_back_as_nothing_or_an_attribution "$@"
