@@ -13,6 +13,7 @@
 #
 #   scripts/fresh-root-ci.sh            # HEAD of this clone
 #   CONNTUI_CI_KEEP=1 scripts/...       # keep the root (its path is printed) to look around
+#   CONNTUI_CI_COMMAND='bash -c "..."'  # run that in /root/conntui instead of .ci/test-line
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${CONNTUI_CI_CACHE:-/var/cache/conntui-ci}
@@ -69,7 +70,9 @@ chmod 755 "$root"
 git clone -q --no-hardlinks "$repo" "$root/root/conntui"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 echo "nameserver 10.0.2.3" >"$root/etc/resolv.conf" # slirp4netns's DNS forwarder
-echo "conntui-ci" >"$root/etc/hostname"
+# the host name the root shares with this machine resolves, as on an installed system (sudo)
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$(uname -n)" \
+  >"$root/etc/hosts"
 
 ip netns add "$ns"
 slirp4netns --configure --mtu=65520 --disable-host-loopback --netns-type=path "/run/netns/$ns" tap0 \
@@ -101,11 +104,12 @@ mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 
 log "root $root, network namespace $ns"
 start=$(date +%s)
-set +e
+# In the background and waited for, so that a signal (CI cancelling the job) runs the
+# clean-up at once: it kills whatever runs in the namespace.
 nsenter --net="/run/netns/$ns" chroot "$root" /usr/bin/env -i \
   HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CI="${CI:-true}" \
-  bash -c 'cd /root/conntui && exec .ci/test-line'
-rc=$?
-set -e
+  bash -c "cd /root/conntui && exec ${CONNTUI_CI_COMMAND:-.ci/test-line}" &
+rc=0
+wait $! || rc=$?
 log "test line exited $rc after $(($(date +%s) - start)) s"
 exit "$rc"
