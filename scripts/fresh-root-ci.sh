@@ -107,8 +107,10 @@ mount -t tmpfs tmpfs "$root/run"
 log "root $root, network namespace $ns"
 start=$(date +%s)
 # In the background and waited for, so that a signal (CI cancelling the job) runs the
-# clean-up at once: it kills whatever runs in the namespace.
-nsenter --net="/run/netns/$ns" chroot "$root" /usr/bin/env -i \
+# clean-up at once: it kills whatever runs in the namespace. (A background job starts with
+# SIGINT and SIGQUIT ignored, and Python then never raises KeyboardInterrupt: every signal
+# goes back to its default, as in a foreground run; test_lab's Ctrl-C test failed without.)
+nsenter --net="/run/netns/$ns" chroot "$root" /usr/bin/env --default-signal -i \
   HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CI="${CI:-true}" \
   bash -c "cd /root/conntui && exec ${CONNTUI_CI_COMMAND:-.ci/test-line}" &
 rc=0
