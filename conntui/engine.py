@@ -642,7 +642,7 @@ class Engine:
                 if note not in att.notes:
                     self._reattribute(rec, replace(att, notes=(*att.notes, note)))
                 continue
-            judged = judge(seg, att, timeline, self._holder_at, table)
+            judged = judge(seg, att, timeline, self._holder_at, table, self._bound_at)
             if judged is not att:
                 self._reattribute(rec, judged)
             silent = seg.proto != "tcp" or (
@@ -681,6 +681,18 @@ class Engine:
                 judged = judge(seg, rec.attribution, timeline, self._holder_at, table)
                 if judged is not rec.attribution:
                     self._reattribute(rec, judged)
+
+    def _bound_at(
+        self, laddr: str, lport: int, raddr: str, rport: int, at: float
+    ) -> tuple[Holder, float] | None:
+        """Who bound (or first sent from) the UDP port ``laddr:lport`` last before ``at``."""
+        tracer = self.tracer
+        if tracer is None:
+            return None
+        found = tracer.lookup_record("udp", laddr, lport, "", 0, at=at)
+        if found is None or found.kind not in ("bind", "send"):
+            return None
+        return found.holder, found.t
 
     def _holder_at(
         self, laddr: str, lport: int, raddr: str, rport: int, at: float

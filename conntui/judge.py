@@ -128,6 +128,7 @@ def judge(
     timeline: Timeline,
     holder_at: HolderAt,
     table: SocketTable,
+    bound_at: HolderAt | None = None,
 ) -> Attribution:
     """The row's attribution judged against the kernel's record of that moment."""
     if att.kernel is not None or not timeline.covers(seg.ts):
@@ -142,6 +143,8 @@ def judge(
         new = _judge_tcp_receiver(seg, new, timeline, holder_at, table, drop, reset)
         new = _judge_tcp_sender(seg, new, timeline, holder_at)
         new = _reuseport_member(seg, new, table, holder_at)
+    elif bound_at is not None:
+        new = _udp_bound_last(seg, new, bound_at)
     if abort is not None:
         new = replace(
             new,
@@ -180,6 +183,36 @@ def judge(
             agrees=False,
         )
     return new
+
+
+def _udp_bound_last(seg: Segment, att: Attribution, bound_at: HolderAt) -> Attribution:
+    """A datagram for an unconnected UDP port: of equal sockets bound to it, the kernel takes
+    the one bound last (``udp_lib_get_port`` puts it at the head of its hash chain). When the
+    tracer saw a bind on this port after the table's socket was first seen, the table (read
+    before it) does not know that socket: the datagram went to the newer one."""
+    recv = att.receiver
+    if att.match != Match.UDP_UNCONNECTED or recv is None or not recv.holders:
+        return att
+    got = bound_at(seg.dst, seg.dport, "", 0, seg.ts)
+    if got is None:
+        return att
+    holder, since = got
+    if since <= recv.first_seen or any(h.pid == holder.pid and h.fd == holder.fd for h in recv.holders):
+        return att
+    entry = replace(recv, holders=(holder,), former_holders=(), inode=0, cookie=0, first_seen=since)
+    return replace(
+        att,
+        receiver=entry,
+        candidates=(),
+        explain=(
+            f"UDP to {endpoint_text(seg.dst, seg.dport)}: the kernel tracer saw "
+            f"{holder.process}[{holder.pid}] fd {holder.fd} bind this port after the sockets in "
+            "conntui's table; of equal sockets the kernel takes the one bound last (the head of "
+            "its hash chain), so this socket got the datagram."
+        ),
+        notes=(*att.notes, _prediction_note(att)),
+        agrees=False,
+    )
 
 
 def _record_shows_no_socket(seg: Segment, timeline: Timeline) -> bool:

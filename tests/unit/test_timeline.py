@@ -158,3 +158,25 @@ def test_kernel_record_lines_parse_and_feed_the_timeline():
     assert tracer.exec_after(42, 105.0) == "python3 -m x" and tracer.exec_after(42, 107.0) is None
     tracer.feed_line('{"type": "printf", "data": "D1 x 17 40000 9 -1 -1 a b c"}')  # garbage: counted
     assert tracer.stats["unparsed"] == 1
+
+
+def test_a_udp_port_bound_after_the_table_was_read_takes_the_datagram():
+    """Of equal sockets bound to a UDP port the kernel takes the one bound last; a table read
+    before that bind names an older (since closed) responder: the tracer's bind record wins."""
+    tl = Timeline()
+    tl.ready_at = 0.0
+    old = SocketEntry(
+        "udp", 4, "UNCONN", Endpoint(S, 53), None, inode=5, holders=(Holder(700, 3, "old"),), first_seen=10.0
+    )
+    predicted = Attribution(Match.UDP_UNCONNECTED, receiver=old, explain="one of 2 sockets bound to it")
+    dgram = Segment(12.0, "lo", "udp", 4, C, CPORT, S, 53, "", 5)
+
+    def bound_at(laddr: str, lport: int, raddr: str, rport: int, at: float) -> tuple[Holder, float] | None:
+        return (Holder(701, 3, "new"), 11.0) if lport == 53 else None
+
+    got = judge(dgram, predicted, tl, holder_at, table(), bound_at)
+    assert got.receiver is not None and got.receiver.holders == (Holder(701, 3, "new"),)
+    assert got.agrees is False and "bound last" in got.explain
+    # a bind older than the table's socket changes nothing
+    old_bind = judge(dgram, predicted, tl, holder_at, table(), lambda *a: (Holder(701, 3, "new"), 9.0))
+    assert old_bind.receiver == old
