@@ -17,7 +17,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["capture", "sockets", "shortlived", "memory", "ui", "hotpath"]
+BENCHES = ["capture", "sockets", "shortlived", "memory", "ui", "hotpath", "truth"]
+# truth.py's smoke asserts that every tool started, rows came and the programs logged their
+# truth; its false-statement count is printed, not asserted, in CI: the full run had 0 in
+# 34,162 rows, but one smoke run in six under a loaded machine had 2 (issue 11 note)
+SMOKE_ARGS = {"truth": ["--allow-false"]}
 # generous: a crash, not a slow figure, is what these catch
 TIMEOUT = {"smoke": 180.0, "full": 1800.0}
 
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     summary = []
     for name in args.only or BENCHES:
-        cmd = [sys.executable, str(HERE / f"{name}.py"), *(["--smoke"] if args.smoke else []), *extra]
+        smoke = ["--smoke", *SMOKE_ARGS.get(name, [])] if args.smoke else []
+        cmd = [sys.executable, str(HERE / f"{name}.py"), *smoke, *extra]
         print(f"\n### bench/{name}.py {'--smoke' if args.smoke else ''}", flush=True)
         t0 = time.monotonic()
         try:
