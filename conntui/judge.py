@@ -48,6 +48,9 @@ _HELD_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT"))
 _STATE_SOURCE = "sock:inet_sock_set_state"
 _CHILD = "listener (the connection's socket was created from it)"
 _ACCEPT_LATE = 60.0  # an accept() this long after a segment still tells which listener queued it
+# how long a segment may wait in a loopback backlog behind the one before it (stamped when
+# queued, handled after): a holder that accept()ed within this held it when it was handled
+_BACKLOG = 0.005
 _HANDSHAKE_WINDOW = 3.0  # a request sock's child appears this soon after the segment (SYN-ACK retries)
 
 
@@ -404,6 +407,35 @@ def _judge_tcp_receiver(
         return att
     # No connection socket on the tuple at that moment (a TIME_WAIT there was replaced by
     # the SYN before this segment: the handshake's last ACK follows).
+    if handshake and (seg.payload_len or "F" in seg.flags):
+        # Data sent right behind the handshake's last ACK: on loopback both wait in the same
+        # backlog, stamped when queued, and the kernel handles the ACK first. The data reaches
+        # the connection's socket the ACK just made (its holder if accept() returned by then).
+        at = seg._replace(ts=seg.ts + _BACKLOG)
+        entry, note = _entry_then(
+            at, "ESTABLISHED", seg.dst, seg.dport, seg.src, seg.sport, att.receiver, holder_at
+        )
+        match = Match.ESTABLISHED if entry.holders else Match.ACCEPT_QUEUE
+        predicted = att.receiver
+        agrees = (
+            match == att.match
+            and predicted is not None
+            and {h.pid for h in predicted.holders} == {h.pid for h in entry.holders}
+        )
+        who = f"; {entry.describe()} held it" if entry.holders else "; no process had accept()ed it yet"
+        return replace(
+            att,
+            match=match,
+            receiver=entry,
+            explain=(
+                "Sent right behind the handshake's last ACK: the kernel handled that ACK first, which "
+                f"made the connection's socket, and this segment reached it by its 4-tuple{who}."
+            ),
+            steps=(Lookup(_ehash(seg), f"hit: ESTABLISHED (kernel record), {entry.describe()}"),),
+            notes=(*att.notes, *((note,) if note else ()), *(() if agrees else (_prediction_note(att),))),
+            kernel=KernelVerdict("delivered", _STATE_SOURCE, socket="the connection's new socket"),
+            agrees=agrees,
+        )
     if handshake:
         # The handshake's last ACK: it found the request sock, which the kernel turned into
         # this connection's socket just after (queued for accept()).

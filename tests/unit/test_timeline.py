@@ -180,3 +180,14 @@ def test_a_udp_port_bound_after_the_table_was_read_takes_the_datagram():
     # a bind older than the table's socket changes nothing
     old_bind = judge(dgram, predicted, tl, holder_at, table(), lambda *a: (Holder(701, 3, "new"), 9.0))
     assert old_bind.receiver == old
+
+
+def test_data_queued_behind_the_handshakes_last_ack_reaches_the_new_socket():
+    """On loopback the last ACK and the first data wait in one backlog, stamped when queued:
+    the data's time is before the child's birth, but the kernel handled the ACK first."""
+    tl = timeline()  # the child is born at 100.0011; accept() returned at 100.002
+    data = seg(100.00105, "PA", payload=21)
+    predicted = Attribution(Match.SYN_RECV, explain="the request sock")
+    got = judge(data, predicted, tl, holder_at, table())
+    assert got.match == Match.ESTABLISHED and got.receiver is not None
+    assert got.receiver.holders == (Holder(500, 4, "server"),) and got.agrees is False
