@@ -38,13 +38,15 @@ from .model import (
     endpoint_text,
     unmap,
 )
-from .timeline import GONE, KernelEvent, KnownState, Timeline
+from .timeline import KernelEvent, KnownState, Timeline
 
 # (local addr, local port, remote addr, remote port, at) → (holder, when it got the socket)
 HolderAt = Callable[[str, int, str, int, float], tuple[Holder, float] | None]
 
 # States in which the process still holds the socket (a close() would have left them)
 _HELD_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT"))
+# the states a table's view of a connection may be confirmed in (held, or just made)
+_TABLE_STATES = _HELD_STATES | {"SYN_RECV"}
 _STATE_SOURCE = "sock:inet_sock_set_state"
 _CHILD = "listener (the connection's socket was created from it)"
 _ACCEPT_LATE = 60.0  # an accept() this long after a segment still tells which listener queued it
@@ -273,7 +275,7 @@ def _judge_tcp_receiver(
             and _same_tuple(att.receiver, seg.dst, seg.dport, seg.src, seg.sport)
             and att.receiver is not None
             and att.receiver.state in (known.state, "ESTABLISHED", "SYN_RECV")
-            and known.state in _HELD_STATES | {"SYN_RECV"}
+            and known.state in _TABLE_STATES
         ):
             then = _holders_then(seg, att, known, holder_at)
             recv = then.receiver
@@ -597,4 +599,4 @@ def _sender_step(att: Attribution, seg: Segment, state: str, sender: SocketEntry
     return replace(att, steps=(*steps, step))
 
 
-__all__ = ["GONE", "HolderAt", "judge"]
+__all__ = ["HolderAt", "judge"]
