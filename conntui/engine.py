@@ -625,7 +625,7 @@ class Engine:
                 self._view = (rseg, rtable, rcv_ns, sseg, snd_ns)
         stable = spaces.table(snd_ns) if snd_ns is not None else None
         if stable is not None:
-            sending = self._look(sseg, stable, snd_ns)
+            sending = self._look(sseg, stable, snd_ns, "sender")
         else:
             sending = attribute(sseg, spaces.primary.current())
         return compose(
@@ -638,17 +638,45 @@ class Engine:
             mapping=mapping,
         )
 
-    def _look(self, seg: Segment, table: SocketTable, ns: int | None) -> Attribution:
-        """The demux in one namespace's table, looked up again there when it is too old."""
+    def _look(self, seg: Segment, table: SocketTable, ns: int | None, end: str = "receiver") -> Attribution:
+        """The demux in one namespace's table, looked up again there when it is too old, and
+        again when the socket of ``end`` (receiver or sender) has changed hands since."""
         att = attribute(seg, table)
         spaces = self.spaces
-        if ns is None or spaces is None or not _needs_resolve(seg, att, table):
+        if ns is None or spaces is None:
             return att
-        if not self._may_resolve(seg, att):
-            return att
-        src = spaces.source(ns)
-        fresher = src.resolve(seg) if src is not None else None
-        return attribute(seg, fresher) if fresher is not None else att
+        if _needs_resolve(seg, att, table) and self._may_resolve(seg, att):
+            src = spaces.source(ns)
+            fresher = src.resolve(seg) if src is not None else None
+            if fresher is not None:
+                table, att = fresher, attribute(seg, fresher)
+        sock = att.receiver if end == "receiver" else att.sender
+        now = self._held_now(sock, ns)
+        if now is not sock and now is not None:
+            att = attribute(seg, table.with_entries((now,)))
+        return att
+
+    def _held_now(self, sock: SocketEntry | None, ns: int | None) -> SocketEntry | None:
+        """``sock`` with the holders it has now, when those the table shows have let it go
+        (a forking server: the parent accept()s, a child takes the socket, the parent closes
+        its fd; the table read before still names the parent). One readlink per holder."""
+        if sock is None or not sock.inode or not sock.holders or ns is None or self.spaces is None:
+            return sock
+        link = f"socket:[{sock.inode}]"
+        for h in sock.holders:
+            try:
+                if os.readlink(f"/proc/{h.pid}/fd/{h.fd}") == link:
+                    return sock
+            except OSError:
+                pass
+        src = self.spaces.source(ns)
+        if src is None:
+            return sock
+        found = src.scanner.find_holders({sock.inode}, [h.pid for h in sock.holders], deep=False)
+        now = found.get(sock.inode, ())
+        if not now:
+            return sock  # gone, or not found cheaply: the table's view stands
+        return replace(sock, holders=now, former_holders=(*sock.former_holders, *sock.holders))
 
     def _ns_label(self, ns: int | None) -> str:
         spaces = self.spaces
@@ -902,11 +930,13 @@ class Engine:
             still = os.readlink(f"/proc/{found.pid}/fd/{found.fd}") == f"socket:[{found.inode}]"
         except OSError:
             still = False
+        if still:
+            return None  # (not remembered: it may pass the socket on later)
         now: Holder | None = None
         spaces = self.spaces
         src = (spaces.source(ns) if ns else spaces.primary) if spaces is not None else self.tables
         scanner = getattr(src, "scanner", None)
-        if not still and scanner is not None:
+        if scanner is not None:
             held = scanner.find_holders({found.inode}, (found.pid,)).get(found.inode, ())
             now = held[0] if held else None
         if len(self._handed) > 4096:

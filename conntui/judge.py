@@ -91,6 +91,12 @@ def _entry_then(
     note = ""
     if got is not None:
         holder, since = got
+        if since <= seg.ts and base is not None and base.holders and holder not in base.holders:
+            # got by one process, held by another when the table was read after the segment:
+            # passed on (a forking server's child; SCM_RIGHTS), the holders seen then stand
+            got = None
+    if got is not None:
+        holder, since = got
         # held: the kernel's record says whether a process still had the socket (a
         # shutdown() keeps it, a close() orphans it: the FIN of a close() leaves an fd-less socket)
         if since <= seg.ts and (held is True or (held is None and state in _HELD_STATES)):

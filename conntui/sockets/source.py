@@ -316,7 +316,8 @@ class SocketTableSource:
                 entry = hit if hit is not _NO_ENTRY else old_cache.get(key)
                 if entry is None or entry.holders != hs or entry.former_holders != former:
                     seen = first_seen.setdefault(mkey, now)
-                    entry = to_entry(parse_msg(proto, msg), hs, former_holders=former, first_seen=seen)
+                    raw = parse_msg(proto, msg)
+                    entry = to_entry(raw, hs, former_holders=former, first_seen=seen, netns=self.netns_inode)
                     extras.append(entry)
                 elif hit is _NO_ENTRY:
                     reused.add(id(entry))  # last time's entry, under a message that changed

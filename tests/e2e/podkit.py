@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .truthkit import KernelDisagrees, kernel
 
-IMAGE = "localhost/conntui-e2e-busybox"
+IMAGE = "localhost/conntui-e2e-busybox:2"  # (:2 has /www/big.bin)
 PODMAN_RUN = [
     *("podman", "--runtime", "runc", "run", "-d"),
     *("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"),
@@ -54,6 +54,8 @@ def build_image() -> str:
             os.symlink("busybox", f"{d}/bin/{applet}")
         with open(f"{d}/www/index.html", "w") as f:
             f.write("hello from a container\n")
+        with open(f"{d}/www/big.bin", "wb") as f:  # an answer a slow reader keeps in flight
+            f.write(b"x" * (4 << 20))
         tar = f"{d}.tar"
         with tarfile.open(tar, "w") as t:
             t.add(d, arcname=".")
