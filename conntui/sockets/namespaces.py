@@ -23,8 +23,10 @@ descriptor keeps the namespace itself readable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +34,11 @@ from ..model import Segment, SocketTable, unmap
 from .source import SocketTableSource
 
 __all__ = ["NamespaceInfo", "NamespaceTables", "discover_namespaces"]
+
+# A namespace no segment went to for this long has only its addresses read each refresh.
+ACTIVE_FOR = 30.0
+# ... and those addresses are read again this often (a new namespace's at once).
+ADDRESSES_EVERY = 5.0
 
 # Directories where runtimes bind-mount namespaces that may hold no process.
 NETNS_DIRS = ("/run/netns", "/run/docker/netns", "/var/run/netns")
@@ -107,12 +114,18 @@ class NamespaceTables:
         self.primary = primary
         self.primary_inode = primary.netns_inode
         self._discover = discover
-        self._make = make_source or (lambda info: SocketTableSource(netns_path=info.path))
+        # one walk over /proc a cycle (the primary's) serves every namespace: socket inodes
+        # are unique across namespaces, and a holder may be in any of them
+        self._make = make_source or (
+            lambda info: SocketTableSource(netns_path=info.path, scanner=primary.scanner, shared_scan=True)
+        )
         self._lock = threading.Lock()
         self._others: dict[int, SocketTableSource] = {}
         self.infos: dict[int, NamespaceInfo] = {}
         self.errors: dict[int, str] = {}  # inode → why its table could not be read
         self._owners: dict[str, tuple[int, ...]] = {}  # address → namespaces owning it
+        self._used: dict[int, float] = {}  # namespace → when a segment was last looked up there
+        self._addrs: dict[int, tuple[float, set[str]]] = {}  # namespace → (read when, addresses)
 
     # -- TableSource ---------------------------------------------------------------------
 
@@ -142,29 +155,39 @@ class NamespaceTables:
         infos.pop(self.primary_inode, None)
         others = dict(self._others)
         errors: dict[int, str] = {}
+        owners: dict[str, list[int]] = {}
         for ino in [i for i in others if i not in infos]:
             others.pop(ino).close()  # gone: its last process exited, its mount was removed
+            self._used.pop(ino, None)
+            self._addrs.pop(ino, None)
+        now = time.monotonic()
         for ino, info in infos.items():
             src = others.get(ino)
             try:
                 if src is None:
-                    src = self._make(info)
-                    try:
-                        src.refresh()
-                    except BaseException:
-                        src.close()
-                        raise
-                    others[ino] = src
+                    src = others[ino] = self._make(info)
+                # Every namespace's addresses (cheap: one rtnetlink dump) say where segments
+                # go; its sockets are dumped only while segments go there (a sock_diag dump
+                # walks the kernel's hash tables, which all namespaces share).
+                active = now - self._used.get(ino, float("-inf")) <= ACTIVE_FOR
+                if active:
+                    addrs = set(src.refresh().local_addrs)
+                elif (
+                    ino not in self._addrs
+                    or now - self._addrs[ino][0] >= ADDRESSES_EVERY
+                    or all(map(_loopback, self._addrs[ino][1]))  # being set up (podman: netns first)
+                ):
+                    addrs = src.addresses()
                 else:
-                    src.refresh()  # on failure its last table keeps answering
+                    addrs = self._addrs[ino][1]
+                self._addrs[ino] = (now, addrs)
             except OSError as exc:
                 # vanished between discovery and reading, or not readable: say so, go on
                 errors[ino] = f"{info.path}: {exc.strerror or exc}"
-        owners: dict[str, list[int]] = {}
-        for ino, src in others.items():
-            for addr in src.current().local_addrs:
+                continue
+            for addr in addrs:
                 if not _loopback(addr):
-                    owners.setdefault(addr, []).append(ino)
+                    owners.setdefault(unmap(addr), []).append(ino)
         self._others = others
         self.infos = infos
         self.errors = errors
@@ -185,9 +208,19 @@ class NamespaceTables:
         return self._owners.get(unmap(addr), ())
 
     def source(self, inode: int) -> SocketTableSource | None:
+        """The source of namespace ``inode``; one not read since segments last went there
+        is read now (the capture thread waits for that one dump, once)."""
         if inode == self.primary_inode:
             return self.primary
-        return self._others.get(inode)
+        src = self._others.get(inode)
+        if src is None:
+            return None
+        now = time.monotonic()
+        if now - self._used.get(inode, float("-inf")) > ACTIVE_FOR:
+            with contextlib.suppress(OSError):  # gone meanwhile: its last table answers
+                src.refresh()
+        self._used[inode] = now
+        return src
 
     def table(self, inode: int) -> SocketTable | None:
         src = self.source(inode)

@@ -388,6 +388,12 @@ class HolderScanner:
         self._new: tuple[int | None, list[int], dict[int, _PidState]] | None = None
         self._recent: dict[int, None] = {}  # pids where searches found sockets, latest last
 
+    @property
+    def latest(self) -> dict[int, Holders]:
+        """inode → holders as the last scan left them (read-only; every socket in /proc,
+        whatever its network namespace)."""
+        return self._by_inode
+
     def denied_for(self, uid: int) -> tuple[int, ...]:
         """Pids of ``uid`` whose ``/proc/PID/fd`` may not be read now (e.g. conntui runs
         without CAP_SYS_PTRACE): one of them may hold a socket no scan can name. Looked up at

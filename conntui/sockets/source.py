@@ -115,8 +115,11 @@ class SocketTableSource:
         min_scan_interval: float = 0.05,
         full_scan_interval: float = 10.0,
         memory_limit: int = 1 << 17,
+        shared_scan: bool = False,
     ) -> None:
         self.netns_path = netns_path
+        # ``scanner`` is walked by another source each refresh cycle (see NamespaceTables)
+        self.shared_scan = shared_scan
         # Pin the namespace: a /proc/PID/ns/net path dies with its process, and channels
         # reopen after errors. /proc/self/fd/N names the same namespace for as long as we live.
         self._netns_fd: int | None = None
@@ -197,6 +200,11 @@ class SocketTableSource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def addresses(self) -> set[str]:
+        """The namespace's own addresses now (one rtnetlink dump; no socket is read)."""
+        with self._refresh_lock:
+            return self.route.local_addresses()
+
     def current(self) -> SocketTable:
         """The latest table (an immutable snapshot; safe to read from any thread)."""
         return self._current
@@ -246,7 +254,17 @@ class SocketTableSource:
         # Every link is read again once per full_scan_interval, a slice per refresh.
         share = (mono - self._last_refresh) / self.full_scan_interval if self.full_scan_interval > 0 else 1.0
         self._last_refresh = mono
-        holders = scanner.scan(alive, verify=share, recheck=lambda missing: self._recheck(batches, missing))
+        if self.shared_scan:
+            # another source (the primary namespace's) walks /proc each cycle for every
+            # namespace's sockets: its map holds ours; only sockets newer than it are looked for
+            holders = scanner.latest
+            missing = alive.difference(holders)
+            if missing:
+                found = scanner.find_holders(missing, deep=False)
+                if found:
+                    holders = {**holders, **found}
+        else:
+            holders = scanner.scan(alive, verify=share, recheck=lambda gone: self._recheck(batches, gone))
         # Inodes whose holders may differ from those the last refresh's entries show (None: any)
         changed = scanner.last_changed if scanner.generation == self._scan_generation + 1 else None
         self._scan_generation = scanner.generation

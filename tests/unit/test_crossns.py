@@ -75,6 +75,9 @@ class FakeSource:
         self.refreshed += 1
         return self.table
 
+    def addresses(self) -> set[str]:
+        return set(self.table.local_addrs)
+
     def resolve(self, seg: Segment, *, prune: bool = False) -> SocketTable | None:
         return None
 
@@ -107,3 +110,8 @@ def test_namespaces_come_and_go_and_each_address_has_its_owner():
     assert made[2].closed and spaces.owner("10.88.0.8") is None  # gone with its namespace
     assert spaces.owner("10.88.0.9") is None and spaces.owners("10.88.0.9") == (3, 4)  # not guessed
     assert 5 in spaces.errors and "Permission denied" in spaces.errors[5]  # said, and the rest goes on
+    # sockets are dumped only in namespaces segments go to (addresses are read in all)
+    assert made[3].refreshed == 0
+    assert spaces.table(3) is made[3].table and made[3].refreshed == 1
+    spaces.refresh()
+    assert made[3].refreshed == 2 and made[4].refreshed == 0
