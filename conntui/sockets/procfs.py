@@ -19,7 +19,8 @@ since the last scan is read in full; listing every process is the last resort. H
 only ever what a link read says, never inferred from a prediction.
 
 Process names are cached per (pid, start time): a reused pid gets its own name, never the
-previous owner's.
+previous owner's. So is the container a holder runs in (``containers.py``: one read of
+``/proc/PID/cgroup`` per process that holds a socket).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..model import Holder
+from ..model import Container, Holder
+from .containers import ContainerLookup
 
 _SOCKET_PREFIX = "socket:["
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -39,6 +41,7 @@ _FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _COMM_LEN = 15  # TASK_COMM_LEN - 1: longer names are cut in comm and stat
 
 Holders = tuple[Holder, ...]
+_HolderKey = tuple[int, int, str, Container | None]  # (pid, fd, name, container)
 
 
 def read_stat(proc_root: str, pid: int) -> tuple[str, int] | None:
@@ -357,9 +360,15 @@ class HolderScanner:
     process and allocates next to nothing.
     """
 
-    def __init__(self, proc_root: str = "/proc", names: ProcessNames | None = None) -> None:
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        names: ProcessNames | None = None,
+        containers: ContainerLookup | None = None,
+    ) -> None:
         self.proc_root = proc_root
         self.names = names if names is not None else ProcessNames(proc_root)
+        self.containers = containers if containers is not None else ContainerLookup(proc_root)
         self.last_reads = 0  # links read by the last scan (for tests and stats)
         self.last_full = False  # whether the last scan read every link
         self.generation = 0  # scans so far
@@ -378,7 +387,7 @@ class HolderScanner:
         self._denied_cache: dict[int, tuple[float, tuple[int, ...]]] = {}
         self._by_inode: dict[int, Holders] = {}
         self._unheld: frozenset[int] = frozenset()  # live inodes a full scan found no holder for
-        self._holder_cache: dict[tuple[int, int, str], Holder] = {}
+        self._holder_cache: dict[_HolderKey, Holder] = {}
         # What searches learnt since the last scan (each scan starts them afresh; a search on
         # another thread may write to the old ones meanwhile, which only loses hints):
         self._opened: dict[int, dict[int, int]] = {}  # pid → {fd: inode} of links read
@@ -421,11 +430,16 @@ class HolderScanner:
         """Pids that held sockets at the last scan."""
         return [pid for pid, st in self._pids.items() if st.sockets]
 
-    def _holder(self, pid: int, fd: int, name: str, cache: dict[tuple[int, int, str], Holder]) -> Holder:
-        key = (pid, fd, name)
+    def _holder(
+        self, pid: int, fd: int, name: str, cache: dict[_HolderKey, Holder], starttime: int, comm: str
+    ) -> Holder:
+        """The holder (pid, fd), named ``name``, in its container: (``starttime``, ``comm``)
+        are the process's, for the container cache (read once per process)."""
+        container = self.containers.of(pid, starttime, comm)
+        key = (pid, fd, name, container)
         holder = self._holder_cache.get(key)
         if holder is None:
-            holder = Holder(pid, fd, name)
+            holder = Holder(pid, fd, name, container)
         cache[key] = holder
         return holder
 
@@ -536,7 +550,8 @@ class HolderScanner:
                 if alive is not None:
                     removed.extend((inode, pid, int(fd_name)) for fd_name, inode in got.removed)
                     for fd_name, inode in got.added:
-                        added.append((inode, self._holder(pid, int(fd_name), name, self._holder_cache)))
+                        holder = self._holder(pid, int(fd_name), name, self._holder_cache, starttime, comm)
+                        added.append((inode, holder))
             if budget > 0 and pid >= cursor_pid:
                 start = cursor_at if pid == cursor_pid else 0
                 st, n = self._verify(pid, st, st.order[start : start + budget], removed, added)
@@ -607,7 +622,8 @@ class HolderScanner:
                 continue
             fds[fd_name] = inode
             if inode:
-                added.append((inode, self._holder(pid, int(fd_name), st.name, self._holder_cache)))
+                holder = self._holder(pid, int(fd_name), st.name, self._holder_cache, st.starttime, st.comm)
+                added.append((inode, holder))
         order = [n for n in st.order if n in fds] if len(fds) != len(st.fds) else st.order
         sockets = frozenset(filter(None, fds.values()))
         return _PidState(st.starttime, st.name, fds, sockets, order, comm=st.comm), len(names)
@@ -637,12 +653,12 @@ class HolderScanner:
 
     def _build(self, states: dict[int, _PidState]) -> dict[int, Holders]:
         by_inode: dict[int, list[Holder]] = {}
-        cache: dict[tuple[int, int, str], Holder] = {}
+        cache: dict[_HolderKey, Holder] = {}
         for pid, st in states.items():
             for fd_name, inode in st.fds.items():
                 if not inode:
                     continue
-                holder = self._holder(pid, int(fd_name), st.name, cache)
+                holder = self._holder(pid, int(fd_name), st.name, cache, st.starttime, st.comm)
                 lst = by_inode.get(inode)
                 if lst is None:
                     by_inode[inode] = [holder]
@@ -854,7 +870,7 @@ class HolderScanner:
         at = f.at.setdefault(pid, [])
         for fd, inode in hits:
             f.seen.add((pid, fd))
-            f.found.setdefault(inode, []).append(self._holder(pid, fd, name, f.cache))
+            f.found.setdefault(inode, []).append(self._holder(pid, fd, name, f.cache, starttime, comm))
             f.missing.discard(inode)
             at.append((fd, inode))
         if not f.how:
@@ -1004,7 +1020,7 @@ class _Find:
     ppids: dict[int, int] = field(default_factory=dict)  # holder pid → its parent
     seen: set[tuple[int, int]] = field(default_factory=set)  # (pid, fd) recorded
     full: set[int] = field(default_factory=set)  # pids whose every link was read
-    cache: dict[tuple[int, int, str], Holder] = field(default_factory=dict)
+    cache: dict[_HolderKey, Holder] = field(default_factory=dict)
     reads: int = 0
     listed: int = 0
     how: str = ""
