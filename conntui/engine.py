@@ -708,7 +708,7 @@ class Engine:
         holder = found.holder
         renamed = tracer.exec_after(holder.pid, found.t)
         if renamed is not None and tracer.execs.get(holder.pid, (float("inf"), ""))[0] <= at:
-            holder = Holder(holder.pid, holder.fd, renamed)
+            holder = Holder(holder.pid, holder.fd, renamed, holder.container)
         # connect() returns after it sent the SYN (a blocking one after the handshake): the
         # process had the socket from the call's start, a moment before the record
         since = found.t - TRACE_SLACK if found.kind == "connect" else found.t
