@@ -431,11 +431,10 @@ class HolderScanner:
         return [pid for pid, st in self._pids.items() if st.sockets]
 
     def _holder(
-        self, pid: int, fd: int, name: str, cache: dict[_HolderKey, Holder], starttime: int, comm: str
+        self, pid: int, fd: int, name: str, cache: dict[_HolderKey, Holder], container: Container | None
     ) -> Holder:
-        """The holder (pid, fd), named ``name``, in its container: (``starttime``, ``comm``)
-        are the process's, for the container cache (read once per process)."""
-        container = self.containers.of(pid, starttime, comm)
+        """The holder (pid, fd), named ``name``, in ``container`` (``self.containers.of``:
+        looked up once per process and call, not per fd)."""
         key = (pid, fd, name, container)
         holder = self._holder_cache.get(key)
         if holder is None:
@@ -549,9 +548,11 @@ class HolderScanner:
                 st = _PidState(starttime, name, fds, sockets, got.order, comm=comm)
                 if alive is not None:
                     removed.extend((inode, pid, int(fd_name)) for fd_name, inode in got.removed)
-                    for fd_name, inode in got.added:
-                        holder = self._holder(pid, int(fd_name), name, self._holder_cache, starttime, comm)
-                        added.append((inode, holder))
+                    if got.added:
+                        ctr = self.containers.of(pid, starttime, comm)
+                        for fd_name, inode in got.added:
+                            holder = self._holder(pid, int(fd_name), name, self._holder_cache, ctr)
+                            added.append((inode, holder))
             if budget > 0 and pid >= cursor_pid:
                 start = cursor_at if pid == cursor_pid else 0
                 st, n = self._verify(pid, st, st.order[start : start + budget], removed, added)
@@ -622,8 +623,8 @@ class HolderScanner:
                 continue
             fds[fd_name] = inode
             if inode:
-                holder = self._holder(pid, int(fd_name), st.name, self._holder_cache, st.starttime, st.comm)
-                added.append((inode, holder))
+                ctr = self.containers.of(pid, st.starttime, st.comm)
+                added.append((inode, self._holder(pid, int(fd_name), st.name, self._holder_cache, ctr)))
         order = [n for n in st.order if n in fds] if len(fds) != len(st.fds) else st.order
         sockets = frozenset(filter(None, fds.values()))
         return _PidState(st.starttime, st.name, fds, sockets, order, comm=st.comm), len(names)
@@ -655,10 +656,13 @@ class HolderScanner:
         by_inode: dict[int, list[Holder]] = {}
         cache: dict[_HolderKey, Holder] = {}
         for pid, st in states.items():
+            if not st.sockets:
+                continue
+            ctr = self.containers.of(pid, st.starttime, st.comm)
             for fd_name, inode in st.fds.items():
                 if not inode:
                     continue
-                holder = self._holder(pid, int(fd_name), st.name, cache, st.starttime, st.comm)
+                holder = self._holder(pid, int(fd_name), st.name, cache, ctr)
                 lst = by_inode.get(inode)
                 if lst is None:
                     by_inode[inode] = [holder]
@@ -868,9 +872,10 @@ class HolderScanner:
         name = self.names.name_for(pid, comm, starttime)
         f.ppids[pid] = ppid
         at = f.at.setdefault(pid, [])
+        ctr = self.containers.of(pid, starttime, comm)
         for fd, inode in hits:
             f.seen.add((pid, fd))
-            f.found.setdefault(inode, []).append(self._holder(pid, fd, name, f.cache, starttime, comm))
+            f.found.setdefault(inode, []).append(self._holder(pid, fd, name, f.cache, ctr))
             f.missing.discard(inode)
             at.append((fd, inode))
         if not f.how:
