@@ -572,7 +572,7 @@ class HolderScanner:
         else:
             for pid, st in prev_states.items():
                 now = states.get(pid)
-                if now is None or now.starttime != st.starttime:
+                if now is None or now.starttime != st.starttime or now.comm != st.comm:
                     removed.extend((inode, pid, int(fd)) for fd, inode in st.fds.items() if inode)
             result = self._patch(removed, added)
         self._pids = states

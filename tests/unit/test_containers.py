@@ -384,3 +384,20 @@ def test_scanner_reused_pid_gets_its_own_container(tmp_path: Path) -> None:
     proc.sock(100, 3, 600)
     tree.cgroup(100, "0::/user.slice\n")
     assert scanner.scan({600}) == {600: (Holder(100, 3, "httpd"),)}
+
+
+def test_an_exec_replaces_the_holder_and_its_container(tmp_path: Path) -> None:
+    """runc's init exec()s the container's program: the same pid and start time, another
+    comm. The socket it holds is then held by the new program (read again: its name and
+    container), listed once, not under both names."""
+    tree = Tree(tmp_path)
+    proc = FakeProc(tree.proc)
+    proc.process(100, "runc:[2:INIT]")
+    proc.sock(100, 3, 555)
+    tree.cgroup(100, "0::/user.slice\n")
+    tree.podman([{"id": ID, "names": ["web"]}])
+    scanner = HolderScanner(str(proc.root), containers=tree.lookup())
+    assert scanner.scan({555}) == {555: (Holder(100, 3, "runc:[2:INIT]"),)}
+    proc.process(100, "httpd")  # exec: same start time
+    tree.cgroup(100, f"0::/machine.slice/libpod-{ID}.scope\n")
+    assert scanner.scan({555}) == {555: (Holder(100, 3, "httpd", Container(ID, "web", "podman")),)}
