@@ -31,7 +31,9 @@ The parsing (:func:`parse_cgroup`, :func:`parse_storage_names`, :func:`parse_doc
 is pure; :class:`ContainerLookup` does the I/O and the caching: one read of
 ``/proc/PID/cgroup`` per (pid, start time, comm), so a reused pid is read anew; each state
 file is read again only when its mtime, size or inode changed. A state file that cannot be
-read or parsed leaves the name unknown (``""``): never an exception.
+read or parsed leaves the name unknown (``""``): never an exception. A process's container
+is looked up when the process is first seen holding a socket, so a container renamed later
+(``docker rename``) keeps its old name on processes seen before.
 """
 
 from __future__ import annotations
@@ -183,16 +185,6 @@ def _read_small(path: str) -> bytes | None:
         return None
 
 
-class _StateFile:
-    """One state file, parsed again only when it changed (mtime, size or inode)."""
-
-    __slots__ = ("key", "value")
-
-    def __init__(self) -> None:
-        self.key: tuple[int, int, int] | None = None
-        self.value: Any = None
-
-
 class ContainerLookup:
     """pid → :class:`Container`, cached per (pid, start time, comm) like process names.
 
@@ -204,7 +196,8 @@ class ContainerLookup:
         self.root = root.rstrip("/")
         self.max_size = max_size
         self._by_pid: dict[tuple[int, int, str], Container | None] = {}
-        self._files: dict[str, _StateFile] = {}
+        # path → ((mtime, size, inode), parsed): one tuple, so a thread never sees half of it
+        self._files: dict[str, tuple[tuple[int, int, int], Any]] = {}
         self._roots: tuple[str, str] | None = None  # (docker data root, storage graph root)
 
     def of(self, pid: int, starttime: int, comm: str) -> Container | None:
@@ -298,13 +291,13 @@ class ContainerLookup:
             return None
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         entry = self._files.get(path)
-        if entry is not None and entry.key == key:
-            return entry.value
+        if entry is not None and entry[0] == key:
+            return entry[1]
         data = _read_small(path)
         if data is None:
             return None
+        value = parse(data)
         if len(self._files) >= self.max_size:
             self._files.clear()
-        entry = self._files[path] = _StateFile()
-        entry.key, entry.value = key, parse(data)
-        return entry.value
+        self._files[path] = (key, value)
+        return value
