@@ -16,6 +16,10 @@ cri-o       ``crio-<id>.scope``, ``crio-<id>``                     the same (CRI
 containerd  ``cri-containerd-<id>.scope``                          (the id is shown)
 ==========  ====================================================  ==========================
 
+A rootless container's cgroup is in its user's systemd instance (``user@UID.service``):
+it is named from that user's own state (``~/.local/share/containers/storage``,
+``~/.local/share/docker``), never from the system's.
+
 Kubernetes pods add ``kubepods…pod<uid>`` (systemd writes the uid with ``_`` for ``-``;
 shown with ``-``, as Kubernetes writes it), podman pods ``machine-libpod_pod_<id>.slice``.
 A 64-hex component of no known runtime (``/kubepods/besteffort/pod<uid>/<id>``, a runtime
@@ -40,8 +44,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +76,7 @@ _BARE_ID = re.compile(rf"(?:[A-Za-z0-9_.]+-)?({_HEX64})(?:\.scope)?")
 _UUID = "[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
 _KUBE_POD = re.compile(rf"(?:kubepods-(?:[a-z]+-)?)?pod({_UUID})(?:\.slice)?")
 _PODMAN_POD = re.compile(rf"machine-libpod_pod_({_HEX64})\.slice")
+_USER_SERVICE = re.compile(r"user@(\d{1,10})\.service")
 
 _MAX_NAME = 256  # a name, not a novel: longer ones are cut (rows and memory stay sane)
 _MAX_STATE = 64 << 20  # bytes of a state file read at most (containers.json of thousands)
@@ -77,11 +84,13 @@ _MAX_STATE = 64 << 20  # bytes of a state file read at most (containers.json of 
 
 @dataclass(frozen=True, slots=True)
 class CgroupMatch:
-    """What a cgroup path says: the container id, the runtime, the pod ("" when none)."""
+    """What a cgroup path says: the container id, the runtime, the pod ("" when none), and
+    the user whose systemd instance (``user@UID.service``) runs it: a rootless container."""
 
     id: str
     runtime: str = ""
     pod: str = ""
+    user: int | None = None
 
 
 def parse_cgroup_path(path: str) -> CgroupMatch | None:
@@ -91,6 +100,7 @@ def parse_cgroup_path(path: str) -> CgroupMatch | None:
     is the inner one); a pod is taken from any component of the same path."""
     parts = [p for p in path.split("/") if p]
     pod = ""
+    user: int | None = None
     kube = "kubepods" in path
     for part in parts:
         m = _KUBE_POD.fullmatch(part) if kube else None
@@ -98,6 +108,9 @@ def parse_cgroup_path(path: str) -> CgroupMatch | None:
             m = _PODMAN_POD.fullmatch(part)
         if m is not None:
             pod = m.group(1).replace("_", "-")
+        m = _USER_SERVICE.fullmatch(part)
+        if m is not None:
+            user = int(m.group(1))
     for i in range(len(parts) - 1, -1, -1):
         part = parts[i]
         if _CONMON.fullmatch(part):
@@ -105,12 +118,12 @@ def parse_cgroup_path(path: str) -> CgroupMatch | None:
         for runtime, pattern in _RUNTIMES:
             m = pattern.fullmatch(part)
             if m is not None:
-                return CgroupMatch(m.group(1), runtime, pod)
+                return CgroupMatch(m.group(1), runtime, pod, user)
         m = _BARE_ID.fullmatch(part)
         if m is not None:
             # /docker/<id> (docker's cgroupfs driver), or an id of a runtime not known here
-            return CgroupMatch(m.group(1), "docker" if i and parts[i - 1] == "docker" else "", pod)
-    return CgroupMatch("", "", pod) if pod else None
+            return CgroupMatch(m.group(1), "docker" if i and parts[i - 1] == "docker" else "", pod, user)
+    return CgroupMatch("", "", pod, user) if pod else None
 
 
 def parse_cgroup(text: str) -> CgroupMatch | None:
@@ -177,6 +190,14 @@ def parse_docker_name(data: bytes) -> str:
     return _name(doc.get("Name")).removeprefix("/")
 
 
+def _home(uid: int) -> str | None:
+    """The home directory of ``uid`` from the password database; None for no such user."""
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except (KeyError, OverflowError):
+        return None
+
+
 def _read_small(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
@@ -189,12 +210,20 @@ class ContainerLookup:
     """pid → :class:`Container`, cached per (pid, start time, comm) like process names.
 
     ``root`` is where the runtimes' state files are looked for (``/``; a fake tree in
-    tests), ``proc_root`` where ``/proc`` is."""
+    tests), ``proc_root`` where ``/proc`` is, ``home_of`` a user's home directory (under
+    ``root``; None: no such user), where rootless runtimes keep their state."""
 
-    def __init__(self, proc_root: str = "/proc", root: str = "/", max_size: int = 8192) -> None:
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        root: str = "/",
+        max_size: int = 8192,
+        home_of: Callable[[int], str | None] | None = None,
+    ) -> None:
         self.proc_root = proc_root
         self.root = root.rstrip("/")
         self.max_size = max_size
+        self.home_of = home_of if home_of is not None else _home
         self._by_pid: dict[tuple[int, int, str], Container | None] = {}
         # path → ((mtime, size, inode), parsed): one tuple, so a thread never sees half of it
         self._files: dict[str, tuple[tuple[int, int, int], Any]] = {}
@@ -224,29 +253,45 @@ class ContainerLookup:
         found = parse_cgroup(data.decode("utf-8", "replace"))
         if found is None:
             return None
-        return Container(found.id, self.name_of(found.runtime, found.id), found.runtime, found.pod)
+        name = self.name_of(found.runtime, found.id, found.user)
+        return Container(found.id, name, found.runtime, found.pod)
 
-    def name_of(self, runtime: str, cid: str) -> str:
-        """The container's name from its runtime's state file; ``""`` when unknown."""
+    def name_of(self, runtime: str, cid: str, user: int | None = None) -> str:
+        """The container's name from its runtime's state file; ``""`` when unknown.
+
+        A rootless container (``user``: its cgroup is in that user's systemd instance) is
+        named from that user's own state only (``~/.local/share/containers/storage``,
+        ``~/.local/share/docker``), and a rootful one from the system's only: a user can
+        name cgroups in their own subtree as they like, and must not borrow the name of
+        a system container that way."""
         if not cid:
             return ""
-        docker_root, graph_root = self._state_roots()
+        if user is None:
+            docker_root, graph_root = self._state_roots()
+            run_root = f"{self.root}/run/containers/storage"
+        else:
+            home = self.home_of(user)
+            if not home:
+                return ""
+            docker_root = f"{self.root}{home}/.local/share/docker"
+            graph_root = f"{self.root}{home}/.local/share/containers/storage"
+            run_root = f"{self.root}/run/user/{user}/containers"
         if runtime == "docker":
             name = self._parsed(f"{docker_root}/containers/{cid}/config.v2.json", parse_docker_name)
             return name if isinstance(name, str) else ""
         if runtime in ("podman", "cri-o"):
-            for path in self._storage_files(graph_root):
+            for path in self._storage_files(graph_root, run_root):
                 names = self._parsed(path, parse_storage_names)
                 if isinstance(names, dict) and cid in names:
                     return str(names[cid])
         return ""
 
-    def _storage_files(self, graph_root: str) -> list[str]:
+    def _storage_files(self, graph_root: str, run_root: str) -> list[str]:
         """containers/storage's lists: ``<driver>-containers/containers.json`` under the
         graph root, and ``volatile-containers.json`` (``--rm`` containers in newer
         versions) beside it or under the run root."""
         out: list[str] = []
-        for base in (graph_root, f"{self.root}/run/containers/storage"):
+        for base in (graph_root, run_root):
             try:
                 dirs = sorted(d for d in os.listdir(base) if d.endswith("-containers"))
             except OSError:

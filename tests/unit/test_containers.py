@@ -65,7 +65,7 @@ CONMON_CGROUPFS = "9:name=systemd:/\n8:pids:/libpod_parent/conmon\n4:memory:/lib
         ),
         (
             f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n",
-            CgroupMatch(ID, "podman"),
+            CgroupMatch(ID, "podman", user=1000),
         ),
         # Kubernetes: CRI-O and containerd, systemd driver (uid with "_"), cgroupfs driver
         (
@@ -401,3 +401,38 @@ def test_an_exec_replaces_the_holder_and_its_container(tmp_path: Path) -> None:
     proc.process(100, "httpd")  # exec: same start time
     tree.cgroup(100, f"0::/machine.slice/libpod-{ID}.scope\n")
     assert scanner.scan({555}) == {555: (Holder(100, 3, "httpd", Container(ID, "web", "podman")),)}
+
+
+def test_rootless_names_come_from_the_users_own_state(tree: Tree) -> None:
+    """A rootless container is named from its user's storage; a cgroup a user named after a
+    system container's id does not borrow the system container's name."""
+    user = "0::/user.slice/user-1000.slice/user@1000.service/user.slice"
+    tree.cgroup(10, f"{user}/libpod-{ID}.scope\n")
+    tree.cgroup(11, f"{user}/libpod-{ID2}.scope\n")
+    tree.cgroup(12, f"{user}/docker-{ID}.scope\n")
+    tree.cgroup(13, f"0::/user.slice/user-2000.slice/user@2000.service/libpod-{ID}.scope\n")
+    tree.podman([{"id": ID2, "names": ["system-db"]}])  # rootful podman's own
+    home = tree.root / "home/alice/.local/share"
+    (home / "containers/storage/overlay-containers").mkdir(parents=True)
+    (home / "containers/storage/overlay-containers/containers.json").write_text(
+        json.dumps([{"id": ID, "names": ["alices-web"]}])
+    )
+    (home / f"docker/containers/{ID}").mkdir(parents=True)
+    (home / f"docker/containers/{ID}/config.v2.json").write_text('{"Name": "/alices-docker"}')
+    homes = {1000: "/home/alice"}
+    lookup = ContainerLookup(str(tree.proc), str(tree.root), home_of=homes.get)
+    assert lookup.of(10, 1, "a") == Container(ID, "alices-web", "podman")
+    assert lookup.of(11, 1, "a") == Container(ID2, "", "podman")  # not "system-db"
+    assert lookup.of(12, 1, "a") == Container(ID, "alices-docker", "docker")
+    assert lookup.of(13, 1, "a") == Container(ID, "", "podman")  # no such user: id only
+    tree.cgroup(14, f"0::/machine.slice/libpod-{ID2}.scope\n")
+    assert lookup.of(14, 1, "a") == Container(ID2, "system-db", "podman")
+
+
+def test_rootless_volatile_list_under_the_users_run_root(tree: Tree) -> None:
+    tree.cgroup(10, f"0::/user.slice/user-1000.slice/user@1000.service/libpod-{ID}.scope\n")
+    run = tree.root / "run/user/1000/containers/overlay-containers"
+    run.mkdir(parents=True)
+    (run / "volatile-containers.json").write_text(json.dumps([{"id": ID, "names": ["tmp-web"]}]))
+    lookup = ContainerLookup(str(tree.proc), str(tree.root), home_of={1000: "/home/alice"}.get)
+    assert lookup.of(10, 1, "a") == Container(ID, "tmp-web", "podman")
