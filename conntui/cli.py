@@ -24,6 +24,7 @@ from .filters import FilterError, PortSet, parse_display_filter, parse_ports
 from .jsonout import json_line, text_line
 from .model import Record
 from .session import Counters, Session
+from .sockets.namespaces import NamespaceTables
 
 if TYPE_CHECKING:
     from .tui.app import ConntuiApp
@@ -235,13 +236,16 @@ def make_source(opts: Options, notes: list[str]) -> FrameSource:
 
 
 def make_tables(live: bool) -> TableSource:
+    """Every network namespace's socket table on a live capture; none from a file."""
     if not live:
         return StaticTables()
     from .sockets import SocketTableSource
 
-    source = SocketTableSource()
-    source.refresh()
-    return source
+    # This namespace's table, and every other namespace's (containers): a segment is looked
+    # up where its address lives (crossns.py).
+    tables = NamespaceTables(SocketTableSource())
+    tables.refresh()
+    return tables
 
 
 def make_engine(opts: Options, notes: list[str] | None = None, session: Session | None = None) -> Engine:
@@ -273,7 +277,8 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     if opts.trace and source.live:
         from .tracer import SocketTracer
 
-        tracer = SocketTracer.start()
+        # every namespace's record when the tables cover every namespace (containers)
+        tracer = SocketTracer.start(all_namespaces=isinstance(tables, NamespaceTables))
         if tracer is None:
             notes.append(
                 f"no kernel tracer ({SocketTracer.why_not}): rows are predictions from the socket table "

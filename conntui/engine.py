@@ -17,16 +17,19 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .capture import CaptureError, FrameSource
+from .crossns import NatIndex, SegmentCopies, compose, copy_note, mapping_ends, unknown_end
 from .decode import IcmpError, decode_frame, decode_icmp_error
 from .demux import attribute
 from .export import ExportError, PcapNgWriter, Writer, attribution_from_comment
 from .flowcache import FlowCache, cache_key
 from .gcpolicy import GcPolicy
 from .history import FlowHistory
-from .judge import judge
+from .judge import HolderAt, judge, judge_sender
 from .model import (
+    PACKET_HOST,
     PACKET_OUTGOING,
     Attribution,
+    Endpoint,
     FlowKey,
     Frame,
     Holder,
@@ -42,13 +45,17 @@ from .model import (
 from .session import Session
 
 if TYPE_CHECKING:
-    from .tracer import SocketTracer
+    from .tracer import SocketTracer, TraceRecord
 from .sockets.conntrack import Conntrack, NatMapping, local_socket_tuple
+from .sockets.namespaces import NamespaceTables
 from .verify import Note, Verifier
 
 SegmentPredicate = Callable[[Segment], bool]
 _NAT_SUSPECTS = frozenset((Match.NONE, Match.NOT_LOCAL, Match.UNKNOWN))
 _UNSET = object()
+# a row across namespaces as each end's socket sees it: (receiving segment, its table, its
+# namespace, sending segment, its namespace (None: another host))
+_View = tuple[Segment, SocketTable, int, Segment, int | None]
 
 
 class TableSource(Protocol):
@@ -239,7 +246,15 @@ class Engine:
         self.settle = settle if source.live else 0.0
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
         # rows to set beside the kernel's record, with the table they were predicted from
-        self._to_judge: deque[tuple[float, Record, SocketTable]] = deque()
+        # (with the receiving socket's own view of a row that crosses namespaces)
+        self._to_judge: deque[tuple[float, Record, SocketTable, _View | None]] = deque()
+        # every network namespace's table, when the tables source keeps them (host capture)
+        self.spaces = tables if isinstance(tables, NamespaceTables) else None
+        self._nat_index = NatIndex()
+        self._copies: SegmentCopies[Record] = SegmentCopies()
+        self._handed: dict[int, object] = {}  # accepted inode → who holds it now (_passed_on)
+        self._copy_of: dict[int, Record] = {}  # a copy's row number → its first copy's row
+        self._view: _View | None = None  # set by _across for process()
         self.started_at = time.time()
 
     # -- one frame ---------------------------------------------------------------
@@ -269,13 +284,30 @@ class Engine:
         if self._keep_segments is not None and not self._keep_segments(seg):
             counters.filtered += 1
             return None
+        self._view = None
+        first = self._copies.first(seg) if self.spaces is not None else None
+        now = time.monotonic()
+        if first is not None:
+            # the same segment seen again on another device (bridge and veth, ``any``): it is
+            # attributed as its first copy (now, and as that one is when handed on), and is
+            # not a retransmission or a second answer
+            first_seq, att, first_rec = first
+            rec = self.session.append(frame, seg, replace(att, notes=(*att.notes, copy_note(first_seq, seg))))
+            if len(self._copy_of) > 65536:  # rows the C path handed on (never the case yet)
+                self._copy_of.clear()
+            self._copy_of[rec.seq] = first_rec
+            self._pending.append((now, frame, rec))
+            if self.settle <= 0:
+                self.emit()
+            return rec
         att = self._attribute(frame, seg)
         rec = self.session.append(frame, seg, att)
+        if self.spaces is not None:
+            self._copies.add(seg, rec.seq, att, rec)
         self._apply(self.verifier.on_record(rec))
-        now = time.monotonic()
         self._pending.append((now, frame, rec))
         if self.tracer is not None:
-            self._to_judge.append((now, rec, self.tables.current()))
+            self._to_judge.append((now, rec, self.tables.current(), self._view))
         if self.settle <= 0:
             self.emit()
         elif self.source.live and (_unheld(att.receiver) or _unheld(att.sender)):
@@ -346,6 +378,10 @@ class Engine:
             if rec is None:
                 self._write(frame, None, None)
                 continue
+            first = self._copy_of.pop(rec.seq, None)
+            if first is not None:  # as its first copy is now (judged, late holders found)
+                told = first.attribution
+                self._reattribute(rec, replace(told, notes=(*told.notes, copy_note(first.seq, rec.segment))))
             self._write(frame, rec.segment, rec.attribution)
             if self.on_record is not None:
                 self.on_record(rec)
@@ -434,6 +470,13 @@ class Engine:
             pruned = self._forget_reset(seg, table)
             after_reset, table = pruned is not table, pruned
         att = attribute(seg, table)
+        if self.spaces is not None and self.source.live and len(self.spaces) > 1:
+            crossed = self._across(seg, att)
+            if crossed is not None:
+                # never cached for the C fast path: each end was read in its own namespace's
+                # table, whose refreshes the cache does not follow; every copy and segment of
+                # it is judged against the kernel's record of its namespace
+                return crossed
         stale_after_close = closed and not seg.is_syn and _shows_open(att)
         if (
             self.source.live
@@ -544,6 +587,100 @@ class Engine:
         )
         return replace(real_att, explain=why, steps=(step, *real_att.steps))
 
+    def _across(self, seg: Segment, att: Attribution) -> Attribution | None:
+        """The row of a segment an end of which is in another network namespace (a
+        container's): each end looked up in the namespace owning its address, with its
+        socket's own tuple (through conntrack when NAT rewrote it). None: both ends are in
+        this namespace or on other hosts, and the usual path answers (crossns.py)."""
+        spaces = self.spaces
+        assert spaces is not None
+        home = spaces.primary_inode
+        elsewhere = spaces.owner(seg.src) not in (home, None) or spaces.owner(seg.dst) not in (home, None)
+        elsewhere = elsewhere or bool(spaces.owners(seg.src) or spaces.owners(seg.dst))
+        if not elsewhere and not (seg.is_syn or att.match in _NAT_SUSPECTS):
+            return None
+        mapping = self._mapping(seg)
+        ends = mapping_ends(mapping, seg) if mapping is not None and mapping.nat else None
+        if ends is None:
+            if not elsewhere:
+                return None
+            mapping = None
+            ends = (seg.src, seg.sport, seg.dst, seg.dport), (seg.dst, seg.dport, seg.src, seg.sport)
+        snd, rcv = ends
+        snd_ns, rcv_ns = spaces.owner(snd[0]), spaces.owner(rcv[0])
+        if snd_ns in (home, None) and rcv_ns in (home, None) and not spaces.owners(rcv[0]):
+            return None  # a NAT of this namespace's own (REDIRECT): _through_nat's
+        # each end as its own socket sees it (the device is the host's, not that namespace's)
+        rseg = seg._replace(src=rcv[2], sport=rcv[3], dst=rcv[0], dport=rcv[1], pkttype=PACKET_HOST)
+        sseg = seg._replace(src=snd[0], sport=snd[1], dst=snd[2], dport=snd[3], pkttype=PACKET_OUTGOING)
+        rseg, sseg = rseg._replace(ifindex=0, iface=""), sseg._replace(ifindex=0, iface="")
+        rtable = spaces.table(rcv_ns) if rcv_ns is not None else spaces.primary.current()
+        several = spaces.owners(rcv[0])
+        if rcv_ns is None and len(several) > 1:
+            receiving = unknown_end(rcv[0], several)
+        else:
+            assert rtable is not None
+            receiving = self._look(rseg, rtable, rcv_ns)
+            if rcv_ns is not None:
+                self._view = (rseg, rtable, rcv_ns, sseg, snd_ns)
+        stable = spaces.table(snd_ns) if snd_ns is not None else None
+        if stable is not None:
+            sending = self._look(sseg, stable, snd_ns)
+        else:
+            sending = attribute(sseg, spaces.primary.current())
+        return compose(
+            seg,
+            receiving,
+            sending,
+            rcv=rcv,
+            rcv_where=self._ns_label(rcv_ns) if rcv_ns not in (home, None) else "",
+            snd_where=self._ns_label(snd_ns) if snd_ns not in (home, None) else "",
+            mapping=mapping,
+        )
+
+    def _look(self, seg: Segment, table: SocketTable, ns: int | None) -> Attribution:
+        """The demux in one namespace's table, looked up again there when it is too old."""
+        att = attribute(seg, table)
+        spaces = self.spaces
+        if ns is None or spaces is None or not _needs_resolve(seg, att, table):
+            return att
+        if not self._may_resolve(seg, att):
+            return att
+        src = spaces.source(ns)
+        fresher = src.resolve(seg) if src is not None else None
+        return attribute(seg, fresher) if fresher is not None else att
+
+    def _ns_label(self, ns: int | None) -> str:
+        spaces = self.spaces
+        if ns is None or spaces is None:
+            return ""
+        info = spaces.infos.get(ns)
+        if info is not None and info.name:
+            return f"network namespace net:[{ns}] ({info.name})"
+        return f"network namespace net:[{ns}]"
+
+    def _mapping(self, seg: Segment) -> NatMapping | None:
+        """The conntrack entry of ``seg``'s connection: asked once per captured tuple, or
+        (a half-translated copy, which no whole tuple of the entry matches) found by an
+        endpoint of an entry seen before."""
+        key = seg.key
+        mapping = self._nat_cache.get(key, _UNSET)
+        if mapping is _UNSET:
+            nat = self._conntrack()
+            mapping = None
+            if nat is not None:
+                outgoing = seg.pkttype == PACKET_OUTGOING or seg.src == seg.dst or seg.iface == "lo"
+                mapping = nat.lookup(key, seg.family, outgoing=outgoing)
+            if mapping is None:
+                mapping = self._nat_index.find(seg)
+            elif isinstance(mapping, NatMapping) and mapping.nat:
+                self._nat_index.add(mapping)
+            if len(self._nat_cache) > 65536:
+                self._nat_cache.clear()
+            if mapping is not None or not seg.is_syn:  # a SYN may come before its entry
+                self._nat_cache[key] = mapping
+        return mapping if isinstance(mapping, NatMapping) else None
+
     def _conntrack(self) -> Conntrack | None:
         """The conntrack table, once the kernel has one (NAT rules load it on demand)."""
         if self._nat is not None:
@@ -627,11 +764,18 @@ class Engine:
         (judge.py): names from the tracer, the kernel's verdict, corrections."""
         tracer = self.tracer
         assert tracer is not None
-        timeline = tracer.timeline
         queue = self._to_judge
         while queue and queue[0][0] <= horizon:
-            _, rec, table = queue.popleft()
+            _, rec, table, view = queue.popleft()
             seg, att = rec.segment, rec.attribution
+            timeline = tracer.timeline
+            holder_at: HolderAt = self._holder_at
+            bound_at: HolderAt = self._bound_at
+            if view is not None:
+                # a row across namespaces: judged as its receiving socket sees it, there
+                seg, table, ns, _, _ = view
+                timeline = tracer.timeline_for(ns)
+                holder_at, bound_at = self._holder_in(ns), self._bound_in(ns)
             if not timeline.covers(seg.ts):
                 self._fill_from_tracer(rec)
                 att = rec.attribution
@@ -642,9 +786,13 @@ class Engine:
                 if note not in att.notes:
                     self._reattribute(rec, replace(att, notes=(*att.notes, note)))
                 continue
-            judged = judge(seg, att, timeline, self._holder_at, table, self._bound_at)
+            judged = judge(seg, att, timeline, holder_at, table, bound_at)
+            if view is not None:
+                judged = self._judge_sender_across(view, judged)
             if judged is not att:
                 self._reattribute(rec, judged)
+            if view is not None:
+                continue
             silent = seg.proto != "tcp" or (
                 timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
                 and timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts) is None
@@ -682,30 +830,56 @@ class Engine:
                 if judged is not rec.attribution:
                     self._reattribute(rec, judged)
 
+    def _judge_sender_across(self, view: _View, att: Attribution) -> Attribution:
+        """The sending end of a row across namespaces, judged in its own namespace (its
+        socket's tuple there), or named from the tracer's records when the table had none."""
+        tracer = self.tracer
+        _, _, _, sseg, ns = view
+        if tracer is None or ns is None or (att.sender is not None and att.sender.holders):
+            return att
+        if sseg.proto == "tcp":
+            return judge_sender(sseg, att, tracer.timeline_for(ns), self._holder_in(ns))
+        got = self._bound_at(sseg.src, sseg.sport, "", 0, sseg.ts, ns)
+        if got is None:
+            return att
+        holder = got[0]
+        sender = SocketEntry(
+            "udp", sseg.family, "UNCONN", Endpoint(sseg.src, sseg.sport), None, holders=(holder,), netns=ns
+        )
+        explain = f"sent by {sender.describe()} (the kernel tracer saw it bind or send from {sender.local})"
+        return replace(att, sender=sender, sender_explain=explain)
+
+    def _holder_in(self, ns: int) -> Callable[[str, int, str, int, float], tuple[Holder, float] | None]:
+        return lambda la, lp, ra, rp, at: self._holder_at(la, lp, ra, rp, at, ns)
+
+    def _bound_in(self, ns: int) -> Callable[[str, int, str, int, float], tuple[Holder, float] | None]:
+        return lambda la, lp, ra, rp, at: self._bound_at(la, lp, ra, rp, at, ns)
+
     def _bound_at(
-        self, laddr: str, lport: int, raddr: str, rport: int, at: float
+        self, laddr: str, lport: int, raddr: str, rport: int, at: float, ns: int = 0
     ) -> tuple[Holder, float] | None:
-        """Who bound (or first sent from) the UDP port ``laddr:lport`` last before ``at``."""
+        """Who bound (or first sent from) the UDP port ``laddr:lport`` last before ``at``
+        (in network namespace ``ns``; 0: the traced one)."""
         tracer = self.tracer
         if tracer is None:
             return None
-        found = tracer.lookup_record("udp", laddr, lport, "", 0, at=at)
+        found = tracer.lookup_record("udp", laddr, lport, "", 0, at=at, netns=ns)
         if found is None or found.kind not in ("bind", "send"):
             return None
         return found.holder, found.t
 
     def _holder_at(
-        self, laddr: str, lport: int, raddr: str, rport: int, at: float
+        self, laddr: str, lport: int, raddr: str, rport: int, at: float, ns: int = 0
     ) -> tuple[Holder, float] | None:
         """Who got the TCP socket of this tuple (the tracer's connect/accept record), with the
         name the process had at ``at`` (it may have exec'd since), and when it got it."""
         tracer = self.tracer
         if tracer is None:
             return None
-        found = tracer.lookup_record("tcp", laddr, lport, raddr, rport, at=at)
+        found = tracer.lookup_record("tcp", laddr, lport, raddr, rport, at=at, netns=ns)
         if found is None:
             return None
-        holder = found.holder
+        holder = self._passed_on(found, ns) or found.holder
         renamed = tracer.exec_after(holder.pid, found.t)
         if renamed is not None and tracer.execs.get(holder.pid, (float("inf"), ""))[0] <= at:
             holder = Holder(holder.pid, holder.fd, renamed, holder.container)
@@ -713,6 +887,32 @@ class Engine:
         # process had the socket from the call's start, a moment before the record
         since = found.t - TRACE_SLACK if found.kind == "connect" else found.t
         return holder, since
+
+    def _passed_on(self, found: TraceRecord, ns: int) -> Holder | None:
+        """Who holds an accept()ed socket now, when the process that accepted it no longer
+        does (a forking server: the parent accept()s, the child gets the socket and the
+        parent closes its fd); None when the accepting fd still holds it, or nobody can
+        be found (then the accept record is all there is)."""
+        if found.kind != "accept" or not found.inode or not self.source.live:
+            return None
+        hit = self._handed.get(found.inode, _UNSET)
+        if hit is not _UNSET:
+            return hit if isinstance(hit, Holder) else None
+        try:
+            still = os.readlink(f"/proc/{found.pid}/fd/{found.fd}") == f"socket:[{found.inode}]"
+        except OSError:
+            still = False
+        now: Holder | None = None
+        spaces = self.spaces
+        src = (spaces.source(ns) if ns else spaces.primary) if spaces is not None else self.tables
+        scanner = getattr(src, "scanner", None)
+        if not still and scanner is not None:
+            held = scanner.find_holders({found.inode}, (found.pid,)).get(found.inode, ())
+            now = held[0] if held else None
+        if len(self._handed) > 4096:
+            self._handed.clear()
+        self._handed[found.inode] = now
+        return now
 
     def _reattribute(self, rec: Record, att: Attribution) -> None:
         """Give a row a fuller attribution, in the session or, once out of its window, in

@@ -599,4 +599,12 @@ def _sender_step(att: Attribution, seg: Segment, state: str, sender: SocketEntry
     return replace(att, steps=(*steps, step))
 
 
-__all__ = ["HolderAt", "judge"]
+def judge_sender(seg: Segment, att: Attribution, timeline: Timeline, holder_at: HolderAt) -> Attribution:
+    """Only the sending end of a TCP row judged (``seg`` as the sending socket sees it): a
+    row whose ends are in two network namespaces has each end judged in its own."""
+    if not timeline.covers(seg.ts) or seg.proto != "tcp":
+        return att
+    return _judge_tcp_sender(seg, att, timeline, holder_at)
+
+
+__all__ = ["HolderAt", "judge", "judge_sender"]

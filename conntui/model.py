@@ -203,6 +203,7 @@ class SocketEntry:
     first_seen: float = 0.0  # when the refresher first saw this socket (epoch seconds)
     # a process holds it whose /proc/PID/fd conntui may not read (pids, by the socket's uid)
     unreadable: tuple[int, ...] = ()
+    netns: int = 0  # the network namespace's inode (``/proc/PID/ns/net``); 0 when not read
 
     @property
     def is_listener(self) -> bool:

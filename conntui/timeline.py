@@ -228,7 +228,8 @@ class Timeline:
             if last.old in _TO_TIME_WAIT and not last.reset and t - last.t < TIME_WAIT_LEN:
                 return KnownState("TIME_WAIT", last.t, last.sk, next_state, next_since)
             return KnownState("", last.t, last.sk, next_state, next_since)
-        return KnownState(_state_name(last.new), last.t, last.sk, next_state, next_since, _held(last, nxt))
+        held = _held(last, nxt, before)
+        return KnownState(_state_name(last.new), last.t, last.sk, next_state, next_since, held)
 
     def events_for(
         self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float, seq: int = -1
@@ -274,8 +275,19 @@ class Timeline:
 _CLOSING_ENTRIES = frozenset((4, 9))  # FIN_WAIT1, LAST_ACK
 
 
-def _held(last: StateChange, nxt: StateChange | None) -> bool | None:
+def _never_held_child(sk: int, before: list[StateChange]) -> bool:
+    """Whether socket ``sk`` came from a listener (left SYN_RECV) and no change of it so far
+    showed a struct socket: a child not seen accept()ed (its holder is the accept record's)."""
+    mine = [c for c in before if c.sk == sk]
+    return any(c.old == _SYN_RECV for c in mine) and all(c.orphan for c in mine)
+
+
+def _held(last: StateChange, nxt: StateChange | None, before: list[StateChange]) -> bool | None:
     """Whether a process held the socket between ``last`` and ``nxt`` (its next change)."""
+    if last.orphan and _never_held_child(last.sk, before):
+        # a listener's child: no struct socket until accept() grafts one (so sk_socket is
+        # NULL), which is "not accept()ed yet", not "close()d"; the accept() record tells
+        return None
     if last.orphan:
         return False
     if last.new not in _CLOSING_ENTRIES:

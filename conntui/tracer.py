@@ -44,7 +44,10 @@ and N is its fd, so no timing guess is involved.
   it, even if conntui is killed with SIGKILL.
 
 Only sockets in the traced network namespace are reported (``skc_net`` compared in the
-kernel; by default conntui's own namespace).
+kernel; by default conntui's own namespace), or with ``all_namespaces`` every namespace's:
+each line then carries the namespace's inode and goes to that namespace's own timeline and
+memory (``timeline_for``, ``memory_for``), so a container's ``127.0.0.1`` connection is
+never taken for the host's on the same 4-tuple.
 
 What it cannot see
 ------------------
@@ -177,6 +180,7 @@ class Event(NamedTuple):
     raddr: str
     mono: float  # CLOCK_MONOTONIC seconds
     comm: str
+    netns: int = 0  # the socket's network namespace (inode); 0: not reported (the traced one)
 
 
 def _addr4(v: int) -> str:
@@ -196,8 +200,10 @@ def parse_event(data: str) -> Event | None:
     Fields: E1 kind pid tid fd ret sk inode protocol family lport dport(be) saddr4 daddr4
     saddr6[4] daddr6[4] nsecs comm — comm is last and may hold spaces or anything else.
     """
-    parts = data.split(" ", _E_FIELDS)
-    if len(parts) != _E_FIELDS + 1 or parts[0] != "E1" or parts[1] not in KIND_NAMES:
+    ns_field = data.startswith("E2 ")  # the namespace's inode before comm
+    n = _E_FIELDS + ns_field
+    parts = data.split(" ", n)
+    if len(parts) != n + 1 or parts[0] not in ("E1", "E2") or parts[1] not in KIND_NAMES:
         return None
     try:
         pid, tid, fd, ret, sk, inode, protocol, family, lport, dport_be = map(int, parts[2:12])
@@ -208,12 +214,13 @@ def parse_event(data: str) -> Event | None:
         else:
             return None
         nsecs = int(parts[22])
+        netns = int(parts[23]) if ns_field else 0
     except (ValueError, OverflowError, struct.error):
         return None
     rport = socket.ntohs(dport_be & 0xFFFF)
     return Event(
         parts[1], pid, tid, fd, ret, sk, inode, protocol, family, lport & 0xFFFF, rport,
-        laddr, raddr, nsecs / 1e9, parts[_E_FIELDS],
+        laddr, raddr, nsecs / 1e9, parts[n], netns,
     )  # fmt: skip
 
 
@@ -233,6 +240,8 @@ class KernelLine(NamedTuple):
 
 
 _KERNEL_FIELDS = {"T1": 9, "D1": 9, "R1": 8, "r1": 2, "Y1": 5, "P1": 3}
+# the same lines with the network namespace's inode as a last field (what the program prints)
+_KERNEL_FIELDS.update({k[0] + "2": n + 1 for k, n in _KERNEL_FIELDS.items() if k != "P1"})
 
 Parsed = Event | Marker | KernelLine | tuple[str, int]
 
@@ -250,7 +259,7 @@ def parse_line(line: bytes | str) -> Parsed | None:
         return None
     kind, data = obj.get("type"), obj.get("data")
     if kind == "printf" and isinstance(data, str):
-        if data.startswith("E1 "):
+        if data.startswith(("E1 ", "E2 ")):
             return parse_event(data)
         head = data[:2]
         n = _KERNEL_FIELDS.get(head)
@@ -291,14 +300,17 @@ _EVENT_ARGS = ", ".join(
         *(_V6.format("daddr", i) for i in range(4)),
     ]
 )
-_EVENT_FMT = "E1 {kind} %d %d %d %d %lu %lu" + " %u" * 14 + " %lu %s"
+_EVENT_FMT = "E2 {kind} %d %d %d %d %lu %lu" + " %u" * 14 + " %lu %u %s"
+
+
+_SK_NS = "$sk->__sk_common.skc_net.net->ns.inum"
 
 
 def _printf(kind: str, fd: str, ret: str, lport: str = "$sk->__sk_common.skc_num") -> str:
     """The printf of one event about the socket ``$sk`` (inode in ``$ino``)."""
     fmt = _EVENT_FMT.format(kind=kind)
     args = _EVENT_ARGS.format(lport=lport)
-    return f'printf("{fmt}", pid, tid, {fd}, {ret}, (uint64)$sk, $ino, {args}, nsecs, comm);'
+    return f'printf("{fmt}", pid, tid, {fd}, {ret}, (uint64)$sk, $ino, {args}, nsecs, {_SK_NS}, comm);'
 
 
 def _with_sock(fd: str, netns: int, body: str) -> str:
@@ -315,7 +327,7 @@ def _with_sock(fd: str, netns: int, body: str) -> str:
       if (($inode->i_mode & 0xF000) == 0xC000) {{
         $sk = ((struct socket *)$file->private_data)->sk;
         if ($sk != 0) {{
-          if ($sk->__sk_common.skc_net.net->ns.inum == {netns} &&
+          if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@ &&
               ($sk->__sk_common.skc_family == 2 || $sk->__sk_common.skc_family == 10)) {{
             $ino = $inode->i_ino;
             {body}
@@ -388,15 +400,16 @@ tracepoint:sock:inet_sock_set_state
 /args->protocol == 6/
 {
   $sk = (struct sock *)args->skaddr;
-  if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
+  $ns = $sk->__sk_common.skc_net.net->ns.inum;
+  if ($ns == @NETNS@) {
     // the last field: 1 when no process holds the socket any more (close()d: orphaned)
     if (args->family == 2) {
-      printf("T1 %lu %d %d %u %u %s %s %lu %d", (uint64)args->skaddr, args->oldstate, args->newstate,
-             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs, $sk->sk_socket == 0);
+      printf("T2 %lu %d %d %u %u %s %s %lu %d %u", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs, $sk->sk_socket == 0, $ns);
     } else {
-      printf("T1 %lu %d %d %u %u %s %s %lu %d", (uint64)args->skaddr, args->oldstate, args->newstate,
+      printf("T2 %lu %d %d %u %u %s %s %lu %d %u", (uint64)args->skaddr, args->oldstate, args->newstate,
              args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs,
-             $sk->sk_socket == 0);
+             $sk->sk_socket == 0, $ns);
     }
   }
 }
@@ -406,7 +419,11 @@ tracepoint:skb:kfree_skb
 {
   $skb = (struct sk_buff *)args->skbaddr;
   $dev = $skb->dev;
-  if ($dev != 0 && $dev->nd_net.net->ns.inum == @NETNS@) {
+  $ns = (uint64)0;
+  if ($dev != 0) {
+    $ns = $dev->nd_net.net->ns.inum;
+  }
+  if ($dev != 0 && $ns == @NETNS@) {
     $ip = $skb->head + $skb->network_header;
     $st = (int64)-1;
     if (args->rx_sk != 0) {
@@ -422,9 +439,9 @@ tracepoint:skb:kfree_skb
           $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
                          (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
         }
-        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto,
+        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto,
                (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
-               $seq, $st, ntop($iph->saddr), ntop($iph->daddr), nsecs);
+               $seq, $st, ntop($iph->saddr), ntop($iph->daddr), nsecs, $ns);
       }
     } else {
       $ip6 = (struct ipv6hdr *)$ip;
@@ -436,9 +453,9 @@ tracepoint:skb:kfree_skb
           $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
                          (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
         }
-        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto,
+        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto,
                (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
-               $seq, $st, ntop($ip6->saddr.in6_u.u6_addr8), ntop($ip6->daddr.in6_u.u6_addr8), nsecs);
+               $seq, $st, ntop($ip6->saddr.in6_u.u6_addr8), ntop($ip6->daddr.in6_u.u6_addr8), nsecs, $ns);
       }
     }
   }
@@ -458,12 +475,13 @@ tracepoint:tcp:tcp_send_reset
     $s = (struct sockaddr_in6 *)args->saddr;
     $d = (struct sockaddr_in6 *)args->daddr;
     if ($s->sin6_family == 2) {
-      printf("R1 %d %d %d %u %u %s %s %lu", args->reason, args->state, $skb != 0, $s->sin6_port,
+      printf("R2 %d %d %d %u %u %s %s %lu %u", args->reason, args->state, $skb != 0, $s->sin6_port,
              $d->sin6_port, ntop(((struct sockaddr_in *)args->saddr)->sin_addr.s_addr),
-             ntop(((struct sockaddr_in *)args->daddr)->sin_addr.s_addr), nsecs);
+             ntop(((struct sockaddr_in *)args->daddr)->sin_addr.s_addr), nsecs, $ns);
     } else {
-      printf("R1 %d %d %d %u %u %s %s %lu", args->reason, args->state, $skb != 0, $s->sin6_port,
-             $d->sin6_port, ntop($s->sin6_addr.in6_u.u6_addr8), ntop($d->sin6_addr.in6_u.u6_addr8), nsecs);
+      printf("R2 %d %d %d %u %u %s %s %lu %u", args->reason, args->state, $skb != 0, $s->sin6_port,
+             $d->sin6_port, ntop($s->sin6_addr.in6_u.u6_addr8), ntop($d->sin6_addr.in6_u.u6_addr8), nsecs,
+             $ns);
     }
   }
 }
@@ -471,20 +489,23 @@ tracepoint:tcp:tcp_send_reset
 tracepoint:tcp:tcp_receive_reset
 {
   $sk = (struct sock *)args->skaddr;
-  if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
-    printf("r1 %lu %lu", (uint64)args->skaddr, nsecs);
+  $ns = $sk->__sk_common.skc_net.net->ns.inum;
+  if ($ns == @NETNS@) {
+    printf("r2 %lu %lu %u", (uint64)args->skaddr, nsecs, $ns);
   }
 }
 
 tracepoint:tcp:tcp_retransmit_synack
 {
   $sk = (struct sock *)args->skaddr;
-  if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
+  $ns = $sk->__sk_common.skc_net.net->ns.inum;
+  if ($ns == @NETNS@) {
     if (args->family == 2) {
-      printf("Y1 %u %u %s %s %lu", args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs);
+      printf("Y2 %u %u %s %s %lu %u", args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs,
+             $ns);
     } else {
-      printf("Y1 %u %u %s %s %lu", args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6),
-             nsecs);
+      printf("Y2 %u %u %s %s %lu %u", args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6),
+             nsecs, $ns);
     }
   }
 }
@@ -570,7 +591,6 @@ def build_script(
     subs = {
         "@PID@": str(our_pid),
         "@MARKER@": str(MARKER_BASE),
-        "@NETNS@": str(netns),
         "@ACCEPT@": _with_sock("args->ret", netns, accept),
         "@CONNECT@": _with_sock("@cfd[tid] - 1", netns, connect),
         "@BIND@": _with_sock("@bfd[tid] - 1", netns, bind),
@@ -593,7 +613,9 @@ def build_script(
         end = "\nEND\n{\n  clear(@cfd); clear(@bfd); clear(@sfd); clear(@useen);\n}\n"
     for name, value in subs.items():
         script = script.replace(name, value)
-    return script + end
+    if netns == 0:  # every namespace: each line carries its own, the reader sorts them
+        script = script.replace("== @NETNS@", "!= 0")
+    return script.replace("@NETNS@", str(netns)) + end
 
 
 # -- the memory ------------------------------------------------------------------------------
@@ -737,6 +759,11 @@ class SocketTracer:
     ) -> None:
         self.memory = memory if memory is not None else TraceMemory()
         self.timeline = Timeline()  # the kernel's record: states, drops, resets (timeline.py)
+        # The traced namespace (its lines go to ``memory`` and ``timeline``; 0: unknown, all
+        # do). Traced with ``all_namespaces``, the others' go to their own, by inode.
+        self.netns = 0
+        self.timelines: dict[int, Timeline] = {}
+        self.memories: dict[int, TraceMemory] = {}
         self.drop_reasons: dict[int, str] = {}  # the kernel's enum names (``symbols``)
         self.reset_reasons: dict[int, str] = {}
         self.execs: dict[int, tuple[float, str]] = {}  # pid → (when, new name) of its last exec
@@ -806,6 +833,7 @@ class SocketTracer:
         mount_tracefs: bool = True,
         attach_timeout: float = 30.0,
         memory: TraceMemory | None = None,
+        all_namespaces: bool = False,
     ) -> SocketTracer | None:
         """Start bpftrace for the namespace at ``netns_path`` (default: conntui's own).
 
@@ -821,10 +849,14 @@ class SocketTracer:
                 return None
             tracer = cls(memory=memory)
             netns = os.stat(netns_path or "/proc/self/ns/net").st_ino
+            tracer.netns = netns
             tracer.drop_reasons = symbols("skb/kfree_skb")
             tracer.reset_reasons = symbols("tcp/tcp_send_reset")
             tracer.script = build_script(
-                tracer.our_pid, netns, udp_sends=udp_sends, drop_reasons=tracer.drop_reasons
+                tracer.our_pid,
+                0 if all_namespaces else netns,
+                udp_sends=udp_sends,
+                drop_reasons=tracer.drop_reasons,
             )
             tracer._spawn(bpftrace, attach_timeout)
         except Exception as e:  # never raise: the tracer is optional
@@ -1015,18 +1047,27 @@ class SocketTracer:
                 self._marker_seen = parsed.seq
                 self._cond.notify_all()
             if not self.ready.is_set():
-                self.timeline.ready_at = time.time()
+                now = time.time()
+                for tl in (self.timeline, *list(self.timelines.values())):
+                    tl.ready_at = now
             self.ready.set()
         elif parsed[0] == "lost":
             self.stats["lost"] += parsed[1]
-            self.timeline.on_lost(parsed[1], time.time())
+            now = time.time()
+            for tl in (self.timeline, *list(self.timelines.values())):
+                tl.on_lost(parsed[1], now)
         else:
             self.stats[parsed[0]] = parsed[1]
 
     def _on_kernel(self, line: KernelLine) -> None:
-        """One line of the kernel's record → the timeline (see ``_KERNEL_RECORD``)."""
-        f, tl = line.fields, self.timeline
-        kind = line.kind
+        """One line of the kernel's record → the timeline of its namespace (see
+        ``_KERNEL_RECORD``)."""
+        f, kind = line.fields, line.kind
+        if kind[1] == "2":  # the namespace's inode last
+            kind, tl = kind[0] + "1", self.timeline_for(int(f[-1]))
+            f = f[:-1]
+        else:
+            tl = self.timeline
         if kind == "T1":  # sk old new sport dport saddr daddr nsecs orphan
             sk, old, new, sport, dport = (int(x) for x in f[:5])
             tl.on_state(self._time(f[7]), sk, old, new, f[5], sport, f[6], dport, orphan=f[8] == "1")
@@ -1109,7 +1150,7 @@ class SocketTracer:
             rec = _with_tuple(rec, x)
         if rec.lport == 0:
             return
-        self.memory.add(rec)
+        self.memory_for(ev.netns).add(rec)
         self.stats["records"] += 1
 
     def _on_refused(self, ev: Event) -> None:
@@ -1118,8 +1159,32 @@ class SocketTracer:
             _bounded_put(self._refused, ev.sk, ev)
             return
         if ev.lport and ev.rport:
-            self.memory.add(_with_tuple(rec, ev))
+            self.memory_for(ev.netns).add(_with_tuple(rec, ev))
             self.stats["records"] += 1
+
+    # -- namespaces -------------------------------------------------------------------------
+
+    def timeline_for(self, netns: int) -> Timeline:
+        """The kernel's record of one network namespace (the traced one's is ``timeline``);
+        a namespace first seen now is covered from when the tracer was, losses included."""
+        if not netns or netns == self.netns:
+            return self.timeline
+        tl = self.timelines.get(netns)
+        if tl is None:
+            tl = Timeline()
+            main = self.timeline
+            tl.ready_at, tl.lost, tl.lost_until = main.ready_at, main.lost, main.lost_until
+            self.timelines[netns] = tl
+        return tl
+
+    def memory_for(self, netns: int) -> TraceMemory:
+        """Who got each socket, in one network namespace (the traced one's is ``memory``)."""
+        if not netns or netns == self.netns:
+            return self.memory
+        mem = self.memories.get(netns)
+        if mem is None:
+            mem = self.memories[netns] = TraceMemory(ttl=self.memory.ttl)
+        return mem
 
     def _joins(self, rec: TraceRecord, x: Event) -> bool:
         """Whether a connect's record and a SYN_SENT → CLOSE event of the same struct sock
@@ -1175,10 +1240,19 @@ class SocketTracer:
         return self.memory.lookup(proto, laddr, lport, raddr, rport, at=at)
 
     def lookup_record(
-        self, proto: str, laddr: str, lport: int, raddr: str, rport: int, *, at: float | None = None
+        self,
+        proto: str,
+        laddr: str,
+        lport: int,
+        raddr: str,
+        rport: int,
+        *,
+        at: float | None = None,
+        netns: int = 0,
     ) -> TraceRecord | None:
-        """Like :meth:`lookup`, with the whole record (kind, tid, inode, time, family)."""
-        return self.memory.lookup_record(proto, laddr, lport, raddr, rport, at=at)
+        """Like :meth:`lookup`, with the whole record (kind, tid, inode, time, family); in
+        network namespace ``netns`` (an inode; 0: the traced one)."""
+        return self.memory_for(netns).lookup_record(proto, laddr, lport, raddr, rport, at=at)
 
 
 def _with_tuple(rec: TraceRecord, x: Event) -> TraceRecord:

@@ -204,6 +204,7 @@ def to_entry(
     *,
     former_holders: tuple[Holder, ...] = (),
     first_seen: float = 0.0,
+    netns: int = 0,
 ) -> SocketEntry:
     """The model's :class:`SocketEntry` for one kernel socket."""
     v6only = raw.v6only
@@ -227,6 +228,7 @@ def to_entry(
         v6only=v6only,
         former_holders=former_holders,
         first_seen=first_seen,
+        netns=netns,
     )
 
 

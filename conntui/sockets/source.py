@@ -84,6 +84,14 @@ def _same_order(before: list[int], now: list[int]) -> bool:
     return [k for k in before if k in kept] == [k for k in now if k in seen]
 
 
+def _netns_inode(fd: int | None) -> int:
+    """The inode of the network namespace ``fd`` pins (ours when None); 0 if unreadable."""
+    try:
+        return os.fstat(fd).st_ino if fd is not None else os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
 def netns_path(name_or_path: str) -> str:
     """``/run/netns/NAME`` for an ``ip netns`` name; a path is returned as is."""
     return name_or_path if "/" in name_or_path else f"/run/netns/{name_or_path}"
@@ -115,6 +123,8 @@ class SocketTableSource:
         if netns_path is not None:
             self._netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             netns_path = f"/proc/self/fd/{self._netns_fd}"
+        # the namespace's identity (what ``ls -l /proc/PID/ns/net`` shows), on every entry
+        self.netns_inode = _netns_inode(self._netns_fd)
         self.diag = diag if diag is not None else DiagSocket(netns_path)
         # resolve() runs on the capture thread while refresh() may be dumping on the
         # refresher's: each gets its own netlink socket (a channel is one thread's at a time).
@@ -622,7 +632,7 @@ class SocketTableSource:
                 remembered = self._former.get(ck)
                 former = remembered[0] if remembered is not None else ()
         first = self._first_seen.setdefault(ck, now)
-        entry = to_entry(raw, hs, former_holders=former, first_seen=first)
+        entry = to_entry(raw, hs, former_holders=former, first_seen=first, netns=self.netns_inode)
         if not hs and raw.inode:
             # A socket with an inode has a holder; if conntui may not read some process's fds,
             # say which may hold it (same uid) rather than calling it the kernel's.

@@ -191,3 +191,28 @@ def test_data_queued_behind_the_handshakes_last_ack_reaches_the_new_socket():
     got = judge(data, predicted, tl, holder_at, table())
     assert got.match == Match.ESTABLISHED and got.receiver is not None
     assert got.receiver.holders == (Holder(500, 4, "server"),) and got.agrees is False
+
+
+def test_an_accepted_child_is_not_called_closed_before_accept():
+    """A passive connection's child goes SYN_RECV → ESTABLISHED in softirq, before accept()
+    gives it a struct socket: the tracepoint's sk_socket is NULL then, which means "not yet
+    accept()ed", not "close()d". Its holder is the accept() record's, not a former one
+    (a podman httpd's every data segment was told "httpd had already close()d it")."""
+    tl = Timeline()
+    tl.ready_at = 50.0
+    tl.on_state(100.0, SK_S, 10, 3, S, SPORT, C, CPORT, orphan=True)  # request sock → child
+    tl.on_state(100.001, SK_S, 3, 1, S, SPORT, C, CPORT, orphan=True)  # ESTABLISHED, no socket yet
+    known = tl.state_at(S, SPORT, C, CPORT, 100.5)
+    assert known is not None and known.state == "ESTABLISHED"
+    assert known.held is None  # the record cannot tell: the accept() record does
+
+    accepted = Holder(4242, 4, "httpd")
+    row = Attribution(
+        Match.ESTABLISHED,
+        receiver=SocketEntry("tcp", 4, "ESTABLISHED", Endpoint(S, SPORT), Endpoint(C, CPORT), cookie=7),
+        explain="predicted",
+    )
+    table = SocketTable([], local_addrs=[S])
+    judged = judge(seg(100.5, "PA", payload=5), row, tl, lambda *a: (accepted, 100.2), table)
+    assert judged.receiver is not None and judged.receiver.holders == (accepted,)
+    assert "close()d" not in judged.explain
