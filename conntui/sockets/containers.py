@@ -60,6 +60,7 @@ __all__ = [
     "parse_cgroup_path",
     "parse_docker_name",
     "parse_storage_names",
+    "shared_lookup",
 ]
 
 _HEX64 = "[0-9a-f]{64}"
@@ -346,3 +347,15 @@ class ContainerLookup:
             self._files.clear()
         self._files[path] = (key, value)
         return value
+
+
+_SHARED: dict[str, ContainerLookup] = {}
+
+
+def shared_lookup(proc_root: str = "/proc") -> ContainerLookup:
+    """One :class:`ContainerLookup` per proc root for the whole process: every namespace's
+    holder scanner and the engine's tracer records share its caches."""
+    lookup = _SHARED.get(proc_root)
+    if lookup is None:
+        lookup = _SHARED.setdefault(proc_root, ContainerLookup(proc_root))
+    return lookup

@@ -31,9 +31,10 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..model import Container, Holder
-from .containers import ContainerLookup
+from .containers import ContainerLookup, shared_lookup
 
 _SOCKET_PREFIX = "socket:["
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -91,6 +92,73 @@ def _full_name(proc_root: str, pid: int, comm: str) -> str:
     base = os.path.basename(argv0.decode("utf-8", "replace").split(" ", 1)[0])
     # any user sets argv[0]: a name, not a novel (the cap keeps rows and memory sane)
     return base[:_MAX_NAME] if base.startswith(comm) else comm
+
+
+class _Traced(Protocol):
+    """What :class:`TracedContainers` needs of a tracer record (``tracer.TraceRecord``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def t(self) -> float: ...
+
+
+def _boot_time(proc_root: str) -> float | None:
+    """When the system booted (``btime`` of ``/proc/stat``, whole seconds)."""
+    try:
+        with open(f"{proc_root}/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class TracedContainers:
+    """The container of a process the kernel tracer saw at a time (its connect(), accept(),
+    bind() records name a pid, an fd and a comm, not a container).
+
+    Looked up from ``/proc`` now, so only while the process still runs, and only if it is
+    the same process: one started after the record (the pid reused) gets None, as does one
+    that is gone. ``btime`` has whole seconds, so a pid reused within about a second of the
+    record is not told apart. Cached per pid for records no later than the last look-up."""
+
+    _SLACK = 1.0  # seconds: btime's precision
+
+    def __init__(self, proc_root: str = "/proc", lookup: ContainerLookup | None = None) -> None:
+        self.proc_root = proc_root
+        self.lookup = lookup if lookup is not None else shared_lookup(proc_root)
+        self._clk = float(os.sysconf("SC_CLK_TCK"))
+        self._boot: float | None = None
+        # pid → (started, looked up at, container): valid for records between the two
+        self._cache: dict[int, tuple[float, float, Container | None]] = {}
+
+    def note(self, rec: _Traced) -> None:
+        """Look up the container of a tracer record's process now (it most likely runs),
+        so that :meth:`at` knows it after the process exits."""
+        self.at(rec.pid, rec.t)
+
+    def at(self, pid: int, t: float) -> Container | None:
+        """The container of the process that was ``pid`` at ``t`` (epoch seconds), if it runs."""
+        hit = self._cache.get(pid)
+        if hit is not None and hit[0] <= t + self._SLACK and t <= hit[1]:
+            return hit[2]
+        if self._boot is None:
+            self._boot = _boot_time(self.proc_root)
+        stat = read_stat(self.proc_root, pid)
+        if stat is None or self._boot is None:
+            return None
+        comm, starttime = stat
+        started = self._boot + starttime / self._clk
+        if started > t + self._SLACK:
+            return None  # another process has the pid now
+        found = self.lookup.of(pid, starttime, comm)
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[pid] = (started, time.time(), found)
+        return found
 
 
 class ProcessNames:
@@ -368,7 +436,9 @@ class HolderScanner:
     ) -> None:
         self.proc_root = proc_root
         self.names = names if names is not None else ProcessNames(proc_root)
-        self.containers = containers if containers is not None else ContainerLookup(proc_root)
+        if containers is None:
+            containers = shared_lookup(proc_root) if proc_root == "/proc" else ContainerLookup(proc_root)
+        self.containers = containers
         self.last_reads = 0  # links read by the last scan (for tests and stats)
         self.last_full = False  # whether the last scan read every link
         self.generation = 0  # scans so far

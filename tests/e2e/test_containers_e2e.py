@@ -1,114 +1,132 @@
-"""Container identity with a real podman container: the holder of the container's httpd
-sockets carries the container's id and name as ``podman inspect`` reports them; a host
-process and podman's conmon (the port-reservation socket, on the host) carry none.
+"""Container identity with real podman containers: the holders of a container's sockets
+carry the container's id and name as ``podman inspect`` reports them; a host process and
+podman's conmon (the port-reservation socket, on the host) carry none.
 
-The socket ground truth is the test's own: the inodes in ``/proc/<httpd pid>/fd`` and
-``/proc/<conmon pid>/fd``, and a listener the test opens itself.
-
-conntui reads one network namespace today; the capture test runs it inside the container's
-(``nsenter --net``) and makes the traffic there (``podman exec … wget``). Traffic from the
-host through the published port (DNAT into the container's namespace) needs issue 12's
-items 1-3 and is tested with them.
+Ground truth is the test's own: ``podman inspect`` (Id, Name, State.Pid, State.ConmonPid),
+the inodes in ``/proc/PID/fd``, the forked httpd that holds a connection, a listener and a
+client the test runs itself (``test_netns_e2e``'s helpers).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conntui.model import Container
 from conntui.sockets.procfs import HolderScanner
 
-from .conftest import free_port
-from .podmankit import RunningContainer, httpd_container, socket_inodes
-from .truthkit import FileConntui
+from . import podkit
+from .test_netns_e2e import container_client, free_port, host_client, rows_of
+from .truthkit import FileConntui, Row
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("podman") and shutil.which("runc") and shutil.which("nsenter")),
-    reason="needs podman, runc and nsenter (the README's test line installs them)",
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(
+        not shutil.which("podman"), reason="needs podman (the README's test line installs it)"
+    ),
+]
+
+
+def reported(name: str) -> dict[str, Any]:
+    """What podman itself says about a container."""
+    (doc,) = json.loads(podkit.podman("inspect", name))
+    return {"id": doc["Id"], "name": doc["Name"], "conmon": int(doc["State"]["ConmonPid"])}
 
 
 @pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningContainer]:
-    with httpd_container(tmp_path_factory.mktemp("img"), "ctr-test", free_port()) as c:
-        yield c
+def pods() -> Iterator[tuple[podkit.Container, podkit.Container, int]]:
+    """A web container (httpd, port 80 published) and a client container."""
+    with podkit.containers() as started:
+        port = free_port()
+        web = podkit.run(started, "/bin/httpd", "-f", "-p", "80", "-h", "/www", publish=f"{port}:80")
+        client = podkit.run(started, "/bin/sleep", "600")
+        podkit.listener_fd(web.pid, 80)  # httpd listens (raises if not)
+        yield web, client, port
 
 
-def expected(c: RunningContainer) -> Container:
-    """The container as podman reports it (``podman inspect``: Id, Name)."""
-    return Container(c.id, c.name, "podman")
-
-
-def test_holder_scanner_names_the_container_podman_reports(web: RunningContainer) -> None:
+def test_holder_scanner_names_the_container_podman_reports(pods) -> None:
+    web, _, _ = pods
+    truth = reported(web.name)
+    want = Container(truth["id"], truth["name"], "podman")
     host = socket.socket()
     try:
         host.bind(("127.0.0.1", 0))
         host.listen(1)
-        host_inode = os.fstat(host.fileno()).st_ino
-        httpd = socket_inodes(web.pid)
-        conmon = socket_inodes(web.conmon_pid)
-        assert httpd and conmon  # httpd's listener; conmon's port reservation (-p) and others
+        httpd = podkit.socket_inodes(web.pid)
+        conmon = podkit.socket_inodes(truth["conmon"])
+        assert httpd and conmon  # httpd's listener; conmon's port reservation (-p) and more
 
         by_inode = HolderScanner().scan()
-        for fd, inode in httpd.items():
-            (h,) = [h for h in by_inode[inode] if h.pid == web.pid and h.fd == fd]
-            assert h.container == expected(web), (fd, inode, h)
-        for fd, inode in conmon.items():
-            (h,) = [h for h in by_inode[inode] if h.pid == web.conmon_pid and h.fd == fd]
-            assert h.container is None, h  # conmon runs on the host, beside the container
-        (mine,) = [h for h in by_inode[host_inode] if h.fd == host.fileno()]
+        for inode, fds in httpd.items():
+            for fd in fds:
+                (h,) = [h for h in by_inode[inode] if h.pid == web.pid and h.fd == fd]
+                assert h.container == want, (fd, inode, h)
+        for inode, fds in conmon.items():
+            for fd in fds:
+                (h,) = [h for h in by_inode[inode] if h.pid == truth["conmon"] and h.fd == fd]
+                assert h.container is None, h  # conmon runs on the host, beside the container
+        (mine,) = [h for h in by_inode[os.fstat(host.fileno()).st_ino] if h.fd == host.fileno()]
         assert mine.container is None
 
         # a targeted search (a socket the last scan did not see) names it the same way
-        fd, inode = next(iter(httpd.items()))
+        inode, fds = next(iter(httpd.items()))
         found = HolderScanner().find_holders({inode}, [web.pid])
-        assert [(h.pid, h.fd, h.container) for h in found[inode]] == [(web.pid, fd, expected(web))]
+        assert [(h.pid, h.fd, h.container) for h in found[inode]] == [(web.pid, fds[0], want)]
     finally:
         host.close()
 
 
-def test_capture_in_the_container_namespace_names_the_container(
-    web: RunningContainer, tmp_path: Path
-) -> None:
-    """conntui in the container's network namespace, wget in the container fetching from its
-    httpd: the SYN goes to httpd's listener, whose holder carries the container; every
-    holder of every row is one of the container's processes and carries it too."""
-    listener_fd, listener_inode = next(iter(socket_inodes(web.pid).items()))
-    cap = FileConntui(
-        tmp_path / "rows.jsonl",
-        "--headless",
-        "--json",
-        "--no-trace",
-        "-i",
-        "lo",
-        "-p",
-        "80",
-        prefix=("nsenter", f"--net=/proc/{web.pid}/ns/net"),
-    )
+def every_holder(r: Row) -> list[dict[str, Any]]:
+    return [
+        h
+        for side in ("sender", "receiver")
+        if r.get(side)
+        for h in (*r[side].get("holders", []), *r[side].get("former_holders", []))
+    ]
+
+
+def test_capture_on_the_host_names_each_end_s_container(pods, tmp_path: Path) -> None:
+    """conntui on the host (every namespace, ``-i any``): a host client through the published
+    port and a client container reaching the web container directly. Every holder of those
+    rows that is one of the web container's processes (httpd, the child it forked for the
+    connection) carries the web container as podman reports it, the client container's
+    ``nc`` carries the client container, the host client none."""
+    web, client, port = pods
+    want_web = {**{k: reported(web.name)[k] for k in ("id", "name")}, "runtime": "podman", "pod": None}
+    want_client = {**{k: reported(client.name)[k] for k in ("id", "name")}, "runtime": "podman", "pod": None}
+    cap = FileConntui(tmp_path / "rows.jsonl", "--headless", "--json", "-i", "any", "-p", f"{port},80")
     try:
-        for _ in range(3):
-            got = web.exec("wget", "-q", "-O", "-", "http://127.0.0.1:80/")
-            assert got.returncode == 0 and "hello from a container" in got.stdout, got
-        rows, err, code = cap.stop()
+        from_host = host_client(web, "127.0.0.1", port, "host client by 127.0.0.1")
+        from_ctr = container_client(web, client, web.ip, 80, "second container, directly")
     finally:
-        cap.kill()
-    assert code == 0, err
-    want = {"id": web.id, "name": web.name, "runtime": "podman", "pod": None}
-    syns = [r for r in rows if r["flags"] == "S" and r["dport"] == 80]
-    assert len(syns) == 3, [(r["flags"], r["sport"], r["dport"]) for r in rows]
-    for r in syns:
-        # the SYN's receiver is httpd's listener, or (a SYN judged against TIME_WAIT
-        # remains) names it as the listener that takes the SYN: its holder either way
-        (lst,) = [s for s in (r["receiver"], r.get("listener")) if s and s["inode"] == listener_inode]
-        holders = lst["holders"]
-        assert [(h["pid"], h["fd"]) for h in holders] == [(web.pid, listener_fd)], holders
-        assert holders[0]["container"] == want
-    seen = [h for r in rows for side in ("sender", "receiver") if r[side] for h in r[side]["holders"]]
-    assert seen
-    assert all(h["container"] == want for h in seen), [h for h in seen if h["container"] != want]
+        rows, err, _ = cap.stop(settle=2.0)
+    assert "Traceback" not in err, err
+    bad: list[str] = []
+    checked = {"web": 0, "client container": 0, "host": 0}
+    for t, client_is, want_client_side in (
+        (from_host, "host", None),
+        (from_ctr, "client container", want_client),
+    ):
+        mine = rows_of(rows, t, (port, 80))
+        web_pids = {web.pid} | {pid for pid, _ in t.server}
+        assert mine, t.what
+        for r in mine:
+            for h in every_holder(r):
+                if h["pid"] in web_pids:
+                    checked["web"] += 1
+                    if h.get("container") != want_web:
+                        bad.append(f"{t.what}: {h} is not in {want_web['name']}")
+                elif h["pid"] == t.client[0]:
+                    checked[client_is] += 1
+                    if h.get("container") != want_client_side:
+                        bad.append(f"{t.what}: {h} should be in {want_client_side}")
+    assert not bad, "\n".join(bad[:20])
+    assert all(checked.values()), checked  # each kind of holder was named at least once
