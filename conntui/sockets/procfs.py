@@ -127,12 +127,19 @@ class TracedContainers:
 
     _SLACK = 1.0  # seconds: btime's precision
 
-    def __init__(self, proc_root: str = "/proc", lookup: ContainerLookup | None = None) -> None:
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        lookup: ContainerLookup | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.proc_root = proc_root
         self.lookup = lookup if lookup is not None else shared_lookup(proc_root)
+        self.clock = clock
         self._clk = float(os.sysconf("SC_CLK_TCK"))
         self._boot: float | None = None
-        # pid → (started, looked up at, container): valid for records between the two
+        # pid → (started, seen running at, container): valid for records between the two (the
+        # process ran all that time, so the pid was its own)
         self._cache: dict[int, tuple[float, float, Container | None]] = {}
 
     def note(self, rec: _Traced) -> None:
@@ -157,7 +164,7 @@ class TracedContainers:
         found = self.lookup.of(pid, starttime, comm)
         if len(self._cache) >= 4096:
             self._cache.clear()
-        self._cache[pid] = (started, time.time(), found)
+        self._cache[pid] = (started, self.clock(), found)
         return found
 
 

@@ -436,3 +436,37 @@ def test_rootless_volatile_list_under_the_users_run_root(tree: Tree) -> None:
     (run / "volatile-containers.json").write_text(json.dumps([{"id": ID, "names": ["tmp-web"]}]))
     lookup = ContainerLookup(str(tree.proc), str(tree.root), home_of={1000: "/home/alice"}.get)
     assert lookup.of(10, 1, "a") == Container(ID, "tmp-web", "podman")
+
+
+def test_traced_containers_follow_the_process_not_the_pid(tmp_path: Path) -> None:
+    """A tracer record names (pid, time): its container is the one of the process that had
+    the pid then. Noted while it runs, it is known after it exits; a pid reused by a later
+    process gets none; one never seen running gets none."""
+    from conntui.model import Container as C
+    from conntui.sockets.procfs import TracedContainers
+
+    tree = Tree(tmp_path)
+    proc = FakeProc(tree.proc)
+    boot = 1_700_000_000
+    (tree.proc / "stat").write_text(f"cpu  1 2 3\nbtime {boot}\n")
+    clk = os.sysconf("SC_CLK_TCK")
+    proc.process(100, "nc", starttime=50 * clk)  # started at boot + 50 s
+    tree.cgroup(100, f"0::/machine.slice/libpod-{ID}.scope\n")
+    tree.podman([{"id": ID, "names": ["client"]}])
+    now = [boot + 61.0]
+    traced = TracedContainers(str(tree.proc), tree.lookup(), clock=lambda: now[0])
+    web = C(ID, "client", "podman")
+
+    class Rec:
+        pid = 100
+        t = boot + 60.0
+
+    traced.note(Rec())  # the record came while nc ran
+    proc.kill(100)
+    assert traced.at(100, boot + 60.0) == web  # nc has exited: still known
+    proc.process(100, "sh", starttime=500 * clk)  # the pid reused at boot + 500 s
+    now[0] = boot + 700.0
+    tree.cgroup(100, "0::/user.slice\n")
+    assert traced.at(100, boot + 600.0) is None  # the new process is on the host
+    assert traced.at(100, boot + 400.0) is None  # a record from before sh started: not sh's
+    assert traced.at(4242, boot + 60.0) is None  # never seen, not running
