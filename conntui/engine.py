@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .tracer import SocketTracer, TraceRecord
 from .sockets.conntrack import Conntrack, NatMapping, local_socket_tuple
 from .sockets.namespaces import NamespaceTables
+from .sockets.procfs import TracedContainers
 from .verify import Note, Verifier
 
 SegmentPredicate = Callable[[Segment], bool]
@@ -253,6 +254,11 @@ class Engine:
         self._nat_index = NatIndex()
         self._copies: SegmentCopies[Record] = SegmentCopies()
         self._handed: dict[int, object] = {}  # accepted inode → who holds it now (_passed_on)
+        # the container of a process a tracer record names (live captures only: /proc now)
+        self._traced_containers = TracedContainers() if source.live else None
+        if tracer is not None and self._traced_containers is not None:
+            # read while the process runs: a short-lived client is gone when its rows are judged
+            tracer.on_record.append(self._traced_containers.note)
         self._copy_of: dict[int, Record] = {}  # a copy's row number → its first copy's row
         self._view: _View | None = None  # set by _across for process()
         self.started_at = time.time()
@@ -894,7 +900,18 @@ class Engine:
         found = tracer.lookup_record("udp", laddr, lport, "", 0, at=at, netns=ns)
         if found is None or found.kind not in ("bind", "send"):
             return None
-        return found.holder, found.t
+        return self._traced(found), found.t
+
+    def _traced(self, found: TraceRecord) -> Holder:
+        """The holder a tracer record names, in its container when the process still runs
+        (a record names a pid, an fd and a comm; the container is read from /proc)."""
+        holder = found.holder
+        containers = self._traced_containers
+        if containers is not None:
+            container = containers.at(found.pid, found.t)
+            if container is not None:
+                holder = replace(holder, container=container)
+        return holder
 
     def _holder_at(
         self, laddr: str, lport: int, raddr: str, rport: int, at: float, ns: int = 0
@@ -907,10 +924,10 @@ class Engine:
         found = tracer.lookup_record("tcp", laddr, lport, raddr, rport, at=at, netns=ns)
         if found is None:
             return None
-        holder = self._passed_on(found, ns) or found.holder
+        holder = self._passed_on(found, ns) or self._traced(found)
         renamed = tracer.exec_after(holder.pid, found.t)
         if renamed is not None and tracer.execs.get(holder.pid, (float("inf"), ""))[0] <= at:
-            holder = Holder(holder.pid, holder.fd, renamed)
+            holder = Holder(holder.pid, holder.fd, renamed, holder.container)
         # connect() returns after it sent the SYN (a blocking one after the handshake): the
         # process had the socket from the call's start, a moment before the record
         since = found.t - TRACE_SLACK if found.kind == "connect" else found.t
@@ -975,12 +992,13 @@ class Engine:
         ):
             found = tracer.lookup_record(seg.proto, seg.dst, seg.dport, seg.src, seg.sport, at=seg.ts)
             if found is not None:
+                holder = self._traced(found)
                 if receiver is None or receiver.state == "LISTEN":
-                    receiver = found.former_entry()
+                    receiver = replace(found.former_entry(), former_holders=(holder,))
                 else:
-                    receiver = replace(receiver, former_holders=(found.holder,))
+                    receiver = replace(receiver, former_holders=(holder,))
                 if found.t <= seg.ts + TRACE_SLACK:  # the process had it when the segment came
-                    receiver = replace(receiver, holders=(found.holder,), former_holders=())
+                    receiver = replace(receiver, holders=(holder,), former_holders=())
                 if match in (Match.UNKNOWN, Match.NONE):
                     match = (
                         Match.ESTABLISHED
@@ -991,13 +1009,10 @@ class Engine:
         if table.is_local(seg.src) and unnamed(sender) and "R" not in seg.flags:
             found = tracer.lookup_record(seg.proto, seg.src, seg.sport, seg.dst, seg.dport, at=seg.ts)
             if found is not None:
-                sender = (
-                    found.former_entry()
-                    if sender is None
-                    else replace(sender, former_holders=(found.holder,))
-                )
+                holder = self._traced(found)
+                sender = replace(found.former_entry() if sender is None else sender, former_holders=(holder,))
                 if found.t <= seg.ts + TRACE_SLACK:
-                    sender = replace(sender, holders=(found.holder,), former_holders=())
+                    sender = replace(sender, holders=(holder,), former_holders=())
                 filled = True
         if filled:
             named = any(s is not None and (s.holders or s.former_holders) for s in (receiver, sender))

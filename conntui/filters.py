@@ -7,6 +7,8 @@ filters (the TUI's ``/``) are space-separated terms that must all hold:
     port:8080                   the same, spelled out
     pid:1234                    the sender or receiver is held by this pid
     proc:nginx                  ... by a process whose name contains this (case-insensitive)
+    ctr:web                     ... by a process in a container whose name contains this
+                                (case-insensitive) or whose id starts with it
     match:none                  the attribution kind (established, listener, accept_queue, ...)
     proto:tcp | tcp | udp       the protocol
     host:127.0.0.1              a source or destination address
@@ -113,6 +115,20 @@ def _proc_term(name: str) -> RecordPredicate:
     return keep
 
 
+def _ctr_term(text: str) -> RecordPredicate:
+    needle = text.lower()
+
+    def keep(seg: Segment, att: Attribution) -> bool:
+        for s in _sockets(att):
+            for h in (*s.holders, *s.former_holders):
+                c = h.container
+                if c is not None and (needle in c.name.lower() or (c.id and c.id.startswith(needle))):
+                    return True
+        return False
+
+    return keep
+
+
 def _port_term(ports: PortSet) -> RecordPredicate:
     return lambda seg, att: ports.matches(seg)
 
@@ -168,6 +184,8 @@ def parse_display_filter(text: str) -> DisplayFilter:
             terms.append(_pid_term(int(value)))
         elif key in ("proc", "process"):
             terms.append(_proc_term(value))
+        elif key in ("ctr", "container"):
+            terms.append(_ctr_term(value))
         elif key == "match":
             m = value.lower()
             if m not in MATCH_NAMES:
@@ -182,5 +200,7 @@ def parse_display_filter(text: str) -> DisplayFilter:
             h = value.strip("[]")
             terms.append(_host_term(h))
         else:
-            raise FilterError(f"unknown filter term {key!r} (use port:, pid:, proc:, match:, proto:, host:)")
+            raise FilterError(
+                f"unknown filter term {key!r} (use port:, pid:, proc:, ctr:, match:, proto:, host:)"
+            )
     return DisplayFilter(text.strip(), tuple(terms), ports)

@@ -17,6 +17,7 @@ from typing import Any
 from .model import (
     PACKET_OUTGOING,
     Attribution,
+    Container,
     Endpoint,
     Holder,
     KernelVerdict,
@@ -31,6 +32,7 @@ __all__ = [
     "dict_to_attribution",
     "dict_to_socket",
     "direction",
+    "holder_summary",
     "json_line",
     "parse_endpoint",
     "record_to_dict",
@@ -82,8 +84,23 @@ def direction(pkttype: int) -> str | None:
     return "out" if pkttype == PACKET_OUTGOING else "in"
 
 
-def _holders(holders: tuple[Holder, ...]) -> list[dict[str, Any]]:
-    return [{"pid": h.pid, "process": h.process, "fd": h.fd} for h in holders]
+def _container(c: Container | None) -> dict[str, Any] | None:
+    """``{"id", "name", "runtime", "pod"}``, each ``null`` when unknown; None: no container."""
+    if c is None:
+        return None
+    return {"id": c.id or None, "name": c.name or None, "runtime": c.runtime or None, "pod": c.pod or None}
+
+
+def _holders(holders: tuple[Holder, ...], compact: bool = False) -> list[dict[str, Any]]:
+    """Each holder as ``{pid, process, fd, container}``; ``compact`` (per-packet comments)
+    leaves ``container`` out when the process is in none."""
+    out: list[dict[str, Any]] = []
+    for h in holders:
+        d: dict[str, Any] = {"pid": h.pid, "process": h.process, "fd": h.fd}
+        if h.container is not None or not compact:
+            d["container"] = _container(h.container)
+        out.append(d)
+    return out
 
 
 def socket_to_dict(sock: SocketEntry | None, *, compact: bool = False) -> dict[str, Any] | None:
@@ -98,7 +115,7 @@ def socket_to_dict(sock: SocketEntry | None, *, compact: bool = False) -> dict[s
         "state": sock.state,
         "local": str(sock.local),
         "remote": None if sock.remote is None else str(sock.remote),
-        "holders": _holders(sock.holders),
+        "holders": _holders(sock.holders, compact),
         "proto": sock.proto,
         "family": sock.family,
     }
@@ -109,7 +126,7 @@ def socket_to_dict(sock: SocketEntry | None, *, compact: bool = False) -> dict[s
         "tx_queue": sock.tx_queue,
         "bound_ifindex": sock.bound_ifindex,
         "v6only": sock.v6only,
-        "former_holders": _holders(sock.former_holders),
+        "former_holders": _holders(sock.former_holders, compact),
         "first_seen": sock.first_seen,
         "unreadable": list(sock.unreadable),
         "netns": sock.netns,  # the network namespace's inode (net:[N]); 0 when not read
@@ -202,8 +219,34 @@ def json_line(seg: Segment, att: Attribution, record: int | None = None) -> str:
     return json.dumps(record_to_dict(seg, att, record), ensure_ascii=True)
 
 
+def _dict_to_container(d: Any) -> Container | None:
+    """The inverse of ``_container``; anything but an object with an id or pod is none."""
+    if not isinstance(d, dict):
+        return None
+
+    def text(key: str) -> str:
+        v = d.get(key)
+        return v if isinstance(v, str) else ""
+
+    c = Container(text("id"), text("name"), text("runtime"), text("pod"))
+    return c if c.id or c.name or c.pod else None
+
+
 def _holder(d: dict[str, Any]) -> Holder:
-    return Holder(pid=int(d["pid"]), fd=int(d["fd"]), process=str(d["process"]))
+    return Holder(
+        pid=int(d["pid"]),
+        fd=int(d["fd"]),
+        process=str(d["process"]),
+        container=_dict_to_container(d.get("container")),
+    )
+
+
+def holder_summary(h: Holder) -> str:
+    """``httpd[1234] fd 3``, with ``(ctr web)`` when it runs in a container. Terminal-safe."""
+    text = f"{safe_text(h.process)}[{h.pid}] fd {h.fd}"
+    if h.container is not None:
+        text += f" (ctr {safe_text(h.container.label)})"
+    return text
 
 
 def dict_to_socket(d: dict[str, Any]) -> SocketEntry:
@@ -267,9 +310,8 @@ def socket_summary(sock: SocketEntry | None) -> str:
         return "-"
     if not sock.holders:
         return safe_text(sock.describe())
-    h = sock.holders[0]
     more = f" (+{len(sock.holders) - 1})" if len(sock.holders) > 1 else ""
-    return f"{safe_text(h.process)}[{h.pid}] fd {h.fd}{more}"
+    return holder_summary(sock.holders[0]) + more
 
 
 _clock_cache: tuple[int, str] = (-1, "")

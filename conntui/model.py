@@ -151,12 +151,35 @@ class Segment(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Container:
+    """The container a process runs in, as its cgroup path and the runtime's own state
+    files tell (``sockets/containers.py``). Every text is shown literally, never as markup.
+    """
+
+    id: str  # the runtime's container id from the cgroup path ("" when only a pod is known)
+    name: str = ""  # from the runtime's state file; "" when unknown (not readable, no entry)
+    runtime: str = ""  # "docker", "podman", "cri-o", "containerd"; "" when no known one
+    pod: str = ""  # the Kubernetes pod uid (or podman pod id) the cgroup path names, or ""
+
+    @property
+    def label(self) -> str:
+        """What a row shows: the name, else the short id (12 characters, as docker and
+        podman print it), else the pod."""
+        if self.name:
+            return self.name
+        if self.id:
+            return self.id[:12]
+        return f"pod {self.pod}" if self.pod else "?"
+
+
+@dataclass(frozen=True, slots=True)
 class Holder:
     """A process holding a socket through one of its file descriptors."""
 
     pid: int
     fd: int
     process: str  # the process name (comm), shown literally, never as markup
+    container: Container | None = None  # None: not in a container conntui recognises
 
 
 @dataclass(frozen=True, slots=True)

@@ -768,6 +768,9 @@ class SocketTracer:
         self.reset_reasons: dict[int, str] = {}
         self.execs: dict[int, tuple[float, str]] = {}  # pid → (when, new name) of its last exec
         self.on_exec: list[Callable[[int, str], None]] = []  # called on the reader thread
+        # called on the reader thread with each connect/accept/bind/send record, while its
+        # process most likely still runs (the engine reads its container then)
+        self.on_record: list[Callable[[TraceRecord], None]] = []
         self._exec_lock = threading.Lock()
         self.our_pid = os.getpid() if our_pid is None else our_pid
         # CLOCK_MONOTONIC (bpftrace's nsecs) → epoch seconds; None: measured per event
@@ -1152,6 +1155,8 @@ class SocketTracer:
             return
         self.memory_for(ev.netns).add(rec)
         self.stats["records"] += 1
+        for hook in self.on_record:
+            hook(rec)
 
     def _on_refused(self, ev: Event) -> None:
         rec = self._pending_connect.pop(ev.sk, None)

@@ -19,7 +19,8 @@ since the last scan is read in full; listing every process is the last resort. H
 only ever what a link read says, never inferred from a prediction.
 
 Process names are cached per (pid, start time): a reused pid gets its own name, never the
-previous owner's.
+previous owner's. So is the container a holder runs in (``containers.py``: one read of
+``/proc/PID/cgroup`` per process that holds a socket).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from ..model import Holder
+from ..model import Container, Holder
+from .containers import ContainerLookup, shared_lookup
 
 _SOCKET_PREFIX = "socket:["
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -39,6 +42,7 @@ _FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _COMM_LEN = 15  # TASK_COMM_LEN - 1: longer names are cut in comm and stat
 
 Holders = tuple[Holder, ...]
+_HolderKey = tuple[int, int, str, Container | None]  # (pid, fd, name, container)
 
 
 def read_stat(proc_root: str, pid: int) -> tuple[str, int] | None:
@@ -88,6 +92,80 @@ def _full_name(proc_root: str, pid: int, comm: str) -> str:
     base = os.path.basename(argv0.decode("utf-8", "replace").split(" ", 1)[0])
     # any user sets argv[0]: a name, not a novel (the cap keeps rows and memory sane)
     return base[:_MAX_NAME] if base.startswith(comm) else comm
+
+
+class _Traced(Protocol):
+    """What :class:`TracedContainers` needs of a tracer record (``tracer.TraceRecord``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def t(self) -> float: ...
+
+
+def _boot_time(proc_root: str) -> float | None:
+    """When the system booted (``btime`` of ``/proc/stat``, whole seconds)."""
+    try:
+        with open(f"{proc_root}/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class TracedContainers:
+    """The container of a process the kernel tracer saw at a time (its connect(), accept(),
+    bind() records name a pid, an fd and a comm, not a container).
+
+    Looked up from ``/proc`` now, so only while the process still runs, and only if it is
+    the same process: one started after the record (the pid reused) gets None, as does one
+    that is gone. ``btime`` has whole seconds, so a pid reused within about a second of the
+    record is not told apart. Cached per pid for records no later than the last look-up."""
+
+    _SLACK = 1.0  # seconds: btime's precision
+
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        lookup: ContainerLookup | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.proc_root = proc_root
+        self.lookup = lookup if lookup is not None else shared_lookup(proc_root)
+        self.clock = clock
+        self._clk = float(os.sysconf("SC_CLK_TCK"))
+        self._boot: float | None = None
+        # pid → (started, seen running at, container): valid for records between the two (the
+        # process ran all that time, so the pid was its own)
+        self._cache: dict[int, tuple[float, float, Container | None]] = {}
+
+    def note(self, rec: _Traced) -> None:
+        """Look up the container of a tracer record's process now (it most likely runs),
+        so that :meth:`at` knows it after the process exits."""
+        self.at(rec.pid, rec.t)
+
+    def at(self, pid: int, t: float) -> Container | None:
+        """The container of the process that was ``pid`` at ``t`` (epoch seconds), if it runs."""
+        hit = self._cache.get(pid)
+        if hit is not None and hit[0] <= t + self._SLACK and t <= hit[1]:
+            return hit[2]
+        if self._boot is None:
+            self._boot = _boot_time(self.proc_root)
+        stat = read_stat(self.proc_root, pid)
+        if stat is None or self._boot is None:
+            return None
+        comm, starttime = stat
+        started = self._boot + starttime / self._clk
+        if started > t + self._SLACK:
+            return None  # another process has the pid now
+        found = self.lookup.of(pid, starttime, comm)
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[pid] = (started, self.clock(), found)
+        return found
 
 
 class ProcessNames:
@@ -357,9 +435,17 @@ class HolderScanner:
     process and allocates next to nothing.
     """
 
-    def __init__(self, proc_root: str = "/proc", names: ProcessNames | None = None) -> None:
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        names: ProcessNames | None = None,
+        containers: ContainerLookup | None = None,
+    ) -> None:
         self.proc_root = proc_root
         self.names = names if names is not None else ProcessNames(proc_root)
+        if containers is None:
+            containers = shared_lookup(proc_root) if proc_root == "/proc" else ContainerLookup(proc_root)
+        self.containers = containers
         self.last_reads = 0  # links read by the last scan (for tests and stats)
         self.last_full = False  # whether the last scan read every link
         self.generation = 0  # scans so far
@@ -378,7 +464,7 @@ class HolderScanner:
         self._denied_cache: dict[int, tuple[float, tuple[int, ...]]] = {}
         self._by_inode: dict[int, Holders] = {}
         self._unheld: frozenset[int] = frozenset()  # live inodes a full scan found no holder for
-        self._holder_cache: dict[tuple[int, int, str], Holder] = {}
+        self._holder_cache: dict[_HolderKey, Holder] = {}
         # What searches learnt since the last scan (each scan starts them afresh; a search on
         # another thread may write to the old ones meanwhile, which only loses hints):
         self._opened: dict[int, dict[int, int]] = {}  # pid → {fd: inode} of links read
@@ -427,11 +513,15 @@ class HolderScanner:
         """Pids that held sockets at the last scan."""
         return [pid for pid, st in self._pids.items() if st.sockets]
 
-    def _holder(self, pid: int, fd: int, name: str, cache: dict[tuple[int, int, str], Holder]) -> Holder:
-        key = (pid, fd, name)
+    def _holder(
+        self, pid: int, fd: int, name: str, cache: dict[_HolderKey, Holder], container: Container | None
+    ) -> Holder:
+        """The holder (pid, fd), named ``name``, in ``container`` (``self.containers.of``:
+        looked up once per process and call, not per fd)."""
+        key = (pid, fd, name, container)
         holder = self._holder_cache.get(key)
         if holder is None:
-            holder = Holder(pid, fd, name)
+            holder = Holder(pid, fd, name, container)
         cache[key] = holder
         return holder
 
@@ -541,8 +631,11 @@ class HolderScanner:
                 st = _PidState(starttime, name, fds, sockets, got.order, comm=comm)
                 if alive is not None:
                     removed.extend((inode, pid, int(fd_name)) for fd_name, inode in got.removed)
-                    for fd_name, inode in got.added:
-                        added.append((inode, self._holder(pid, int(fd_name), name, self._holder_cache)))
+                    if got.added:
+                        ctr = self.containers.of(pid, starttime, comm)
+                        for fd_name, inode in got.added:
+                            holder = self._holder(pid, int(fd_name), name, self._holder_cache, ctr)
+                            added.append((inode, holder))
             if budget > 0 and pid >= cursor_pid:
                 start = cursor_at if pid == cursor_pid else 0
                 st, n = self._verify(pid, st, st.order[start : start + budget], removed, added)
@@ -562,7 +655,7 @@ class HolderScanner:
         else:
             for pid, st in prev_states.items():
                 now = states.get(pid)
-                if now is None or now.starttime != st.starttime:
+                if now is None or now.starttime != st.starttime or now.comm != st.comm:
                     removed.extend((inode, pid, int(fd)) for fd, inode in st.fds.items() if inode)
             result = self._patch(removed, added)
         self._pids = states
@@ -613,7 +706,8 @@ class HolderScanner:
                 continue
             fds[fd_name] = inode
             if inode:
-                added.append((inode, self._holder(pid, int(fd_name), st.name, self._holder_cache)))
+                ctr = self.containers.of(pid, st.starttime, st.comm)
+                added.append((inode, self._holder(pid, int(fd_name), st.name, self._holder_cache, ctr)))
         order = [n for n in st.order if n in fds] if len(fds) != len(st.fds) else st.order
         sockets = frozenset(filter(None, fds.values()))
         return _PidState(st.starttime, st.name, fds, sockets, order, comm=st.comm), len(names)
@@ -643,12 +737,15 @@ class HolderScanner:
 
     def _build(self, states: dict[int, _PidState]) -> dict[int, Holders]:
         by_inode: dict[int, list[Holder]] = {}
-        cache: dict[tuple[int, int, str], Holder] = {}
+        cache: dict[_HolderKey, Holder] = {}
         for pid, st in states.items():
+            if not st.sockets:
+                continue
+            ctr = self.containers.of(pid, st.starttime, st.comm)
             for fd_name, inode in st.fds.items():
                 if not inode:
                     continue
-                holder = self._holder(pid, int(fd_name), st.name, cache)
+                holder = self._holder(pid, int(fd_name), st.name, cache, ctr)
                 lst = by_inode.get(inode)
                 if lst is None:
                     by_inode[inode] = [holder]
@@ -858,9 +955,10 @@ class HolderScanner:
         name = self.names.name_for(pid, comm, starttime)
         f.ppids[pid] = ppid
         at = f.at.setdefault(pid, [])
+        ctr = self.containers.of(pid, starttime, comm)
         for fd, inode in hits:
             f.seen.add((pid, fd))
-            f.found.setdefault(inode, []).append(self._holder(pid, fd, name, f.cache))
+            f.found.setdefault(inode, []).append(self._holder(pid, fd, name, f.cache, ctr))
             f.missing.discard(inode)
             at.append((fd, inode))
         if not f.how:
@@ -1010,7 +1108,7 @@ class _Find:
     ppids: dict[int, int] = field(default_factory=dict)  # holder pid → its parent
     seen: set[tuple[int, int]] = field(default_factory=set)  # (pid, fd) recorded
     full: set[int] = field(default_factory=set)  # pids whose every link was read
-    cache: dict[tuple[int, int, str], Holder] = field(default_factory=dict)
+    cache: dict[_HolderKey, Holder] = field(default_factory=dict)
     reads: int = 0
     listed: int = 0
     how: str = ""

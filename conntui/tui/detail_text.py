@@ -8,7 +8,7 @@ from rich.text import Text
 
 from ..model import Record, SocketEntry
 from .procinfo import process_line
-from .text import MATCH_HELP, MATCH_STYLE, clock, direction, endpoint, holder_text, safe
+from .text import MATCH_HELP, MATCH_STYLE, clock, container_text, direction, endpoint, holder_text, safe
 
 TITLE = Style(bold=True, underline=True)
 LABEL = Style(bold=True)
@@ -45,6 +45,8 @@ def _socket_lines(t: Text, sock: SocketEntry, indent: str = "  ", live: bool = F
             t.append(f"{indent}  held by ")
             t.append(holder_text(h), style=LABEL)
             t.append("\n")
+            if h.container is not None:
+                t.append(f"{indent}    in container {container_text(h.container)}\n")
             about = process_line(h) if live else ""
             if about:
                 t.append(f"{indent}    {safe(about)}\n", style=DIM)

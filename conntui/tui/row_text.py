@@ -21,6 +21,7 @@ MIN_ENDPOINT = 11  # "source" / "destination" (the header's words)
 MAX_ENDPOINT = 47  # "[ffff:...:ffff]:65535"
 MATCH_WIDTH = 15  # "udp_unconnected"
 NAME_WIDTH = 20  # process names are cut here in the list (the detail pane has them whole)
+CTR_WIDTH = 16  # and container names here
 WHO_WANT = 40  # sender → receiver never asks for more (longer names are cut)
 WHO_MIN = 20  # below this, the header says the list is too narrow
 
@@ -224,7 +225,8 @@ def _holder_parts(sock: SocketEntry | None) -> tuple[str, str, str]:
         return ("unreadable" if sock.unreadable else "kernel", "", "")
     h = sock.holders[0]
     more = f" +{len(sock.holders) - 1}" if len(sock.holders) > 1 else ""
-    return (safe(h.process), f"[{h.pid}]", f" fd {h.fd}{more}")
+    ctr = f" (ctr {cut(safe(h.container.label), CTR_WIDTH)})" if h.container is not None else ""
+    return (safe(h.process), f"[{h.pid}]", f" fd {h.fd}{ctr}{more}")
 
 
 def who_width(rec: Record) -> int:

@@ -12,8 +12,8 @@ import time
 from rich.style import Style
 from rich.text import Text
 
-from ..jsonout import safe_text
-from ..model import PACKET_OUTGOING, Holder, Match, SocketEntry
+from ..jsonout import holder_summary, safe_text
+from ..model import PACKET_OUTGOING, Container, Holder, Match, SocketEntry
 
 
 def safe(s: str) -> str:
@@ -22,7 +22,19 @@ def safe(s: str) -> str:
 
 
 def holder_text(h: Holder) -> str:
-    return f"{safe(h.process)}[{h.pid}] fd {h.fd}"
+    """``httpd[1234] fd 3``, and `` (ctr web)`` when the process runs in a container."""
+    return holder_summary(h)
+
+
+def container_text(c: Container) -> str:
+    """Everything known about a container, for Details: ``web (podman, id 5f6dc9ff6ca2…)``."""
+    bits = [c.runtime or "runtime unknown"]
+    if c.id:
+        bits.append(f"id {c.id}")
+    if c.pod:
+        bits.append(f"pod {c.pod}")
+    name = c.name or "name unknown"
+    return safe(f"{name} ({', '.join(bits)})")
 
 
 def socket_brief(sock: SocketEntry | None) -> str:

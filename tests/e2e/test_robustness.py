@@ -437,7 +437,9 @@ def test_hostile_process_name_is_escaped_in_text_and_exact_in_json(
     assert js.stdout.isascii()
     (syn,) = [r for r in js.rows() if r["flags"] == "S" and r["dport"] == port]
     assert syn["match"] == "listener"
-    assert syn["receiver"]["holders"] == [{"pid": holder.pid, "process": expected, "fd": holder.fd}]
+    assert syn["receiver"]["holders"] == [
+        {"pid": holder.pid, "process": expected, "fd": holder.fd, "container": None}
+    ]
 
 
 # --------------------------------------------------------------------------- 3. privileges
@@ -872,8 +874,12 @@ def pid_reuse_scenario(runs: Any, port: int) -> tuple[Holder, Holder, dict[str, 
 def test_an_exited_process_and_a_reused_pid_never_lend_their_name(runs: Any, port: int) -> None:
     alpha, beta, first, second = pid_reuse_scenario(runs, port)
     assert beta.pid == alpha.pid, "the kernel did not let the test reuse the pid (ns_last_pid)"
-    assert first["receiver"]["holders"] == [{"pid": alpha.pid, "process": "alpha-srv", "fd": alpha.fd}]
-    assert second["receiver"]["holders"] == [{"pid": beta.pid, "process": "beta-srv", "fd": beta.fd}]
+    assert first["receiver"]["holders"] == [
+        {"pid": alpha.pid, "process": "alpha-srv", "fd": alpha.fd, "container": None}
+    ]
+    assert second["receiver"]["holders"] == [
+        {"pid": beta.pid, "process": "beta-srv", "fd": beta.fd, "container": None}
+    ]
     assert second["match"] == "listener"
 
 

@@ -158,8 +158,10 @@ def check_socket(d: object) -> None:
     assert d["remote"] is None or isinstance(d["remote"], str)
     assert isinstance(d["holders"], list)
     for h in d["holders"]:
-        assert set(h) == {"pid", "process", "fd"}
+        assert set(h) == {"pid", "process", "fd", "container"}
         assert isinstance(h["pid"], int) and isinstance(h["fd"], int) and isinstance(h["process"], str)
+        c = h["container"]
+        assert c is None or (isinstance(c, dict) and set(c) == {"id", "name", "runtime", "pod"})
 
 
 def check_contract(d: dict[str, object]) -> None:
@@ -185,10 +187,10 @@ def test_record_to_dict_tcp() -> None:
     assert d["receiver"]["remote"] == "127.0.0.1:51234"
     assert d["receiver"]["inode"] == 501
     assert d["receiver"]["holders"] == [
-        {"pid": 43, "process": "python3", "fd": 7},
-        {"pid": 44, "process": "python3", "fd": 7},
+        {"pid": 43, "process": "python3", "fd": 7, "container": None},
+        {"pid": 44, "process": "python3", "fd": 7, "container": None},
     ]
-    assert d["sender"]["holders"] == [{"pid": 42, "process": "curl", "fd": 3}]
+    assert d["sender"]["holders"] == [{"pid": 42, "process": "curl", "fd": 3, "container": None}]
     assert d["direction"] == "in" and d["seq"] == 1000 and d["ack"] == 2000
     assert d["steps"] == [{"what": "established hash (127.0.0.1:8080 ← 127.0.0.1:51234)", "result": "hit"}]
     # the contract keys come first, in the contract's order
@@ -216,7 +218,7 @@ def test_record_to_dict_no_receiver_and_kernel_socket() -> None:
     check_socket(kd)
     assert kd["inode"] is None and kd["holders"] == []
     assert kd["local"] == "[::ffff:127.0.0.1]:8080"
-    assert kd["former_holders"] == [{"pid": 43, "process": "python3", "fd": 9}]
+    assert kd["former_holders"] == [{"pid": 43, "process": "python3", "fd": 9, "container": None}]
 
 
 def test_direction_unknown() -> None:

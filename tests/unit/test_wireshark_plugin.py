@@ -3,6 +3,7 @@ by conntui's own writer with known attributions, and on damaged comments and fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from conntui.export import LINKTYPE_RAW, open_writer
-from conntui.model import PACKET_HOST, Attribution, Endpoint, Frame, Holder, Match, SocketEntry
+from conntui.model import PACKET_HOST, Attribution, Container, Endpoint, Frame, Holder, Match, SocketEntry
 from conntui.wireshark import PLUGIN_NAME, plugin_text
 
 TSHARK = shutil.which("tshark") or "tshark"  # the Quick start installs it
@@ -370,3 +371,24 @@ def test_uninstall_removes_both_files_and_a_bad_folder_is_one_line(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith(f"conntui wireshark: cannot write {blocker / 'sub' / PLUGIN_NAME}: ")
     assert len(res.stderr.splitlines()) == 1
+
+
+def test_the_writers_container_shows_by_name_or_id(tmp_path):
+    """conntui's own comments with a holder's container: the name, or the id where the name is
+    unknown; a packet whose JSON is gone still gets pid and fd from the summary line, which
+    now ends in ``(ctr NAME)``."""
+    cid = "5f6dc9ff6ca2190b6be70dd62acb52e7cf7775e5fda71d7525b00b69da4624f4"
+    named = Container(cid, "web", "podman")
+    server = dataclasses.replace(SERVER, holders=(Holder(4321, 7, "nginx", named),))
+    anon = dataclasses.replace(SERVER, holders=(Holder(4321, 8, "nginx", Container(cid)),))
+    a = Attribution(Match.ESTABLISHED, receiver=server, sender=CLIENT, explain="the established socket")
+    b = Attribution(Match.ESTABLISHED, receiver=anon, sender=CLIENT, explain="the established socket")
+    path = tmp_path / "c.pcapng"
+    write(path, [a, a, b])
+    rows = tshark(path, "conntui.receiver.fd", "conntui.receiver.container", "conntui.sender.container")
+    assert rows == [["7", "web", ""], ["7", "web", ""], ["8", cid, ""]]
+    cut = tmp_path / "cut.pcapng"
+    damaged = "conntui: curl[1234] fd 3 → nginx[4321] fd 7 (ctr web) (established)\nconntui-json: {"
+    write(cut, [None], [damaged])
+    (row,) = tshark(cut, *SIDES, "conntui.match")
+    assert row == ["1234", "3", "4321", "7", "established"]

@@ -32,6 +32,7 @@ FILTERS = [
     ("8080  80,443  8000-8100", "a source or destination port"),
     ("pid:1234", "the sender or receiver is held by this pid"),
     ("proc:nginx", "... by a process whose name contains this"),
+    ("ctr:web", "... by a process in a container whose name contains this (or id starts so)"),
     ("match:none", "the match kind (below)"),
     ("tcp  udp", "the protocol"),
     ("host:127.0.0.1", "a source or destination address"),
