@@ -112,6 +112,7 @@ def socket_to_dict(sock: SocketEntry | None, *, compact: bool = False) -> dict[s
         "former_holders": _holders(sock.former_holders),
         "first_seen": sock.first_seen,
         "unreadable": list(sock.unreadable),
+        "transparent": sock.transparent,
     }
     if compact:
         extras = {k: v for k, v in extras.items() if v}
@@ -230,6 +231,7 @@ def dict_to_socket(d: dict[str, Any]) -> SocketEntry:
         former_holders=tuple(_holder(h) for h in d.get("former_holders") or ()),
         first_seen=float(d.get("first_seen", 0.0)),
         unreadable=tuple(int(p) for p in d.get("unreadable") or ()),
+        transparent=bool(d.get("transparent", False)),
     )
 
 

@@ -46,7 +46,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable
+from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules
+from . import tproxy
 from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
 from .procfs import HolderScanner
 from .route import RouteInfo
@@ -349,6 +350,7 @@ class SocketTableSource:
         self.derived = table is not None
         if table is None:
             table = SocketTable(entries, taken_at=now, local_addrs=self._local_addrs, ifnames=self._ifnames)
+        table.tproxy = self._tproxy_rules(table)
         self._refreshed = table
         self._port_order = port_order
         with self._swap_lock:
@@ -369,6 +371,14 @@ class SocketTableSource:
             "derived": float(self.derived),
         }
         return table
+
+    def _tproxy_rules(self, table: SocketTable) -> TproxyRules | None:
+        """The namespace's TPROXY rules (``sockets.tproxy``): every ``tproxy.TTL`` seconds
+        while a transparent socket exists, else every ``tproxy.IDLE_TTL`` (a rule without a
+        transparent socket still decides what the kernel drops)."""
+        path = f"/proc/{os.getpid()}/fd/{self._netns_fd}" if self._netns_fd is not None else None
+        busy = any(e.transparent for e in table.entries)
+        return tproxy.rules_for(path, ttl=tproxy.TTL if busy else tproxy.IDLE_TTL)
 
     def _derive(
         self,
