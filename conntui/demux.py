@@ -275,7 +275,7 @@ def _tproxy_rule(
     if sock is None:
         steps.append(Lookup(f"socket on {where} for the TPROXY rule", "none"))
         why = (
-            f"TPROXY rule {rule.describe()} steers {proto.upper()} to {d_ep} to {where}, but no "
+            f"The rule {rule.describe()} steers {proto.upper()} to {d_ep} to {where}, but no "
             f"{'listener' if proto == 'tcp' else 'socket'} is there: the kernel drops it (no "
             f"{'RST' if proto == 'tcp' else 'ICMP'} is sent)."
         )
@@ -283,12 +283,12 @@ def _tproxy_rule(
     steps.append(Lookup(f"socket on {where} for the TPROXY rule", f"hit: {_who(sock)} on {sock.local}"))
     if not sock.transparent:
         why = (
-            f"TPROXY rule {rule.describe()} steers {proto.upper()} to {d_ep} to {_who(sock)} on "
+            f"The rule {rule.describe()} steers {proto.upper()} to {d_ep} to {_who(sock)} on "
             f"{sock.local}, which has no IP_TRANSPARENT: the kernel drops it (the socket must "
             "set IP_TRANSPARENT to take segments for addresses that are not this host's)."
         )
         return Match.NONE, None, None, (), why
-    return _tproxy_hand(seg, table, steps, sock, f"TPROXY rule {rule.describe()}", s_ep, d_ep)
+    return _tproxy_hand(seg, table, steps, sock, f"the rule {rule.describe()}", s_ep, d_ep)
 
 
 def _tproxy_socket(table: SocketTable, proto: str, family: int, port: int, on_ip: str) -> SocketEntry | None:
@@ -398,7 +398,7 @@ def _tproxy_established(
     steps.append(
         Lookup(f"established hash {d_ep} ← {s_ep} (non-local address)", f"hit: {hit.state}, {_who(hit)}")
     )
-    how = f"TPROXY rule {rule.describe()}" if rule is not None else "TPROXY (or a socket-match rule)"
+    how = f"the rule {rule.describe()}" if rule is not None else "TPROXY (or a socket-match rule)"
     learns = (
         f"its local address {d_ep} is the client's original destination (getsockname() returns it)"
         if seg.proto == "tcp"
@@ -980,6 +980,11 @@ def _sender(
         # a socket whose local address is not this host's: a transparent (TPROXY) connection
         found = f"hit: {hit.state}, {_who(hit)}"
         steps.append(Lookup(f"sender socket {s_ep} → {d_ep} (non-local address)", found))
+        if "S" in seg.flags and "A" in seg.flags and hit.state != "SYN_SENT":
+            return hit, (
+                f"sent by the kernel during the handshake of a transparent (TPROXY) connection, from "
+                f"the original destination {s_ep}; the connection is now {hit.state}, {_who(hit)}"
+            )
         return hit, (
             f"sent by {_who(hit)}, a transparent connection answering from the original destination "
             f"{s_ep} (not an address of this host)"

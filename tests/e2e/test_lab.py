@@ -150,6 +150,46 @@ def test_udp_demux() -> None:
     assert_scenario("udp-demux")
 
 
+def _holders(sock: dict[str, Any] | None) -> set[tuple[int, int]]:
+    return {(h["pid"], h["fd"]) for h in (sock or {}).get("holders", [])}
+
+
+def test_tproxy() -> None:
+    """The lab's TPROXY daemon (its own pid and fds, from its events): every datagram and SYN
+    for 203.0.113.10 names it, with TPROXY; the data names the accepted fd; none not_local."""
+    run = assert_scenario("tproxy")
+    ev = run.events
+    udp = next(e for e in ev if e["what"] == "udp_bound")
+    lst = next(e for e in ev if e["what"] == "listen" and e["role"] == "daemon")
+    accepts = {e["remote"]: e for e in ev if e["what"] == "accept" and e["role"] == "daemon"}
+    assert sorted(e["orig"] for e in ev if e["what"] == "datagram") == [
+        "203.0.113.10:40000",
+        "203.0.113.10:53",
+        "203.0.113.10:5353",
+    ]
+    assert sorted(a["local"] for a in accepts.values()) == ["203.0.113.10:443", "203.0.113.10:80"]
+    to_orig = [r for r in run.rows if r["dst"] == "203.0.113.10" and r["direction"] == "in"]
+    dgrams = [r for r in to_orig if r["proto"] == "udp"]
+    syns = [r for r in to_orig if r["proto"] == "tcp" and r["flags"] == "S"]
+    data = [r for r in to_orig if r["proto"] == "tcp" and r["payload_len"] > 0]
+    assert (len(dgrams), len(syns), len(data)) == (3, 2, 2)
+    assert not [r for r in to_orig if r["match"] in ("not_local", "none")]
+    for r in dgrams:
+        assert (udp["pid"], udp["fd"]) in _holders(r["receiver"]) and r["match"] == "udp_unconnected"
+        assert "TPROXY" in r["explain"] and "--on-port 9000" in r["explain"]
+    for r in syns:
+        assert (lst["pid"], lst["fd"]) in _holders(r["receiver"]) and r["match"] == "listener"
+        assert "TPROXY" in r["explain"] and "--on-port 9001" in r["explain"]
+    for r in data:
+        acc = accepts[f"{r['src']}:{r['sport']}"]
+        assert (acc["pid"], acc["fd"]) in _holders(r["receiver"]) and r["match"] == "established"
+        assert r["receiver"]["local"] == acc["local"]
+    nat = next(e for e in ev if e["what"] == "accept" and e["role"] == "natd")
+    assert nat["original_dst"].endswith(":8080") and nat["local"].endswith(":9100")
+    nat_data = [r for r in run.rows if r["dport"] == 8080 and r["payload_len"] > 0]
+    assert len(nat_data) == 1 and (nat["pid"], nat["fd"]) in _holders(nat_data[0]["receiver"])
+
+
 def test_list_and_unknown_scenario() -> None:
     listing = subprocess.run(
         [sys.executable, "-m", "conntui", "lab"], capture_output=True, text=True, timeout=30, cwd=REPO

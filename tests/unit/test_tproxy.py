@@ -123,3 +123,9 @@ def test_sockopt_attribute_sets_transparent() -> None:
     for byte, want in ((0x70, True), (0x50, False)):
         attr = (6).to_bytes(2, "little") + (22).to_bytes(2, "little") + bytes([byte, 0]) + bytes(2)
         assert parse_msg("udp", head + attr).transparent is want
+
+
+def test_synack_of_a_transparent_connection_is_sent_by_the_kernel() -> None:
+    conn = sock(f"{ORIG}:80", f"{CLIENT}:4444", held=("tproxyd", 700, 5), transparent=True)
+    att = attribute(seg(f"{ORIG}:80", f"{CLIENT}:4444", "SA", pkttype=4), tp_table(TCP_L, conn))
+    assert att.sender is conn and "handshake" in att.sender_explain and "TPROXY" in att.sender_explain

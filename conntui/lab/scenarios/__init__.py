@@ -10,6 +10,7 @@ from . import (
     port_conflict,
     redirect,
     stale_client,
+    tproxy,
     udp_demux,
 )
 
@@ -23,6 +24,7 @@ SCENARIOS: dict[str, Scenario] = {
         port_conflict,
         redirect,
         udp_demux,
+        tproxy,
     )
 }
 
