@@ -1017,6 +1017,13 @@ def _sender(
         if state == "SYN_RECV":
             return hit, "sent by the kernel for a listener's request sock during the handshake"
         if state in _CHILD_STATES and _has_listener(table, "tcp", sport):
+            if seg.payload_len > 0:
+                # The kernel sends only ACKs for a queued connection: data means a process
+                # accept()ed it and wrote since the table was read. None asks for a fresh look.
+                return None, (
+                    f"the table shows {s_ep} → {d_ep} still in the accept queue, but data is sent "
+                    "only once a process has accept()ed it: it was accepted since the table was read"
+                )
             return hit, "sent by the kernel for a connection still in the accept queue (not yet accept()ed)"
         return hit, f"sent by the kernel finishing the close ({_closed_by(hit)})"
     if "R" in flags:

@@ -190,6 +190,37 @@ def test_tproxy() -> None:
     assert len(nat_data) == 1 and (nat["pid"], nat["fd"]) in _holders(nat_data[0]["receiver"])
 
 
+def test_listen() -> None:
+    """Node's listen(): the syscalls strace saw in node's own pid (socket, bind, listen with
+    backlog 511, accept4 handing out the fds Node's connections report), then conntui's rows
+    against those fds: SYN → the listener, queued request → its accept queue, response → the
+    accepted fd."""
+    run = assert_scenario("listen")
+    ev = run.events
+    lst = next(e for e in ev if e["what"] == "listen")
+    pid, lfd = lst["pid"], lst["fd"]
+    calls = [c for c in next(e for e in ev if e["what"] == "syscalls")["calls"] if c["pid"] == pid]
+    assert [c["call"] for c in calls[:3]] == ["socket", "bind", "listen"]
+    assert calls[0]["ret"] == lfd and calls[1]["fd"] == lfd and calls[1]["port"] == 8080
+    assert calls[2]["fd"] == lfd and calls[2]["backlog"] == 511
+    accepts = [e for e in ev if e["what"] == "accept"]
+    handed = [c["ret"] for c in calls if c["call"].startswith("accept") and c["ret"] >= 0]
+    assert sorted(handed) == sorted(a["fd"] for a in accepts) and len(handed) == 3
+    assert next(e for e in ev if e["what"] == "queued")["inodes"] == [0, 0, 0]
+    for con in (e for e in ev if e["what"] == "connect"):
+        c_port = int(con["local"].rsplit(":", 1)[1])
+        acc = next(a for a in accepts if a["remote"].endswith(f":{c_port}"))
+        mine = [r for r in run.rows if c_port in (r["sport"], r["dport"])]
+        syn = [r for r in mine if r["flags"] == "S"]
+        assert len(syn) == 1 and syn[0]["match"] == "listener"
+        assert (pid, lfd) in _holders(syn[0]["receiver"]) and syn[0]["receiver"]["tx_queue"] == 511
+        req = [r for r in mine if r["dport"] == 8080 and r["payload_len"] > 0]
+        assert req and all(r["match"] == "accept_queue" for r in req)
+        assert all((pid, lfd) in _holders(r["listener"]) and not r["receiver"]["holders"] for r in req)
+        resp = [r for r in mine if r["sport"] == 8080 and r["payload_len"] > 0]
+        assert resp and all((pid, acc["fd"]) in _holders(r["sender"]) for r in resp)
+
+
 def test_list_and_unknown_scenario() -> None:
     listing = subprocess.run(
         [sys.executable, "-m", "conntui", "lab"], capture_output=True, text=True, timeout=30, cwd=REPO

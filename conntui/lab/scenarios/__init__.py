@@ -6,6 +6,7 @@ from ..runner import Scenario
 from . import (
     accept_queue,
     established_routing,
+    listen,
     listen_vs_connect,
     port_conflict,
     redirect,
@@ -18,6 +19,7 @@ SCENARIOS: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
     for m in (
         listen_vs_connect,
+        listen,
         established_routing,
         accept_queue,
         stale_client,
