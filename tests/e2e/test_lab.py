@@ -221,6 +221,42 @@ def test_listen() -> None:
         assert resp and all((pid, acc["fd"]) in _holders(r["sender"]) for r in resp)
 
 
+def test_same_port() -> None:
+    """HTTP and raw on one port, judged against the servers' own events: on the muxd port every
+    connection is the one process's (SYN → its listener, data → the fd it accepted, served by
+    the protocol it peeked); on the SO_REUSEPORT port the kernel split by hash, an HTTP request
+    reached rawd, and conntui names the exact accepted fd in whichever server got it."""
+    run = assert_scenario("same-port")
+    ev = run.events
+    listens = {e["mode"]: e for e in ev if e["what"] == "listen"}
+    accepts = {e["remote"]: e for e in ev if e["what"] == "accept"}
+    requests = {e["remote"]: e for e in ev if e["what"] == "request"}
+    sent = [e for e in ev if e["what"] == "sent"]
+    assert any(
+        requests[s["local"]]["mode"] == "raw" and s["kind"] == "http" for s in sent if s["port"] == 7001
+    )
+    assert any(
+        requests[s["local"]]["mode"] == "http" and s["kind"] == "http" for s in sent if s["port"] == 7001
+    )
+    for s in sent:
+        acc, req = accepts[s["local"]], requests[s["local"]]
+        assert (acc["pid"], acc["fd"]) == (req["pid"], req["fd"])
+        if s["port"] == 7000:
+            assert acc["mode"] == "mux" and req["kind"] == s["kind"]
+        c_port = int(s["local"].rsplit(":", 1)[1])
+        up = [r for r in run.rows if r["sport"] == c_port and r["dport"] == s["port"]]
+        syn = [r for r in up if r["flags"] == "S"]
+        data = [r for r in up if r["payload_len"] > 0]
+        assert len(syn) == 1 and syn[0]["match"] == "listener"
+        lst = listens[acc["mode"]]
+        named = [_holders(x) for x in (syn[0]["receiver"], *syn[0]["candidates"])]
+        assert any((lst["pid"], lst["fd"]) in h for h in named)
+        if s["port"] == 7001:  # a reuseport group: conntui names both, not a guess
+            assert len(syn[0]["candidates"]) == 2 and "one of 2" in syn[0]["explain"]
+        assert len(data) == 1 and data[0]["match"] == "established"
+        assert _holders(data[0]["receiver"]) == {(acc["pid"], acc["fd"])}
+
+
 def test_list_and_unknown_scenario() -> None:
     listing = subprocess.run(
         [sys.executable, "-m", "conntui", "lab"], capture_output=True, text=True, timeout=30, cwd=REPO
