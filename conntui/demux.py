@@ -11,7 +11,9 @@ hit) is a couple of dict gets and a few f-strings: no regex, no ``ipaddress`` ob
 TPROXY is emulated for segments to non-local addresses (``_tproxy``): the rule's on-port
 (``table.tproxy``, read from the ruleset) and the ``IP_TRANSPARENT`` flag sock_diag reports.
 
-What it cannot see, and so does not emulate: BPF sk_lookup and reuseport programs, NAT (the
+A BPF sk_lookup program on the namespace (``table.sk_lookup``) is named, and the answer
+worded as the table's prediction. What it cannot see, and so does not emulate: what such a
+program or a SO_ATTACH_REUSEPORT_[CE]BPF one chooses, NAT (the
 capture sees pre-NAT headers; the engine asks conntrack), ``SO_INCOMING_CPU``, multicast group
 membership and the boot-time hash secrets that pick one member of a ``SO_REUSEPORT`` group
 (reported as "one of N"). Device binding is checked for listeners and UDP, not in the
@@ -43,6 +45,8 @@ _CLOSING_STATES = frozenset({"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "C
 # A full socket with no struct socket in these states is an unaccepted child of a listener.
 _CHILD_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "SYN_RECV"})
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
+# Answers a BPF sk_lookup program may override: the listener / unconnected-socket look-ups.
+_SK_LOOKUP_DECIDES = frozenset({Match.LISTENER, Match.UDP_UNCONNECTED, Match.NONE})
 
 # (receiver match, receiver, listener, candidates, explain)
 _Result = tuple[Match, SocketEntry | None, SocketEntry | None, tuple[SocketEntry, ...], str]
@@ -81,6 +85,24 @@ def attribute(seg: Segment, table: SocketTable) -> Attribution:
 
     sender, sender_explain = _sender(seg, table, steps, s_ep, d_ep)
     match, receiver, listener, candidates, explain = res
+    sk = table.sk_lookup
+    if (
+        sk is not None
+        and sk.programs
+        and match in _SK_LOOKUP_DECIDES
+        and table.is_local(dst)
+        and not (proto == "udp" and receiver is not None and receiver.local.key_addr not in _WILDCARDS)
+    ):
+        # TCP: after the established hash, before every listener. UDP: after connected and
+        # exact-address sockets, before wildcard ones (Linux 5.9's sk_lookup placement, as
+        # recalled; not re-checked against 6.18 here).
+        progs = ", ".join(sk.programs)
+        steps.append(Lookup("BPF sk_lookup programs on this namespace (run before this look-up)", progs))
+        explain = (
+            f"{explain} A BPF sk_lookup program is attached to this namespace ({progs}): it runs "
+            "before this look-up and may hand the segment to another socket, so this is only the "
+            "socket table's prediction (the kernel's record, where shown, names its choice)."
+        )
     if match is Match.NOT_LOCAL and sender is not None:
         explain = f"{explain[:-1]}; {sender_explain}."
     return Attribution(

@@ -291,6 +291,15 @@ class TproxyRules:
 
 
 @dataclass(frozen=True, slots=True)
+class SkLookup:
+    """BPF sk_lookup programs attached to the namespace (``sockets.bpf``); ``error``: why
+    they could not be listed."""
+
+    programs: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Lookup:
     """One step of the emulated kernel lookup, for the explanation pane."""
 
@@ -382,6 +391,7 @@ class SocketTable:
         "ifnames",
         "lineage",
         "local_addrs",
+        "sk_lookup",
         "taken_at",
         "tproxy",
     )
@@ -403,6 +413,8 @@ class SocketTable:
         self.ifnames: dict[int, str] = dict(ifnames or {})
         # The namespace's TPROXY rules (set by the source after a refresh); None: not read.
         self.tproxy: TproxyRules | None = None
+        # BPF sk_lookup programs on the namespace (set by the source); None: not looked at.
+        self.sk_lookup: SkLookup | None = None
         self._transparent: tuple[SocketEntry, ...] | None = None
         # (proto, local addr, local port, remote addr, remote port) → sockets, in table order
         by_tuple: dict[TupleKey, list[SocketEntry]] = {}
@@ -551,6 +563,7 @@ class SocketTable:
         new.local_addrs = self.local_addrs
         new.ifnames = self.ifnames
         new.tproxy = self.tproxy
+        new.sk_lookup = self.sk_lookup
         new._transparent = None
         new._recipe = _Recipe.derive(self, front, gone, swap)
         new._entries = None

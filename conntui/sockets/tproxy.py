@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..model import TproxyRule, TproxyRules
@@ -39,12 +40,18 @@ _cache: dict[str | None, tuple[float, TproxyRules]] = {}
 _lock = threading.Lock()
 
 
-def rules_for(netns_path: str | None = None, *, ttl: float = TTL, now: float | None = None) -> TproxyRules:
-    """The TPROXY rules of the namespace at ``netns_path`` (None: this one), at most ``ttl`` old."""
+def rules_for(
+    netns_path: str | None = None, *, busy: Callable[[], bool] | None = None, now: float | None = None
+) -> TproxyRules:
+    """The TPROXY rules of the namespace at ``netns_path`` (None: this one): read again after
+    ``TTL`` seconds if ``busy()`` (a transparent socket exists; asked only then), else after
+    ``IDLE_TTL``."""
     t = time.monotonic() if now is None else now
     with _lock:
         hit = _cache.get(netns_path)
-        if hit is not None and t - hit[0] < ttl:
+    if hit is not None:
+        age = t - hit[0]
+        if age < TTL or (age < IDLE_TTL and not (busy is None or busy())):
             return hit[1]
     rules = read_rules(netns_path)
     with _lock:

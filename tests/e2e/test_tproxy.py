@@ -225,3 +225,64 @@ def test_tproxy_rule_without_a_transparent_socket_says_the_kernel_drops(netns: N
     assert len(udp) == 1, err
     assert udp[0]["match"] == "none" and "drops" in udp[0]["explain"], udp[0]["explain"]
     assert "IP_TRANSPARENT" in udp[0]["explain"]
+
+
+# --------------------------------------------------------------------------- BPF sk_lookup
+
+
+def _load_sk_lookup(netns_path: str) -> tuple[int, int, int]:
+    """A do-nothing sk_lookup program (returns SK_PASS) linked to a namespace, through raw
+    bpf(2): (program fd, link fd, program id). Closing both fds detaches it."""
+    import ctypes
+    import ctypes.util
+    import os
+    import struct
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+    def bpf(cmd: int, attr: bytes) -> int:
+        buf = ctypes.create_string_buffer(attr, 128)
+        ret = int(libc.syscall(321, cmd, buf, 128))
+        if ret < 0:
+            raise OSError(ctypes.get_errno(), "bpf")
+        return ret
+
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, 1) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = 1; exit
+    code, lic = ctypes.create_string_buffer(insns), ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("=IIQQIIQII16sII", 30, 2, ctypes.addressof(code), ctypes.addressof(lic), 0, 0, 0, 0, 0,
+                       b"lab13_pass", 0, 36)  # fmt: skip
+    prog = bpf(5, attr)  # BPF_PROG_LOAD, BPF_PROG_TYPE_SK_LOOKUP, expected BPF_SK_LOOKUP
+    ns = os.open(netns_path, os.O_RDONLY)
+    try:
+        link = bpf(28, struct.pack("=IIII", prog, ns, 36, 0))  # BPF_LINK_CREATE
+    finally:
+        os.close(ns)
+    info = ctypes.create_string_buffer(256)
+    bpf(15, struct.pack("=IIQ", prog, 256, ctypes.addressof(info)))  # BPF_OBJ_GET_INFO_BY_FD
+    return prog, link, struct.unpack_from("=I", info.raw, 4)[0]
+
+
+def test_sk_lookup_program_is_named_and_the_answer_is_a_prediction(netns: Netns) -> None:  # noqa: F811
+    import os
+
+    from conntui.sockets.bpf import sk_lookup_for
+
+    ns = netns.add("skl")
+    prog, link, prog_id = _load_sk_lookup(f"/run/netns/{ns}")
+    try:
+        assert f"program id {prog_id} 'lab13_pass'" in " ".join(sk_lookup_for(f"/run/netns/{ns}").programs)
+        assert not any(f"id {prog_id} " in p for p in sk_lookup_for().programs)  # not on ours
+        cap = netns.conntui(ns, "--headless", "--json", "-i", "lo", "-p", "7777")
+        srv = netns.actor(ns)
+        lst = srv("listen", host="127.0.0.1", port=7777)
+        time.sleep(1.2)
+        cli = netns.actor(ns)
+        cli("connect", host="127.0.0.1", port=7777)
+        rows, err, _ = cap.stop(settle=1.0)
+    finally:
+        os.close(link)
+        os.close(prog)
+    syn = [r for r in rows if r["flags"] == "S" and r["dport"] == 7777 and r["direction"] == "in"]
+    assert len(syn) == 1, err
+    assert syn[0]["match"] == "listener" and (srv.pid, lst["fd"]) in _holders(syn[0]["receiver"])
+    assert "sk_lookup" in syn[0]["explain"] and f"program id {prog_id}" in syn[0]["explain"]

@@ -129,3 +129,18 @@ def test_synack_of_a_transparent_connection_is_sent_by_the_kernel() -> None:
     conn = sock(f"{ORIG}:80", f"{CLIENT}:4444", held=("tproxyd", 700, 5), transparent=True)
     att = attribute(seg(f"{ORIG}:80", f"{CLIENT}:4444", "SA", pkttype=4), tp_table(TCP_L, conn))
     assert att.sender is conn and "handshake" in att.sender_explain and "TPROXY" in att.sender_explain
+
+
+def test_sk_lookup_program_makes_the_listener_a_prediction() -> None:
+    from conntui.model import SkLookup
+
+    lst = sock("0.0.0.0:8080", state="LISTEN", held=("node", 12, 20))
+    t = table(lst)
+    t.sk_lookup = SkLookup(("program id 7 'steer' (link 3)",))
+    att = attribute(seg("10.0.0.2:5000", "10.0.0.1:8080", "S"), t)
+    assert att.match is Match.LISTENER and "sk_lookup" in att.explain and "program id 7" in att.explain
+    # an established connection is found before the program runs: no such caveat
+    conn = sock("10.0.0.1:8080", "10.0.0.2:5000", held=("node", 12, 21))
+    t = table(lst, conn)
+    t.sk_lookup = SkLookup(("program id 7 'steer' (link 3)",))
+    assert "sk_lookup" not in attribute(seg("10.0.0.2:5000", "10.0.0.1:8080", "A"), t).explain
