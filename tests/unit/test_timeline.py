@@ -191,3 +191,19 @@ def test_data_queued_behind_the_handshakes_last_ack_reaches_the_new_socket():
     got = judge(data, predicted, tl, holder_at, table())
     assert got.match == Match.ESTABLISHED and got.receiver is not None
     assert got.receiver.holders == (Holder(500, 4, "server"),) and got.agrees is False
+
+
+def test_a_syn_stamped_just_after_the_child_it_made_still_went_to_the_listener():
+    """Seen in the same-port lab: the kernel's record stamped the handshake's child
+    (LISTEN → SYN_RECV) a little before the captured SYN that created it (the two clocks
+    differ by more than a veth round trip); the judge then called the SYN "delivered by its
+    4-tuple" to a connection "already close()d". A SYN that finds a child born within the
+    tracer's slack of it made that child: the listener took it."""
+    tl = timeline()
+    predicted = Attribution(Match.LISTENER, receiver=LISTENER, explain="the listener takes it")
+    for ts in (100.00115, 100.0013):  # while the child is SYN_RECV, and just after ESTABLISHED
+        got = judge(seg(ts, "S"), predicted, tl, holder_at, table())
+        assert got.match == Match.LISTENER and got.receiver == LISTENER
+    # a SYN that comes when the connection has been up for a while hits it (challenge ACK)
+    late = judge(seg(100.0095, "S"), predicted, tl, holder_at, table())
+    assert late.match != Match.LISTENER
