@@ -272,6 +272,11 @@ def _tproxy(seg: Segment, table: SocketTable, steps: list[Lookup], s_ep: str, d_
     info = table.tproxy
     rules = info.matching(seg) if info is not None else ()
     if hit is not None and not (seg.is_syn and _existed_before(hit, seg, table) is not True):
+        # A held socket without IP_TRANSPARENT keeps a removed address, say: no TPROXY then,
+        # unless a rule says so (the flag is not reported for TIME_WAIT and request socks).
+        plausible = hit.transparent or not hit.holders or rules or info is None or info.errors
+        if not plausible:
+            return None
         return _tproxy_established(seg, table, steps, hit, rules[0] if rules else None, s_ep, d_ep)
     for rule in rules:
         # A rule with conditions conntui cannot check decides only if its socket is there.

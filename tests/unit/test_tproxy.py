@@ -144,3 +144,9 @@ def test_sk_lookup_program_makes_the_listener_a_prediction() -> None:
     t = table(lst, conn)
     t.sk_lookup = SkLookup(("program id 7 'steer' (link 3)",))
     assert "sk_lookup" not in attribute(seg("10.0.0.2:5000", "10.0.0.1:8080", "A"), t).explain
+
+
+def test_a_plain_socket_on_a_removed_address_is_not_called_tproxy() -> None:
+    stale = sock(f"{ORIG}:80", f"{CLIENT}:4444", held=("old", 9, 5))  # no IP_TRANSPARENT
+    att = attribute(seg(f"{CLIENT}:4444", f"{ORIG}:80", "A"), tp_table(stale, rules=""))
+    assert att.match is Match.NOT_LOCAL and "TPROXY" not in att.explain
