@@ -134,14 +134,16 @@ def _holders(sock: dict[str, Any] | None) -> set[tuple[int, int]]:
 
 def test_tproxy_udp_and_tcp_name_the_transparent_daemon(netns: Netns) -> None:  # noqa: F811
     d, c = _setup(netns)
-    cap: Conntui = netns.conntui(d, "--headless", "--json", "-i", "l13d")
     daemon = subprocess.Popen(
         ["ip", "netns", "exec", d, sys.executable, "-c", DAEMON], stdout=subprocess.PIPE, text=True
     )
     try:
         hello = _read_json(daemon, 10)
         pid = hello["pid"]
-        time.sleep(1.2)  # a refresh sees the transparent sockets (and reads the ruleset)
+        # started after the daemon: conntui's first table has its sockets and the rules (a
+        # socket made later waits for the next refresh, which lags on a loaded machine)
+        cap: Conntui = netns.conntui(d, "--headless", "--json", "-i", "l13d")
+        time.sleep(0.5)
         client = subprocess.run(
             [
                 "ip", "netns", "exec", c, sys.executable, "-c", CLIENT, ORIG,
@@ -197,7 +199,6 @@ def test_tproxy_udp_and_tcp_name_the_transparent_daemon(netns: Netns) -> None:  
 
 def test_tproxy_rule_without_a_transparent_socket_says_the_kernel_drops(netns: Netns) -> None:  # noqa: F811
     d, c = _setup(netns)
-    cap: NsConntui = netns.conntui(d, "--headless", "--json", "-i", "l13d")
     # a plain (not transparent) socket on the on-port: TPROXY finds it and drops anyway
     plain = subprocess.Popen(
         [
@@ -209,7 +210,8 @@ def test_tproxy_rule_without_a_transparent_socket_says_the_kernel_drops(netns: N
     )  # fmt: skip
     try:
         assert plain.stdout is not None and plain.stdout.readline().strip() == "1"
-        time.sleep(1.2)
+        cap: NsConntui = netns.conntui(d, "--headless", "--json", "-i", "l13d")  # its table has it
+        time.sleep(0.5)
         netns.sh(
             c, sys.executable, "-c",
             f"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.sendto(b'x',('{ORIG}',53))",

@@ -62,7 +62,8 @@ def _rules(lab: Lab) -> None:
     lab.say(f"TPROXY udp → :{UDP_ON}, tcp → :{TCP_ON} for {NET}; REDIRECT :{REDIRECTED} → :{REDIRECT_ON}")
 
 
-def traffic(lab: Lab) -> None:
+def setup(lab: Lab) -> None:
+    """The rules and the daemons, before conntui starts: its first table has them."""
     _rules(lab)
     daemon = lab.actor("tproxyd", "server")
     u = daemon("udp", host="0.0.0.0", port=UDP_ON, transparent=True)
@@ -73,9 +74,15 @@ def traffic(lab: Lab) -> None:
     nlst = nat("listen", host="0.0.0.0", port=REDIRECT_ON)
     lab.event("listen", role="natd", pid=nat.pid, fd=nlst["fd"], local=nlst["local"])
     lab.say(f"tproxyd pid {daemon.pid}: udp fd {u['fd']}, listener fd {lst['fd']}; natd pid {nat.pid}")
+    lab.state.update(daemon=daemon, u=u, lst=lst, nat=nat, nlst=nlst)
+
+
+def traffic(lab: Lab) -> None:
+    daemon, u, lst = lab.state["daemon"], lab.state["u"], lab.state["lst"]
+    nat, nlst = lab.state["nat"], lab.state["nlst"]
     client = lab.actor("client", "client")
     cu = client("udp", host="0.0.0.0", port=0)
-    lab.pause(1.2)  # conntui's next refresh sees the transparent sockets and reads the rules
+    lab.pause(0.5)
     sent = []
     for port in UDP_PORTS:
         client("sendto", fd=cu["fd"], data=f"datagram for {ORIG}:{port}", to=[ORIG, port])
@@ -231,4 +238,5 @@ SCENARIO = Scenario(
     traffic=traffic,
     expect=expect,
     two_hosts=True,
+    setup=setup,
 )
