@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  conntui -r session.pcapng --headless\n"
             "\n"
             "teaching scenarios in private network namespaces:\n"
-            "  sudo conntui lab [SCENARIO]   (list them, or run one; conntui lab --help)"
+            "  sudo conntui lab [SCENARIO]   (list them, or run one; conntui lab --help)\n"
+            "  scenarios: listen-vs-connect, listen, established-routing, accept-queue,\n"
+            "  stale-client, port-conflict, same-port, redirect, udp-demux, tproxy"
         ),
     )
     p.add_argument(

@@ -8,10 +8,16 @@ local socket sent it. It follows ``KERNEL-DEMUX.md`` (Linux 6.x ``tcp_v4_rcv`` /
 It runs once per captured packet on the capture thread, so the common case (an established
 hit) is a couple of dict gets and a few f-strings: no regex, no ``ipaddress`` objects.
 
-What it cannot see, and so does not emulate: BPF sk_lookup and reuseport programs, TPROXY and
-NAT (the capture sees pre-NAT headers), ``SO_INCOMING_CPU``, multicast group membership and
-the boot-time hash secrets that pick one member of a ``SO_REUSEPORT`` group (reported as "one
-of N"). Device binding is checked for listeners and UDP, not in the established hash.
+TPROXY is emulated for segments to non-local addresses (``_tproxy``): the rule's on-port
+(``table.tproxy``, read from the ruleset) and the ``IP_TRANSPARENT`` flag sock_diag reports.
+
+A BPF sk_lookup program on the namespace (``table.sk_lookup``) is named, and the answer
+worded as the table's prediction. What it cannot see, and so does not emulate: what such a
+program or a SO_ATTACH_REUSEPORT_[CE]BPF one chooses, NAT (the
+capture sees pre-NAT headers; the engine asks conntrack), ``SO_INCOMING_CPU``, multicast group
+membership and the boot-time hash secrets that pick one member of a ``SO_REUSEPORT`` group
+(reported as "one of N"). Device binding is checked for listeners and UDP, not in the
+established hash.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from conntui.model import (
     Segment,
     SocketEntry,
     SocketTable,
+    TproxyRule,
+    TproxyRules,
     endpoint_text,
 )
 
@@ -37,6 +45,8 @@ _CLOSING_STATES = frozenset({"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "C
 # A full socket with no struct socket in these states is an unaccepted child of a listener.
 _CHILD_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "SYN_RECV"})
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
+# Answers a BPF sk_lookup program may override: the listener / unconnected-socket look-ups.
+_SK_LOOKUP_DECIDES = frozenset({Match.LISTENER, Match.UDP_UNCONNECTED, Match.NONE})
 
 # (receiver match, receiver, listener, candidates, explain)
 _Result = tuple[Match, SocketEntry | None, SocketEntry | None, tuple[SocketEntry, ...], str]
@@ -61,7 +71,7 @@ def attribute(seg: Segment, table: SocketTable) -> Attribution:
         if seg.pkttype != PACKET_OTHERHOST and table.is_local(dst):
             res = _tcp_receiver(seg, table, steps, s_ep, d_ep)
         else:
-            res = _not_local(seg, steps)
+            res = _tproxy(seg, table, steps, s_ep, d_ep) or _not_local(seg, steps)
     elif proto == "udp":
         group = _group_kind(seg)
         if group and seg.pkttype != PACKET_OTHERHOST:
@@ -69,12 +79,30 @@ def attribute(seg: Segment, table: SocketTable) -> Attribution:
         elif seg.pkttype != PACKET_OTHERHOST and table.is_local(dst):
             res = _udp_receiver(seg, table, steps, s_ep, d_ep)
         else:
-            res = _not_local(seg, steps)
+            res = _tproxy(seg, table, steps, s_ep, d_ep) or _not_local(seg, steps)
     else:
         return Attribution(Match.NONE, explain=f"{proto or 'this protocol'} is not TCP or UDP.")
 
     sender, sender_explain = _sender(seg, table, steps, s_ep, d_ep)
     match, receiver, listener, candidates, explain = res
+    sk = table.sk_lookup
+    if (
+        sk is not None
+        and sk.programs
+        and match in _SK_LOOKUP_DECIDES
+        and table.is_local(dst)
+        and not (proto == "udp" and receiver is not None and receiver.local.key_addr not in _WILDCARDS)
+    ):
+        # TCP: after the established hash, before every listener. UDP: after connected and
+        # exact-address sockets, before wildcard ones (Linux 5.9's sk_lookup placement, as
+        # recalled; not re-checked against 6.18 here).
+        progs = ", ".join(sk.programs)
+        steps.append(Lookup("BPF sk_lookup programs on this namespace (run before this look-up)", progs))
+        explain = (
+            f"{explain} A BPF sk_lookup program is attached to this namespace ({progs}): it runs "
+            "before this look-up and may hand the segment to another socket, so this is only the "
+            "socket table's prediction (the kernel's record, where shown, names its choice)."
+        )
     if match is Match.NOT_LOCAL and sender is not None:
         explain = f"{explain[:-1]}; {sender_explain}."
     return Attribution(
@@ -207,6 +235,229 @@ def _not_local(seg: Segment, steps: list[Lookup]) -> _Result:
         f"{_ep(seg.dst, seg.dport)} (the kernel forwards or drops it)."
     )
     return Match.NOT_LOCAL, None, None, (), why
+
+
+# --------------------------------------------------------------------------- TPROXY
+
+_TCP_LEARNS = (
+    "the connection keeps {d} as its local address, so the daemon learns the original "
+    "destination once per connection, with getsockname() on the accepted socket (REDIRECT/DNAT "
+    "would rewrite the address instead, leaving getsockopt(SO_ORIGINAL_DST) to recover it)"
+)
+_UDP_LEARNS = (
+    "the datagram keeps its headers, so the daemon learns the original destination {d} per "
+    "datagram, from recvmsg() with IP_RECVORIGDSTADDR (one socket serves every steered "
+    "address and port; REDIRECT/DNAT would rewrite it, and SO_ORIGINAL_DST exists for TCP only)"
+)
+
+
+def _tproxy(seg: Segment, table: SocketTable, steps: list[Lookup], s_ep: str, d_ep: str) -> _Result | None:
+    """``tproxy_tg4`` / ``nft_tproxy``: a segment for a non-local address that a TPROXY rule
+    hands to an ``IP_TRANSPARENT`` socket, or ``None`` when nothing suggests TPROXY.
+
+    The kernel first looks up an established socket on the segment's own tuple (a transparent
+    connection's local address is the original destination), then a listener (TCP) or an
+    unconnected socket (UDP) on the rule's on-ip/on-port; a socket that is not transparent,
+    or none, and the kernel drops the segment. Rules come from ``table.tproxy``; when it
+    could not be read, a rule is presumed only because a transparent socket exists.
+    """
+    if seg.pkttype in (PACKET_OTHERHOST, PACKET_OUTGOING):
+        return None
+    proto = seg.proto
+    found = table.connected(proto, seg.dst, seg.dport, seg.src, seg.sport)
+    if proto == "tcp":
+        hit = _first_established(found)
+    else:
+        hit = next((e for e in found if e.state == "ESTABLISHED"), None)
+    info = table.tproxy
+    rules = info.matching(seg) if info is not None else ()
+    if hit is not None and not (seg.is_syn and _existed_before(hit, seg, table) is not True):
+        # A held socket without IP_TRANSPARENT keeps a removed address, say: no TPROXY then,
+        # unless a rule says so (the flag is not reported for TIME_WAIT and request socks).
+        plausible = hit.transparent or not hit.holders or rules or info is None or info.errors
+        if not plausible:
+            return None
+        return _tproxy_established(seg, table, steps, hit, rules[0] if rules else None, s_ep, d_ep)
+    for rule in rules:
+        # A rule with conditions conntui cannot check decides only if its socket is there.
+        res = _tproxy_rule(seg, table, steps, rule, s_ep, d_ep)
+        if res is not None:
+            return res
+    return _tproxy_presumed(seg, table, steps, info, d_ep)
+
+
+def _tproxy_rule(
+    seg: Segment, table: SocketTable, steps: list[Lookup], rule: TproxyRule, s_ep: str, d_ep: str
+) -> _Result | None:
+    """What one matching TPROXY rule does with ``seg`` (None: it may not apply after all)."""
+    proto = seg.proto
+    port = rule.port_for(seg)
+    on_ip = rule.on_ip if rule.on_ip and rule.on_ip not in _WILDCARDS else ""
+    sock = _tproxy_socket(table, proto, seg.family, port, on_ip)
+    where = _ep(on_ip, port) if on_ip else f"port {port}"
+    if rule.other and (sock is None or not sock.transparent):
+        steps.append(Lookup(f"TPROXY rule for {proto.upper()} to {d_ep}?", f"maybe: {rule.describe()}"))
+        return None
+    steps.append(Lookup(f"TPROXY rule for {proto.upper()} to {d_ep}", rule.describe()))
+    if sock is None:
+        steps.append(Lookup(f"socket on {where} for the TPROXY rule", "none"))
+        why = (
+            f"The rule {rule.describe()} steers {proto.upper()} to {d_ep} to {where}, but no "
+            f"{'listener' if proto == 'tcp' else 'socket'} is there: the kernel drops it (no "
+            f"{'RST' if proto == 'tcp' else 'ICMP'} is sent)."
+        )
+        return Match.NONE, None, None, (), why
+    steps.append(Lookup(f"socket on {where} for the TPROXY rule", f"hit: {_who(sock)} on {sock.local}"))
+    if not sock.transparent:
+        why = (
+            f"The rule {rule.describe()} steers {proto.upper()} to {d_ep} to {_who(sock)} on "
+            f"{sock.local}, which has no IP_TRANSPARENT: the kernel drops it (the socket must "
+            "set IP_TRANSPARENT to take segments for addresses that are not this host's)."
+        )
+        return Match.NONE, None, None, (), why
+    return _tproxy_hand(seg, table, steps, sock, f"the rule {rule.describe()}", s_ep, d_ep)
+
+
+def _tproxy_socket(table: SocketTable, proto: str, family: int, port: int, on_ip: str) -> SocketEntry | None:
+    """The listener (TCP) or unconnected socket (UDP) TPROXY's second look-up finds on
+    ``port``: bound to ``on_ip`` first, else a wildcard one, else (no on-ip: the receiving
+    device's primary address, unknown here) one bound to any address."""
+    exact = wild = other = None
+    for e in table.on_port(proto, port):
+        if proto == "tcp" and e.state != "LISTEN":
+            continue
+        if proto == "udp" and e.remote is not None and e.remote.port:
+            continue
+        if e.family != family and not (e.family == 6 and family == 4 and not e.v6only):
+            continue
+        la = e.local.key_addr
+        if on_ip and la == on_ip:
+            exact = exact or e
+        elif la in _WILDCARDS:
+            wild = wild or e
+        elif not on_ip:
+            other = other or e
+    return exact or wild or other
+
+
+def _tproxy_presumed(
+    seg: Segment, table: SocketTable, steps: list[Lookup], info: TproxyRules | None, d_ep: str
+) -> _Result | None:
+    """No rule known for ``seg``: presume one only when the ruleset could not be read and a
+    transparent socket could take it (on the segment's own port, or the only port there)."""
+    if info is not None and not info.errors:
+        return None  # the ruleset was read, and no TPROXY rule takes this segment
+    proto = seg.proto
+    socks = [
+        e
+        for e in table.transparent()
+        if e.proto == proto and (e.family == seg.family or (e.family == 6 and not e.v6only))
+    ]
+    if not socks:
+        return None
+    own = [e for e in socks if e.local.port == seg.dport]
+    ports = {e.local.port for e in socks}
+    if own:
+        sock = own[0]
+    elif len(ports) == 1:
+        sock = socks[0]
+    else:
+        steps.append(Lookup("TPROXY rule (presumed)", f"transparent sockets on ports {sorted(ports)}"))
+        why = (
+            f"{seg.dst} is not an address of this host; transparent sockets exist on ports "
+            f"{', '.join(map(str, sorted(ports)))}, so a TPROXY rule probably steers it to one of "
+            "them, but the ruleset could not be read to tell which"
+            f"{_read_errors(info)}: unknown."
+        )
+        return Match.UNKNOWN, None, None, tuple(socks), why
+    reason = (
+        "no TPROXY rule could be read" + _read_errors(info)
+        if info is not None
+        else "the ruleset was not read (offline)"
+    )
+    found = f"{reason}; a transparent socket is on port {sock.local.port}"
+    steps.append(Lookup("TPROXY rule (presumed)", found))
+    how = f"a TPROXY rule is presumed ({reason}) because the transparent (IP_TRANSPARENT) socket exists"
+    return _tproxy_hand(seg, table, steps, sock, how, _ep(seg.src, seg.sport), d_ep)
+
+
+def _read_errors(info: TproxyRules | None) -> str:
+    return f" ({'; '.join(info.errors)})" if info is not None and info.errors else ""
+
+
+def _tproxy_hand(
+    seg: Segment, table: SocketTable, steps: list[Lookup], sock: SocketEntry, how: str, s_ep: str, d_ep: str
+) -> _Result:
+    """The transparent socket ``sock`` takes a SYN or a datagram that TPROXY steered to it."""
+    if seg.proto == "udp":
+        why = (
+            f"TPROXY: {seg.dst} is not an address of this host, yet {how} hands UDP {s_ep} → {d_ep} "
+            f"to the transparent socket on {sock.local} ({_who(sock)}) with no look-up by "
+            f"destination; {_UDP_LEARNS.format(d=d_ep)}."
+        )
+        return Match.UDP_UNCONNECTED, sock, None, (), why
+    if seg.is_syn:
+        why = (
+            f"TPROXY: {seg.dst} is not an address of this host, yet {how} hands the SYN for {d_ep} "
+            f"to the transparent listener on {sock.local} ({_who(sock)}); {_TCP_LEARNS.format(d=d_ep)}."
+        )
+        return Match.LISTENER, sock, None, (), why
+    why = (
+        f"TPROXY: {how} steers {s_ep} → {d_ep} to the transparent listener on {sock.local} "
+        f"({_who(sock)}), but the socket table has no connection for this 4-tuple: it is probably "
+        "newer than the table (a listener takes only SYNs; a segment of an unknown connection "
+        "gets a RST)."
+    )
+    return Match.UNKNOWN, None, sock, (), why
+
+
+def _tproxy_established(
+    seg: Segment,
+    table: SocketTable,
+    steps: list[Lookup],
+    hit: SocketEntry,
+    rule: TproxyRule | None,
+    s_ep: str,
+    d_ep: str,
+) -> _Result:
+    """A segment for a non-local address whose own tuple is a socket's: a transparent
+    connection (TCP, or a connected UDP socket). Its local address is the original destination."""
+    steps.append(
+        Lookup(f"established hash {d_ep} ← {s_ep} (non-local address)", f"hit: {hit.state}, {_who(hit)}")
+    )
+    how = f"the rule {rule.describe()}" if rule is not None else "TPROXY (or a socket-match rule)"
+    learns = (
+        f"its local address {d_ep} is the client's original destination (getsockname() returns it)"
+        if seg.proto == "tcp"
+        else f"it was connect()ed from {d_ep}"
+    )
+    if seg.proto == "udp":
+        why = (
+            f"TPROXY: {seg.dst} is not an address of this host; {how} first looks up the segment's own "
+            f"tuple, and {_who(hit)} is a transparent socket connected exactly to it, so it "
+            f"receives UDP {s_ep} → {d_ep}; {learns}."
+        )
+        return Match.UDP_CONNECTED, hit, None, (), why
+    if hit.holders and hit.state not in ("TIME_WAIT", "SYN_SENT"):
+        why = (
+            f"TPROXY: {seg.dst} is not an address of this host; {how} finds the established "
+            f"connection {s_ep} → {d_ep} first and delivers it to {_who(hit)}, the socket accept() "
+            f"returned from the transparent listener: {learns}."
+        )
+        return Match.ESTABLISHED, hit, None, (), why
+    pick: _Pick | None = None
+    if rule is not None and _is_unaccepted(hit):
+        on_ip = rule.on_ip if rule.on_ip not in _WILDCARDS else ""
+        lst = _tproxy_socket(table, "tcp", seg.family, rule.port_for(seg), on_ip)
+        if lst is not None:
+            pick = (lst, (lst,), 1)
+    res = _tcp_classify(seg, table, steps, hit, s_ep, d_ep, pick or _NO_PICK)
+    match, receiver, listener, cands, why = res
+    why = (
+        f"TPROXY: {seg.dst} is not an address of this host; {how} finds the established connection "
+        f"first (a transparent socket: {learns}). {why}"
+    )
+    return match, receiver, listener, cands, why
 
 
 # --------------------------------------------------------------------------- TCP listeners
@@ -750,7 +1001,21 @@ def _sender(
     """The local socket that sent ``seg``: local (src, sport), remote (dst, dport)."""
     src, sport, dst, dport = seg.src, seg.sport, seg.dst, seg.dport
     if not table.is_local(src):
-        return None, f"from another host ({src} is not an address of this host)"
+        hit = _first_established(table.connected(seg.proto, src, sport, dst, dport))
+        if hit is None:
+            return None, f"from another host ({src} is not an address of this host)"
+        # a socket whose local address is not this host's: a transparent (TPROXY) connection
+        found = f"hit: {hit.state}, {_who(hit)}"
+        steps.append(Lookup(f"sender socket {s_ep} → {d_ep} (non-local address)", found))
+        if "S" in seg.flags and "A" in seg.flags and hit.state != "SYN_SENT":
+            return hit, (
+                f"sent by the kernel during the handshake of a transparent (TPROXY) connection, from "
+                f"the original destination {s_ep}; the connection is now {hit.state}, {_who(hit)}"
+            )
+        return hit, (
+            f"sent by {_who(hit)}, a transparent connection answering from the original destination "
+            f"{s_ep} (not an address of this host)"
+        )
     if seg.proto == "udp":
         return _udp_sender(seg, table, steps, s_ep, d_ep)
     hit = _first_established(table.connected("tcp", src, sport, dst, dport))
@@ -779,6 +1044,13 @@ def _sender(
         if state == "SYN_RECV":
             return hit, "sent by the kernel for a listener's request sock during the handshake"
         if state in _CHILD_STATES and _has_listener(table, "tcp", sport):
+            if seg.payload_len > 0:
+                # The kernel sends only ACKs for a queued connection: data means a process
+                # accept()ed it and wrote since the table was read. None asks for a fresh look.
+                return None, (
+                    f"the table shows {s_ep} → {d_ep} still in the accept queue, but data is sent "
+                    "only once a process has accept()ed it: it was accepted since the table was read"
+                )
             return hit, "sent by the kernel for a connection still in the accept queue (not yet accept()ed)"
         return hit, f"sent by the kernel finishing the close ({_closed_by(hit)})"
     if "R" in flags:

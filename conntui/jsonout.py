@@ -130,6 +130,7 @@ def socket_to_dict(sock: SocketEntry | None, *, compact: bool = False) -> dict[s
         "first_seen": sock.first_seen,
         "unreadable": list(sock.unreadable),
         "netns": sock.netns,  # the network namespace's inode (net:[N]); 0 when not read
+        "transparent": sock.transparent,
     }
     if compact:
         extras = {k: v for k, v in extras.items() if v}
@@ -275,6 +276,7 @@ def dict_to_socket(d: dict[str, Any]) -> SocketEntry:
         first_seen=float(d.get("first_seen", 0.0)),
         unreadable=tuple(int(p) for p in d.get("unreadable") or ()),
         netns=int(d.get("netns") or 0),
+        transparent=bool(d.get("transparent", False)),
     )
 
 

@@ -48,6 +48,9 @@ _HELD_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT"))
 # the states a table's view of a connection may be confirmed in (held, or just made)
 _TABLE_STATES = _HELD_STATES | {"SYN_RECV"}
 _STATE_SOURCE = "sock:inet_sock_set_state"
+# A connection born (or established) this soon before a SYN on its tuple was made by that
+# SYN: the tracer's and the capture's clocks differ by more than a veth round trip.
+_OWN_CHILD_SLACK = 0.005
 _CHILD = "listener (the connection's socket was created from it)"
 _ACCEPT_LATE = 60.0  # an accept() this long after a segment still tells which listener queued it
 # how long a segment may wait in a loopback backlog behind the one before it (stamped when
@@ -276,6 +279,14 @@ def _judge_tcp_receiver(
             # challenge ACK); no listener is asked.
             if att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE):
                 return _confirm(att, known, seg)
+            if (
+                att.match == Match.LISTENER
+                and known.state in ("SYN_RECV", "ESTABLISHED")
+                and seg.ts - known.since < _OWN_CHILD_SLACK
+            ):
+                # The child this SYN's own handshake made, stamped by the kernel's clock a
+                # hair before the capture's: the listener took the SYN (the same-port lab).
+                return att
         elif (
             att.match in (Match.ESTABLISHED, Match.ACCEPT_QUEUE, Match.SYN_RECV)
             and _same_tuple(att.receiver, seg.dst, seg.dport, seg.src, seg.sport)

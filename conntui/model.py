@@ -204,6 +204,9 @@ class SocketEntry:
     # a process holds it whose /proc/PID/fd conntui may not read (pids, by the socket's uid)
     unreadable: tuple[int, ...] = ()
     netns: int = 0  # the network namespace's inode (``/proc/PID/ns/net``); 0 when not read
+    # IP_TRANSPARENT (sock_diag's INET_DIAG_SOCKOPT): may take segments for non-local
+    # addresses that a TPROXY rule steers to it. False when not reported (TIME_WAIT, requests).
+    transparent: bool = False
 
     @property
     def is_listener(self) -> bool:
@@ -236,6 +239,88 @@ def _is_loopback(addr: str) -> bool:
         return ipaddress.ip_address(addr).is_loopback
     except ValueError:
         return False
+
+
+def _port_in(spec: str, port: int) -> bool:
+    """``80``, ``80:90``, ``80-90`` or ``53,80`` contains ``port``."""
+    for part in spec.split(","):
+        lo, _, hi = part.replace("-", ":").partition(":")
+        if lo.isdigit() and (int(lo) <= port <= int(hi) if hi.isdigit() else int(lo) == port):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _addr_in(spec: str, addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr) in ipaddress.ip_network(spec, strict=False)
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class TproxyRule:
+    """One TPROXY rule as read from the ruleset (``sockets.tproxy``).
+
+    ``proto``, ``dst`` and ``dports`` are the rule's own matches ("" for any; a leading "!"
+    negates); ``other`` is set when the rule has conditions conntui does not evaluate.
+    """
+
+    family: int  # 4 | 6
+    proto: str  # "tcp" | "udp" | ""
+    dst: str  # "203.0.113.0/24" | ""
+    dports: str  # "53" | "1000:2000" | ""
+    on_port: int  # 0: the segment's own destination port
+    on_ip: str  # "" or "0.0.0.0": the receiving device's primary address
+    mark: str  # "0x1/0xffffffff" ("" when none)
+    source: str  # "iptables" | "ip6tables" | "nft"
+    text: str  # the rule as read, for the explanation
+    other: bool = False
+
+    def applies(self, seg: Segment) -> bool:
+        """Whether this rule's understood matches take ``seg`` (``other`` ones are not checked)."""
+        if seg.family != self.family:
+            return False
+        for spec, test in (
+            (self.proto, lambda v: v == seg.proto),
+            (self.dst, lambda v: _addr_in(v, unmap(seg.dst))),
+            (self.dports, lambda v: _port_in(v, seg.dport)),
+        ):
+            if spec:
+                neg = spec.startswith("!")
+                if test(spec[1:] if neg else spec) == neg:
+                    return False
+        return True
+
+    def port_for(self, seg: Segment) -> int:
+        return self.on_port or seg.dport
+
+    def describe(self) -> str:
+        on_ip = f" --on-ip {self.on_ip}" if self.on_ip and not is_wildcard(self.on_ip) else ""
+        mark = f" --tproxy-mark {self.mark}" if self.mark else ""
+        cond = "; it has conditions conntui does not check, so it may not apply" if self.other else ""
+        port = self.on_port or "(same port)"
+        return f"TPROXY --on-port {port}{on_ip}{mark} ({self.source}: {self.text}){cond}"
+
+
+@dataclass(frozen=True, slots=True)
+class TproxyRules:
+    """The namespace's TPROXY rules and why some could not be read (readers that failed)."""
+
+    rules: tuple[TproxyRule, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def matching(self, seg: Segment) -> tuple[TproxyRule, ...]:
+        return tuple(r for r in self.rules if r.applies(seg))
+
+
+@dataclass(frozen=True, slots=True)
+class SkLookup:
+    """BPF sk_lookup programs attached to the namespace (``sockets.bpf``); ``error``: why
+    they could not be listed."""
+
+    programs: tuple[str, ...] = ()
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,12 +409,15 @@ class SocketTable:
         "_entries",
         "_local",
         "_recipe",
+        "_transparent",
         "_tuple_base",
         "_tuple_over",
         "ifnames",
         "lineage",
         "local_addrs",
+        "sk_lookup",
         "taken_at",
+        "tproxy",
     )
 
     _FOLD_AT = 2048  # overlay keys / recipe changes before they are folded in
@@ -347,6 +435,11 @@ class SocketTable:
         self.taken_at = taken_at
         self.local_addrs: frozenset[str] = frozenset(unmap(a) for a in local_addrs)
         self.ifnames: dict[int, str] = dict(ifnames or {})
+        # The namespace's TPROXY rules (set by the source after a refresh); None: not read.
+        self.tproxy: TproxyRules | None = None
+        # BPF sk_lookup programs on the namespace (set by the source); None: not looked at.
+        self.sk_lookup: SkLookup | None = None
+        self._transparent: tuple[SocketEntry, ...] | None = None
         # (proto, local addr, local port, remote addr, remote port) → sockets, in table order
         by_tuple: dict[TupleKey, list[SocketEntry]] = {}
         # (proto, local port) → sockets with no remote end (listeners, unconnected UDP),
@@ -406,6 +499,16 @@ class SocketTable:
         """Whether ``addr`` is an address of this host (every loopback address is)."""
         a = unmap(addr)
         return a in self.local_addrs or _is_loopback(a)
+
+    def transparent(self) -> tuple[SocketEntry, ...]:
+        """Every IP_TRANSPARENT listener and unconnected UDP socket (computed once per table:
+        only segments for non-local addresses ask)."""
+        found = self._transparent
+        if found is None:
+            found = self._transparent = tuple(
+                e for e in self.entries if e.transparent and (e.state == "LISTEN" or e.proto == "udp")
+            )
+        return found
 
     def ifname(self, ifindex: int) -> str:
         return self.ifnames.get(ifindex, str(ifindex) if ifindex else "")
@@ -483,6 +586,9 @@ class SocketTable:
         new.taken_at = self.taken_at if taken_at is None else taken_at
         new.local_addrs = self.local_addrs
         new.ifnames = self.ifnames
+        new.tproxy = self.tproxy
+        new.sk_lookup = self.sk_lookup
+        new._transparent = None
         new._recipe = _Recipe.derive(self, front, gone, swap)
         new._entries = None
         tuple_over = dict(self._tuple_over)

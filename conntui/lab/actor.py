@@ -24,6 +24,8 @@ import time
 from typing import Any
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+IP_TRANSPARENT = 19  # linux/in.h: take packets for non-local addresses (TPROXY)
+IP_RECVORIGDSTADDR = 20  # linux/in.h: each datagram's original destination, as ancillary data
 PR_SET_NAME = 15
 LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, no FIN
 
@@ -86,6 +88,8 @@ def op_listen(cmd: dict[str, Any]) -> Reply:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if cmd.get("reuseport"):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if cmd.get("transparent"):
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         s.bind((cmd["host"], cmd["port"]))
         s.listen(cmd.get("backlog", 16))
     except OSError as exc:
@@ -213,6 +217,9 @@ def op_udp(cmd: dict[str, Any]) -> Reply:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if cmd.get("reuseport"):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if cmd.get("transparent"):
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            s.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
         s.bind((cmd["host"], cmd.get("port", 0)))
         if cmd.get("connect"):
             s.connect(tuple(cmd["connect"]))
@@ -245,11 +252,16 @@ def op_recv_all(cmd: dict[str, Any]) -> Reply:
         if not r:
             break
         try:
-            data, peer = s.recvfrom(65535)
+            data, anc, _, peer = s.recvmsg(65535, 64)
         except OSError as exc:  # a connected UDP socket reports ICMP errors here
             got.append(os_error(exc))
             continue
-        got.append({"data": data.decode(errors="replace"), "peer": ep(peer)})
+        item: Reply = {"data": data.decode(errors="replace"), "peer": ep(peer)}
+        for level, kind, raw in anc:
+            if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR and len(raw) >= 8:
+                # a struct sockaddr_in: the destination before TPROXY steered it here
+                item["orig"] = f"{socket.inet_ntoa(raw[4:8])}:{struct.unpack_from('!H', raw, 2)[0]}"
+        got.append(item)
     return {"received": got}
 
 

@@ -49,6 +49,9 @@ class Scenario:
     two_hosts: bool = False  # a client namespace on a veth pair, or one namespace's loopback
     uses_node: bool = False  # Node's net module is used when node is on PATH
     conntui_args: tuple[str, ...] = ()  # extra options for conntui in this scenario
+    # Runs before conntui starts, so its first socket table already has what this makes
+    # (a socket made later waits for a refresh; a TPROXY miss is not looked up again).
+    setup: Callable[[Lab], None] | None = None
 
 
 class Aborted(Exception):
@@ -123,6 +126,7 @@ class Lab:
         self.abort = abort
         self.programs: list[Program] = []
         self.events: list[Event] = []
+        self.state: dict[str, Any] = {}  # what ``setup`` hands on to ``traffic``
         self._lock = threading.Lock()
 
     # -- hosts ---------------------------------------------------------------------
@@ -410,6 +414,8 @@ def _finish(scn: Scenario, lab: Lab, rows: list[Row], error: str | None, console
 def _run_headless(scn: Scenario, lab: Lab, emit: Emitter, opts: RunOptions) -> int:
     """conntui headless in the server namespace; the traffic on this thread; verdicts."""
     emit.say(scn.narrative.rstrip() + "\n")
+    if scn.setup is not None:
+        scn.setup(lab)
     cap = HeadlessCapture(lab.topo, emit, [*scn.conntui_args, *opts.conntui_args], opts.cap_seconds)
     error: str | None = None
     try:
@@ -437,6 +443,8 @@ def _run_tui(scn: Scenario, lab: Lab, emit: Emitter, opts: RunOptions) -> int:
     )
     out.write(f"{opts.tui_start_delay:g} s. Quit the TUI to tear the lab down.\n")
     out.flush()
+    if scn.setup is not None:
+        scn.setup(lab)
     time.sleep(1.5)
     argv = [
         sys.executable, "-m", "conntui", "-i", lab.topo.capture_iface, "-w", pcap,

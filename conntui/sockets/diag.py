@@ -27,6 +27,10 @@ SOCK_DIAG_BY_FAMILY = 20
 
 INET_DIAG_MARK = 15
 INET_DIAG_SKV6ONLY = 11  # u8; sent unasked for AF_INET6 sockets in LISTEN or CLOSE only
+INET_DIAG_SOCKOPT = 22  # struct inet_diag_sockopt (Linux 5.10+), full sockets only, unasked
+# Its first byte's bit-fields, low bit first: recverr, is_icsk, freebind, hdrincl, mc_loop,
+# transparent, mc_all, nodefrag (linux/inet_diag.h; set from inet_test_bit(TRANSPARENT)).
+SOCKOPT_TRANSPARENT = 0x20
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 
 ALL_STATES = 0xFFFFFFFF
@@ -75,6 +79,7 @@ class RawSock(NamedTuple):
     uid: int
     inode: int  # 0: no struct socket (TIME_WAIT, request sock, unaccepted child, orphan)
     v6only: bool | None = None  # None: not reported (AF_INET6 only, LISTEN/CLOSE only)
+    transparent: bool = False  # IP_TRANSPARENT (INET_DIAG_SOCKOPT; absent: not a full socket)
 
     @property
     def state_text(self) -> str:
@@ -173,9 +178,12 @@ def parse_msg(proto: str, msg: bytes) -> RawSock:
         inode,
     ) = _MSG.unpack_from(msg, 0)
     v6only: bool | None = None
-    if af == socket.AF_INET6 and len(msg) > MSG_SIZE:
+    transparent = False
+    if len(msg) > MSG_SIZE:
         for kind, value in iter_attrs(msg, MSG_SIZE, len(msg)):
-            if kind == INET_DIAG_SKV6ONLY and value:
+            if kind == INET_DIAG_SOCKOPT and value:
+                transparent = bool(value[0] & SOCKOPT_TRANSPARENT)
+            elif kind == INET_DIAG_SKV6ONLY and value and af == socket.AF_INET6:
                 v6only = bool(value[0])
     return RawSock(
         proto=proto,
@@ -195,6 +203,7 @@ def parse_msg(proto: str, msg: bytes) -> RawSock:
         uid=uid,
         inode=inode,
         v6only=v6only,
+        transparent=transparent,
     )
 
 
@@ -229,6 +238,7 @@ def to_entry(
         former_holders=former_holders,
         first_seen=first_seen,
         netns=netns,
+        transparent=raw.transparent,
     )
 
 

@@ -46,7 +46,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable
+from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules
+from . import bpf, tproxy
 from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
 from .procfs import HolderScanner
 from .route import RouteInfo
@@ -378,6 +379,8 @@ class SocketTableSource:
         self.derived = table is not None
         if table is None:
             table = SocketTable(entries, taken_at=now, local_addrs=self._local_addrs, ifnames=self._ifnames)
+        table.tproxy = self._tproxy_rules(table)
+        table.sk_lookup = bpf.sk_lookup_for(self._netns_self_path())
         self._refreshed = table
         self._port_order = port_order
         with self._swap_lock:
@@ -398,6 +401,18 @@ class SocketTableSource:
             "derived": float(self.derived),
         }
         return table
+
+    def _netns_self_path(self) -> str | None:
+        """The pinned namespace as a path a child process can open too (None: ours)."""
+        return f"/proc/{os.getpid()}/fd/{self._netns_fd}" if self._netns_fd is not None else None
+
+    def _tproxy_rules(self, table: SocketTable) -> TproxyRules | None:
+        """The namespace's TPROXY rules (``sockets.tproxy``): every ``tproxy.TTL`` seconds
+        while a transparent socket exists, else every ``tproxy.IDLE_TTL`` (a rule without a
+        transparent socket still decides what the kernel drops)."""
+        return tproxy.rules_for(
+            self._netns_self_path(), busy=lambda: any(e.transparent for e in table.entries)
+        )
 
     def _derive(
         self,

@@ -150,6 +150,113 @@ def test_udp_demux() -> None:
     assert_scenario("udp-demux")
 
 
+def _holders(sock: dict[str, Any] | None) -> set[tuple[int, int]]:
+    return {(h["pid"], h["fd"]) for h in (sock or {}).get("holders", [])}
+
+
+def test_tproxy() -> None:
+    """The lab's TPROXY daemon (its own pid and fds, from its events): every datagram and SYN
+    for 203.0.113.10 names it, with TPROXY; the data names the accepted fd; none not_local."""
+    run = assert_scenario("tproxy")
+    ev = run.events
+    udp = next(e for e in ev if e["what"] == "udp_bound")
+    lst = next(e for e in ev if e["what"] == "listen" and e["role"] == "daemon")
+    accepts = {e["remote"]: e for e in ev if e["what"] == "accept" and e["role"] == "daemon"}
+    assert sorted(e["orig"] for e in ev if e["what"] == "datagram") == [
+        "203.0.113.10:40000",
+        "203.0.113.10:53",
+        "203.0.113.10:5353",
+    ]
+    assert sorted(a["local"] for a in accepts.values()) == ["203.0.113.10:443", "203.0.113.10:80"]
+    to_orig = [r for r in run.rows if r["dst"] == "203.0.113.10" and r["direction"] == "in"]
+    dgrams = [r for r in to_orig if r["proto"] == "udp"]
+    syns = [r for r in to_orig if r["proto"] == "tcp" and r["flags"] == "S"]
+    data = [r for r in to_orig if r["proto"] == "tcp" and r["payload_len"] > 0]
+    assert (len(dgrams), len(syns), len(data)) == (3, 2, 2)
+    assert not [r for r in to_orig if r["match"] in ("not_local", "none")]
+    for r in dgrams:
+        assert (udp["pid"], udp["fd"]) in _holders(r["receiver"]) and r["match"] == "udp_unconnected"
+        assert "TPROXY" in r["explain"] and "--on-port 9000" in r["explain"]
+    for r in syns:
+        assert (lst["pid"], lst["fd"]) in _holders(r["receiver"]) and r["match"] == "listener"
+        assert "TPROXY" in r["explain"] and "--on-port 9001" in r["explain"]
+    for r in data:
+        acc = accepts[f"{r['src']}:{r['sport']}"]
+        assert (acc["pid"], acc["fd"]) in _holders(r["receiver"]) and r["match"] == "established"
+        assert r["receiver"]["local"] == acc["local"]
+    nat = next(e for e in ev if e["what"] == "accept" and e["role"] == "natd")
+    assert nat["original_dst"].endswith(":8080") and nat["local"].endswith(":9100")
+    nat_data = [r for r in run.rows if r["dport"] == 8080 and r["payload_len"] > 0]
+    assert len(nat_data) == 1 and (nat["pid"], nat["fd"]) in _holders(nat_data[0]["receiver"])
+
+
+def test_listen() -> None:
+    """Node's listen(): the syscalls strace saw in node's own pid (socket, bind, listen with
+    backlog 511, accept4 handing out the fds Node's connections report), then conntui's rows
+    against those fds: SYN → the listener, queued request → its accept queue, response → the
+    accepted fd."""
+    run = assert_scenario("listen")
+    ev = run.events
+    lst = next(e for e in ev if e["what"] == "listen")
+    pid, lfd = lst["pid"], lst["fd"]
+    calls = [c for c in next(e for e in ev if e["what"] == "syscalls")["calls"] if c["pid"] == pid]
+    assert [c["call"] for c in calls[:3]] == ["socket", "bind", "listen"]
+    assert calls[0]["ret"] == lfd and calls[1]["fd"] == lfd and calls[1]["port"] == 8080
+    assert calls[2]["fd"] == lfd and calls[2]["backlog"] == 511
+    accepts = [e for e in ev if e["what"] == "accept"]
+    handed = [c["ret"] for c in calls if c["call"].startswith("accept") and c["ret"] >= 0]
+    assert sorted(handed) == sorted(a["fd"] for a in accepts) and len(handed) == 3
+    assert next(e for e in ev if e["what"] == "queued")["inodes"] == [0, 0, 0]
+    for con in (e for e in ev if e["what"] == "connect"):
+        c_port = int(con["local"].rsplit(":", 1)[1])
+        acc = next(a for a in accepts if a["remote"].endswith(f":{c_port}"))
+        mine = [r for r in run.rows if c_port in (r["sport"], r["dport"])]
+        syn = [r for r in mine if r["flags"] == "S"]
+        assert len(syn) == 1 and syn[0]["match"] == "listener"
+        assert (pid, lfd) in _holders(syn[0]["receiver"]) and syn[0]["receiver"]["tx_queue"] == 511
+        req = [r for r in mine if r["dport"] == 8080 and r["payload_len"] > 0]
+        assert req and all(r["match"] == "accept_queue" for r in req)
+        assert all((pid, lfd) in _holders(r["listener"]) and not r["receiver"]["holders"] for r in req)
+        resp = [r for r in mine if r["sport"] == 8080 and r["payload_len"] > 0]
+        assert resp and all((pid, acc["fd"]) in _holders(r["sender"]) for r in resp)
+
+
+def test_same_port() -> None:
+    """HTTP and raw on one port, judged against the servers' own events: on the muxd port every
+    connection is the one process's (SYN → its listener, data → the fd it accepted, served by
+    the protocol it peeked); on the SO_REUSEPORT port the kernel split by hash, an HTTP request
+    reached rawd, and conntui names the exact accepted fd in whichever server got it."""
+    run = assert_scenario("same-port")
+    ev = run.events
+    listens = {e["mode"]: e for e in ev if e["what"] == "listen"}
+    accepts = {e["remote"]: e for e in ev if e["what"] == "accept"}
+    requests = {e["remote"]: e for e in ev if e["what"] == "request"}
+    sent = [e for e in ev if e["what"] == "sent"]
+    assert any(
+        requests[s["local"]]["mode"] == "raw" and s["kind"] == "http" for s in sent if s["port"] == 7001
+    )
+    assert any(
+        requests[s["local"]]["mode"] == "http" and s["kind"] == "http" for s in sent if s["port"] == 7001
+    )
+    for s in sent:
+        acc, req = accepts[s["local"]], requests[s["local"]]
+        assert (acc["pid"], acc["fd"]) == (req["pid"], req["fd"])
+        if s["port"] == 7000:
+            assert acc["mode"] == "mux" and req["kind"] == s["kind"]
+        c_port = int(s["local"].rsplit(":", 1)[1])
+        up = [r for r in run.rows if r["sport"] == c_port and r["dport"] == s["port"]]
+        syn = [r for r in up if r["flags"] == "S"]
+        data = [r for r in up if r["payload_len"] > 0]
+        assert len(syn) == 1 and syn[0]["match"] == "listener"
+        lst = listens[acc["mode"]]
+        named = [_holders(x) for x in (syn[0]["receiver"], *syn[0]["candidates"])]
+        assert any((lst["pid"], lst["fd"]) in h for h in named)
+        if s["port"] == 7001:  # a reuseport group: conntui names both, not a guess
+            assert len(syn[0]["candidates"]) == 2 and "one of 2" in syn[0]["explain"]
+        assert len(data) == 1 and data[0]["match"] == "established"
+        assert _holders(data[0]["receiver"]) == {(acc["pid"], acc["fd"])}
+
+
 def test_list_and_unknown_scenario() -> None:
     listing = subprocess.run(
         [sys.executable, "-m", "conntui", "lab"], capture_output=True, text=True, timeout=30, cwd=REPO

@@ -72,3 +72,11 @@ def test_w_dash_streams_to_stdout_headless_and_quiet_unless_lines_are_asked_for(
     o = opts("-w", "-", "--json")
     assert o.headless and o.json and not o.quiet
     assert opts("-r", "x.pcapng", "-w", "-").write == "-"  # converting a file to a stream
+
+
+def test_help_lists_every_lab_scenario() -> None:
+    from conntui.lab.scenarios import SCENARIOS
+
+    text = " ".join(cli.build_parser().format_help().split())
+    for name in SCENARIOS:
+        assert f" {name}," in text or f" {name} " in text or text.endswith(f" {name}"), name

@@ -776,3 +776,16 @@ def test_random_segments_never_raise(es: list[SocketEntry], s: Segment, taken_at
         assert a.receiver is not None
     if a.match is Match.NOT_LOCAL:
         assert s.pkttype == PACKET_OTHERHOST or not t.is_local(s.dst)
+
+
+def test_data_from_a_queued_connection_means_it_was_accepted_since() -> None:
+    """Seen in the listen lab: Node's response came from a connection the table still showed
+    unaccepted; the sender was called "the kernel". Data is never sent for a queued child."""
+    lst = sock("0.0.0.0:8080", state="LISTEN", held=("node", 12, 18))
+    child = sock("10.0.0.1:8080", "10.0.0.2:5000", inode=0)
+    att = attribute(
+        seg("10.0.0.1:8080", "10.0.0.2:5000", "PA", payload_len=100, pkttype=4), table(lst, child)
+    )
+    assert att.sender is None and "accepted since" in att.sender_explain
+    ack = attribute(seg("10.0.0.1:8080", "10.0.0.2:5000", "A", pkttype=4), table(lst, child))
+    assert ack.sender is child

@@ -216,3 +216,19 @@ def test_an_accepted_child_is_not_called_closed_before_accept():
     judged = judge(seg(100.5, "PA", payload=5), row, tl, lambda *a: (accepted, 100.2), table)
     assert judged.receiver is not None and judged.receiver.holders == (accepted,)
     assert "close()d" not in judged.explain
+
+
+def test_a_syn_stamped_just_after_the_child_it_made_still_went_to_the_listener():
+    """Seen in the same-port lab: the kernel's record stamped the handshake's child
+    (LISTEN → SYN_RECV) a little before the captured SYN that created it (the two clocks
+    differ by more than a veth round trip); the judge then called the SYN "delivered by its
+    4-tuple" to a connection "already close()d". A SYN that finds a child born within the
+    tracer's slack of it made that child: the listener took it."""
+    tl = timeline()
+    predicted = Attribution(Match.LISTENER, receiver=LISTENER, explain="the listener takes it")
+    for ts in (100.00115, 100.0013):  # while the child is SYN_RECV, and just after ESTABLISHED
+        got = judge(seg(ts, "S"), predicted, tl, holder_at, table())
+        assert got.match == Match.LISTENER and got.receiver == LISTENER
+    # a SYN that comes when the connection has been up for a while hits it (challenge ACK)
+    late = judge(seg(100.0095, "S"), predicted, tl, holder_at, table())
+    assert late.match != Match.LISTENER

@@ -6,10 +6,13 @@ from ..runner import Scenario
 from . import (
     accept_queue,
     established_routing,
+    listen,
     listen_vs_connect,
     port_conflict,
     redirect,
+    same_port,
     stale_client,
+    tproxy,
     udp_demux,
 )
 
@@ -17,12 +20,15 @@ SCENARIOS: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
     for m in (
         listen_vs_connect,
+        listen,
         established_routing,
         accept_queue,
         stale_client,
         port_conflict,
+        same_port,
         redirect,
         udp_demux,
+        tproxy,
     )
 }
 

@@ -1,0 +1,115 @@
+"""BPF programs that override the kernel's socket look-up, as far as they can be seen.
+
+A ``BPF_PROG_TYPE_SK_LOOKUP`` program attached to a network namespace (a ``BPF_LINK_TYPE_NETNS``
+link with attach type ``BPF_SK_LOOKUP``) runs before the listener look-up (TCP) and the
+unconnected-socket look-up (UDP) and may hand the segment to any socket (``bpf_sk_assign``):
+the socket table alone then only predicts. Links are public: ``BPF_LINK_GET_NEXT_ID`` walks
+them, ``BPF_OBJ_GET_INFO_BY_FD`` says which namespace (by inode) each is attached to.
+
+Not detectable from outside: ``SO_ATTACH_REUSEPORT_CBPF``/``EBPF`` programs on a
+``SO_REUSEPORT`` group (sock_diag does not report them and there is no getsockopt for them),
+which pick the group member instead of the hash.
+
+Raw ``bpf(2)`` through ctypes (Debian has no pip-installable libbpf binding); every failure
+(no CAP_SYS_ADMIN, old kernel) is reported as a reason, never raised.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import struct
+import threading
+import time
+
+from ..model import SkLookup
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 0)  # __NR_bpf
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_LINK_GET_FD_BY_ID = 30
+BPF_LINK_GET_NEXT_ID = 31
+BPF_LINK_TYPE_NETNS = 5
+BPF_SK_LOOKUP = 36  # enum bpf_attach_type
+TTL = 5.0
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_cache: dict[int, tuple[float, SkLookup]] = {}
+_lock = threading.Lock()
+
+
+def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    if not _SYS_BPF:
+        raise OSError(0, f"bpf(2) syscall number unknown on {platform.machine()}")
+    ret = int(_libc.syscall(_SYS_BPF, cmd, attr, len(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def _info(fd: int, size: int) -> bytes:
+    buf = ctypes.create_string_buffer(size)
+    attr = ctypes.create_string_buffer(struct.pack("=IIQ", fd, size, ctypes.addressof(buf)), 128)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return buf.raw
+
+
+def _prog_name(prog_id: int) -> str:
+    try:
+        fd = _bpf(BPF_PROG_GET_FD_BY_ID, ctypes.create_string_buffer(struct.pack("=I", prog_id), 128))
+    except OSError:
+        return ""
+    try:
+        return _info(fd, 256)[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def read_sk_lookup(netns_ino: int) -> SkLookup:
+    """The sk_lookup programs attached to the namespace with inode ``netns_ino``."""
+    progs: list[str] = []
+    link_id = 0
+    try:
+        for _ in range(100000):
+            attr = ctypes.create_string_buffer(struct.pack("=I", link_id), 128)
+            try:
+                _bpf(BPF_LINK_GET_NEXT_ID, attr)
+            except FileNotFoundError:  # ENOENT: no more links
+                break
+            link_id = struct.unpack_from("=I", attr.raw, 4)[0]
+            try:
+                fd = _bpf(BPF_LINK_GET_FD_BY_ID, ctypes.create_string_buffer(struct.pack("=I", link_id), 128))
+            except OSError:
+                continue  # gone meanwhile
+            try:
+                info = _info(fd, 64)
+            finally:
+                os.close(fd)
+            kind, lid, prog_id = struct.unpack_from("=III", info, 0)
+            ino, attach = struct.unpack_from("=II", info, 16)
+            if kind == BPF_LINK_TYPE_NETNS and attach == BPF_SK_LOOKUP and ino == netns_ino:
+                name = _prog_name(prog_id)
+                progs.append(f"program id {prog_id}{f' {name!r}' if name else ''} (link {lid})")
+    except OSError as exc:
+        return SkLookup((), f"BPF links could not be listed: {exc.strerror or exc}")
+    return SkLookup(tuple(progs), "")
+
+
+def sk_lookup_for(netns_path: str | None = None, *, now: float | None = None) -> SkLookup:
+    """:func:`read_sk_lookup` for the namespace at ``netns_path`` (None: ours), at most ``TTL`` old."""
+    t = time.monotonic() if now is None else now
+    try:
+        ino = os.stat(netns_path or "/proc/self/ns/net").st_ino
+    except OSError as exc:
+        return SkLookup((), f"namespace unreadable: {exc.strerror or exc}")
+    with _lock:
+        hit = _cache.get(ino)
+        if hit is not None and t - hit[0] < TTL:
+            return hit[1]
+    found = read_sk_lookup(ino)
+    with _lock:
+        _cache[ino] = (t, found)
+    return found
