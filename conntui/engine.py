@@ -620,15 +620,21 @@ class Engine:
         rseg = seg._replace(src=rcv[2], sport=rcv[3], dst=rcv[0], dport=rcv[1], pkttype=PACKET_HOST)
         sseg = seg._replace(src=snd[0], sport=snd[1], dst=snd[2], dport=snd[3], pkttype=PACKET_OUTGOING)
         rseg, sseg = rseg._replace(ifindex=0, iface=""), sseg._replace(ifindex=0, iface="")
-        rtable = spaces.table(rcv_ns) if rcv_ns is not None else spaces.primary.current()
         several = spaces.owners(rcv[0])
         if rcv_ns is None and len(several) > 1:
             receiving = unknown_end(rcv[0], several)
         else:
+            # owned by no namespace: handled where it was captured (forwarded, dropped, or
+            # steered by TPROXY to a local socket), with the device and packet type it came by
+            where = home if rcv_ns is None else rcv_ns
+            if where == home:
+                rseg = rseg._replace(iface=seg.iface, ifindex=seg.ifindex)
+                if mapping is None:
+                    rseg = rseg._replace(pkttype=seg.pkttype)
+            rtable = spaces.table(where)
             assert rtable is not None
-            receiving = self._look(rseg, rtable, rcv_ns)
-            if rcv_ns is not None:
-                self._view = (rseg, rtable, rcv_ns, sseg, snd_ns)
+            receiving = self._look(rseg, rtable, where)
+            self._view = (rseg, rtable, where, sseg, snd_ns)
         stable = spaces.table(snd_ns) if snd_ns is not None else None
         if stable is not None:
             sending = self._look(sseg, stable, snd_ns, "sender")
