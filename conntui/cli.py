@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--interface", default="any", metavar="IFACE", help="interface to capture on (default: any)"
     )
     p.add_argument(
+        "-N",
+        "--netns",
+        metavar="NS",
+        help="capture in one network namespace only and read only its sockets: an `ip netns` name, "
+        "a path (/run/netns/NAME, /proc/PID/ns/net) or a pid (default: conntui's own namespace, "
+        "with every other namespace's sockets read too, so containers are named)",
+    )
+    p.add_argument(
         "-p",
         "--port",
         action="append",
@@ -152,6 +160,7 @@ class Options:
     trace: bool = True
     lab_note: str = ""
     ladder: str | None = None
+    netns: str | None = None  # the path of the one namespace to capture in (-N)
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -173,6 +182,11 @@ def parse_options(argv: Sequence[str]) -> Options:
             parse_display_filter(args.ladder)
         except FilterError as exc:
             raise UsageError(str(exc), 2) from None
+    netns = None
+    if args.netns is not None:
+        if args.read:
+            raise UsageError("-N captures in a network namespace; -r reads a file: choose one", 2)
+        netns = _netns_path(args.netns)
     # -w -: the capture is the output; per-segment lines only when asked for (to stderr)
     to_stdout = args.write == STDOUT
     same = args.read and args.write and os.path.abspath(args.read) == os.path.abspath(args.write)
@@ -194,7 +208,40 @@ def parse_options(argv: Sequence[str]) -> Options:
         trace=args.trace,
         lab_note=args.lab_note,
         ladder=args.ladder,
+        netns=netns,
     )
+
+
+def _netns_path(arg: str) -> str:
+    """-N's namespace as a file that opens it; a one-line error when there is none."""
+    if arg.isdigit():
+        path = f"/proc/{arg}/ns/net"
+    elif "/" in arg:
+        path = arg
+    else:
+        path = f"/run/netns/{arg}"
+    try:
+        if os.stat(path).st_ino == 0:
+            raise OSError(2, "not a namespace")
+    except OSError as exc:
+        raise UsageError(f"no network namespace {arg!r} ({path}: {exc.strerror or exc})", 2) from None
+    return path
+
+
+def enter_netns(path: str) -> None:
+    """Move conntui (this thread, so every thread and program it starts from now on) into
+    the network namespace at ``path``: the capture, the socket table and the tracer then all
+    see that namespace, as with ``ip netns exec``."""
+    from .sockets.netlink import CLONE_NEWNET, _setns
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(fd, CLONE_NEWNET)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UsageError(f"cannot enter network namespace {path}: {exc.strerror or exc}", 1) from None
 
 
 def _kernel_filter(opts: Options, notes: list[str]) -> list[tuple[int, int, int, int]] | None:
@@ -237,14 +284,19 @@ def make_source(opts: Options, notes: list[str]) -> FrameSource:
     return source
 
 
-def make_tables(live: bool) -> TableSource:
-    """Every network namespace's socket table on a live capture; none from a file."""
+def make_tables(live: bool, *, one_namespace: bool = False) -> TableSource:
+    """Every network namespace's socket table on a live capture (only conntui's own with
+    ``one_namespace``, i.e. -N); none from a file."""
     if not live:
         return StaticTables()
     from .sockets import SocketTableSource
 
     # This namespace's table, and every other namespace's (containers): a segment is looked
     # up where its address lives (crossns.py).
+    if one_namespace:
+        only = SocketTableSource()
+        only.refresh()
+        return only
     tables = NamespaceTables(SocketTableSource())
     tables.refresh()
     return tables
@@ -253,6 +305,8 @@ def make_tables(live: bool) -> TableSource:
 def make_engine(opts: Options, notes: list[str] | None = None, session: Session | None = None) -> Engine:
     """Everything the capture needs, opened in the order that gives the clearest error."""
     notes = notes if notes is not None else []
+    if opts.netns is not None:
+        enter_netns(opts.netns)
     source = make_source(opts, notes)
     try:
         writer: Writer | None
@@ -263,7 +317,7 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     except ExportError as exc:
         source.close()
         raise UsageError(str(exc)) from None
-    tables = make_tables(source.live)
+    tables = make_tables(source.live, one_namespace=opts.netns is not None)
     keep = opts.ports.matches if opts.ports else None
     if session is None and opts.headless:
         # Headless mode prints and writes each row once and never reads it back: keep only the

@@ -262,3 +262,79 @@ def test_podman_published_port_every_client_names_httpd_in_its_container(web, tm
         total += len(mine)
         bad += judge_connection(t, mine, port)
     assert not bad, f"{len(bad)} false statements in {total} rows:\n" + "\n".join(bad[:20])
+
+
+def test_dash_n_captures_in_one_namespace_and_names_its_programs(tmp_path: Path) -> None:
+    """-N NAME: conntui joins that namespace (capture, table, tracer), as `ip netns exec`
+    would; a server and a client there are named by their own pids and fds."""
+    name = f"cdashn{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    server = None
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, "-c", SERVER],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None and server.stdin is not None
+        srv = json.loads(server.stdout.readline())
+        args = ("-N", name, "--headless", "--json", "-i", "lo", "-p", "8099")
+        cap = FileConntui(tmp_path / "rows.jsonl", *args)
+        try:
+            client = subprocess.run(
+                ["ip", "netns", "exec", name, sys.executable, "-c", ONE_CLIENT],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            me = json.loads(client.stdout)
+            acc = json.loads(server.stdout.readline())
+        finally:
+            rows, err, code = cap.stop(settle=1.0)
+        assert code == 0, err
+        syn = [r for r in rows if r.get("flags") == "S" and r["sport"] == me["lport"]]
+        data = [r for r in rows if r.get("payload_len") == 5 and r["sport"] == me["lport"]]
+        assert syn and data, rows
+        assert (srv["pid"], srv["fd"]) in holders(syn[0].get("receiver"))
+        assert (me["pid"], me["fd"]) in holders(syn[0].get("sender"))
+        assert (acc["pid"], acc["fd"]) in holders(data[0].get("receiver"))
+        ns = os.stat(f"/run/netns/{name}").st_ino
+        assert syn[0]["receiver"]["netns"] == ns
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_dash_n_with_no_such_namespace_is_one_line_and_exit_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "conntui", "-N", "no-such-namespace-here", "--headless"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "conntui: no network namespace 'no-such-namespace-here' (/run/netns/no-such-namespace-here: "
+        "No such file or directory)"
+    ]
+
+
+# a server on 127.0.0.1:8099 that says its pid and listener fd, then the accepted fd
+SERVER = r"""
+import json, os, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8099)); s.listen()
+print(json.dumps({"pid": os.getpid(), "fd": s.fileno()}), flush=True)
+c, _ = s.accept()
+print(json.dumps({"pid": os.getpid(), "fd": c.fileno()}), flush=True)
+c.recv(100); c.close(); input()
+"""
+ONE_CLIENT = r"""
+import json, os, socket, time
+c = socket.create_connection(("127.0.0.1", 8099)); time.sleep(0.2); c.sendall(b"hello"); time.sleep(0.2)
+print(json.dumps({"pid": os.getpid(), "fd": c.fileno(), "lport": c.getsockname()[1]}))
+"""
