@@ -9,6 +9,8 @@ filters (the TUI's ``/``) are space-separated terms that must all hold:
     proc:nginx                  ... by a process whose name contains this (case-insensitive)
     ctr:web                     ... by a process in a container whose name contains this
                                 (case-insensitive) or whose id starts with it
+    netns:4026532246            the sender or receiver socket is in this network namespace
+                                (its inode: ``net:[N]`` in ``ls -l /proc/PID/ns/net``)
     match:none                  the attribution kind (established, listener, accept_queue, ...)
     proto:tcp | tcp | udp       the protocol
     host:127.0.0.1              a source or destination address
@@ -129,6 +131,10 @@ def _ctr_term(text: str) -> RecordPredicate:
     return keep
 
 
+def _netns_term(inode: int) -> RecordPredicate:
+    return lambda seg, att: any(s.netns == inode for s in _sockets(att))
+
+
 def _port_term(ports: PortSet) -> RecordPredicate:
     return lambda seg, att: ports.matches(seg)
 
@@ -186,6 +192,11 @@ def parse_display_filter(text: str) -> DisplayFilter:
             terms.append(_proc_term(value))
         elif key in ("ctr", "container"):
             terms.append(_ctr_term(value))
+        elif key == "netns":
+            digits = value.removeprefix("net:").strip("[]")
+            if not digits.isdigit():
+                raise FilterError(f"bad netns {value!r}: a namespace's inode, e.g. netns:4026531840")
+            terms.append(_netns_term(int(digits)))
         elif key == "match":
             m = value.lower()
             if m not in MATCH_NAMES:
@@ -201,6 +212,6 @@ def parse_display_filter(text: str) -> DisplayFilter:
             terms.append(_host_term(h))
         else:
             raise FilterError(
-                f"unknown filter term {key!r} (use port:, pid:, proc:, ctr:, match:, proto:, host:)"
+                f"unknown filter term {key!r} (use port:, pid:, proc:, ctr:, netns:, match:, proto:, host:)"
             )
     return DisplayFilter(text.strip(), tuple(terms), ports)

@@ -14,7 +14,9 @@ def seg(sport: int = 51234, dport: int = 8080, proto: str = "tcp", src: str = "1
     )
 
 
-def att(pid: int = 42, name: str = "nginx", match: Match = Match.ESTABLISHED) -> Attribution:
+def att(
+    pid: int = 42, name: str = "nginx", match: Match = Match.ESTABLISHED, netns: int = 4026532246
+) -> Attribution:
     sock = SocketEntry(
         "tcp",
         4,
@@ -23,6 +25,7 @@ def att(pid: int = 42, name: str = "nginx", match: Match = Match.ESTABLISHED) ->
         Endpoint("127.0.0.1", 51234),
         inode=7,
         holders=(Holder(pid, 5, name),),
+        netns=netns,
     )
     return Attribution(match, receiver=sock)
 
@@ -73,6 +76,8 @@ def test_portset_matches_source_or_destination_and_bpf():
         ("udp", (seg(proto="udp"), att()), (seg(), att())),
         ("host:10.0.0.1", (seg(src="10.0.0.1"), att()), (seg(), att())),
         ("8080 pid:42", (seg(), att()), (seg(), att(pid=1))),
+        ("netns:4026532246", (seg(), att()), (seg(), att(netns=4026531840))),
+        ("netns:net:[4026532246]", (seg(), att()), (seg(), att(netns=0))),
     ],
 )
 def test_display_filter_terms(text, keep, drop):
@@ -86,7 +91,9 @@ def test_empty_display_filter_keeps_everything():
     assert not f and f(seg(), att())
 
 
-@pytest.mark.parametrize("bad", ["pid:abc", "match:bogus", "color:red", "proto:icmp", "port:", "99999"])
+@pytest.mark.parametrize(
+    "bad", ["pid:abc", "match:bogus", "color:red", "proto:icmp", "port:", "99999", "netns:web"]
+)
 def test_bad_display_filters(bad):
     with pytest.raises(FilterError):
         parse_display_filter(bad)

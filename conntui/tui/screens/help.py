@@ -33,6 +33,7 @@ FILTERS = [
     ("pid:1234", "the sender or receiver is held by this pid"),
     ("proc:nginx", "... by a process whose name contains this"),
     ("ctr:web", "... by a process in a container whose name contains this (or id starts so)"),
+    ("netns:4026531840", "the sender or receiver socket is in this network namespace"),
     ("match:none", "the match kind (below)"),
     ("tcp  udp", "the protocol"),
     ("host:127.0.0.1", "a source or destination address"),
