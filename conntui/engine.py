@@ -39,6 +39,7 @@ from .model import (
     endpoint_text,
     unmap,
 )
+from .predict import predict
 from .session import Session
 
 if TYPE_CHECKING:
@@ -240,6 +241,8 @@ class Engine:
         self._pending: deque[tuple[float, Frame, Record | None]] = deque()
         # rows to set beside the kernel's record, with the table they were predicted from
         self._to_judge: deque[tuple[float, Record, SocketTable]] = deque()
+        # rows whose prediction waits for the tracer's output to reach their time (predict.py)
+        self._to_predict: deque[tuple[float, Record, SocketTable]] = deque()
         self.started_at = time.time()
 
     # -- one frame ---------------------------------------------------------------
@@ -270,12 +273,20 @@ class Engine:
             counters.filtered += 1
             return None
         att = self._attribute(frame, seg)
+        wait = False
+        if self.tracer is not None and self.tracer.timeline.covers(seg.ts):
+            # the kernel's record up to the segment, once conntui has read it (predict.py)
+            wait = self.source.live and not self.tracer.caught_up(seg.ts)
+            if not wait:
+                att = self._predict(seg, att, self.tables.current())
         rec = self.session.append(frame, seg, att)
         self._apply(self.verifier.on_record(rec))
         now = time.monotonic()
         self._pending.append((now, frame, rec))
         if self.tracer is not None:
             self._to_judge.append((now, rec, self.tables.current()))
+            if wait:
+                self._to_predict.append((now, rec, self.tables.current()))
         if self.settle <= 0:
             self.emit()
         elif self.source.live and (_unheld(att.receiver) or _unheld(att.sender)):
@@ -331,6 +342,8 @@ class Engine:
             # the session's window are handed on now, so the queue never holds more rows than
             # the window (memory stays bounded; those rows miss only later notes).
             horizon = max(horizon, pending[over][0])
+        if self._to_predict:
+            self._predict_waiting(float("inf") if final else horizon)
         if self._to_judge:
             self._judge_settled(float("inf") if final else horizon)
         if self.tracer is not None and self._fast is not None:
@@ -681,6 +694,41 @@ class Engine:
                 judged = judge(seg, rec.attribution, timeline, self._holder_at, table)
                 if judged is not rec.attribution:
                     self._reattribute(rec, judged)
+
+    def _predict(self, seg: Segment, att: Attribution, table: SocketTable) -> Attribution:
+        """The table's answer corrected by what the kernel had published up to the segment
+        (predict.py): the prediction the kernel's record is set beside when the row settles."""
+        tracer = self.tracer
+        assert tracer is not None
+        return predict(seg, att, tracer.timeline, self._holder_at, table, self._connected_at)
+
+    def _predict_waiting(self, horizon: float) -> None:
+        """Predict the rows that waited for the tracer's output to catch up with their
+        segment (a few ms: bpftrace reads its per-CPU buffers in rounds): as soon as it
+        has, or, at the latest, before the row is judged (``horizon``) with what was read."""
+        tracer = self.tracer
+        assert tracer is not None
+        queue = self._to_predict
+        while queue:
+            at, rec, table = queue[0]
+            if at > horizon and not tracer.caught_up(rec.segment.ts):
+                break
+            queue.popleft()
+            predicted = self._predict(rec.segment, rec.attribution, table)
+            if predicted is not rec.attribution:
+                self._reattribute(rec, predicted)
+
+    def _connected_at(
+        self, laddr: str, lport: int, raddr: str, rport: int, at: float
+    ) -> tuple[Holder, float] | None:
+        """Who connect()ed the UDP socket of this exact tuple by ``at`` (the tracer's record)."""
+        tracer = self.tracer
+        if tracer is None:
+            return None
+        found = tracer.lookup_record("udp", laddr, lport, raddr, rport, at=at)
+        if found is None or found.kind != "connect" or not found.raddr or found.t > at:
+            return None
+        return found.holder, found.t
 
     def _bound_at(
         self, laddr: str, lport: int, raddr: str, rport: int, at: float

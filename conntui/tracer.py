@@ -106,6 +106,9 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 MARKER_BASE = 1_900_000_000  # getsid(MARKER_BASE + n): far above any pid (pid_max ≤ 2**22)
 INIT_PID_NS = 0xEFFFFFFC  # PROC_PID_INIT_INO: the inode of the initial pid namespace
 _COMM_LEN = 15  # TASK_COMM_LEN - 1
+# at most one sync() a this often for predictions waiting for the output (caught_up): each
+# costs two marker events through bpftrace and the reader thread
+SYNC_EVERY = 0.005
 
 KIND_NAMES = {"A": "accept", "C": "connect", "B": "bind", "S": "send", "X": "refused"}
 _PROTOS = {6: "tcp", 17: "udp"}
@@ -389,16 +392,31 @@ tracepoint:sock:inet_sock_set_state
 {
   $sk = (struct sock *)args->skaddr;
   if ($sk->__sk_common.skc_net.net->ns.inum == @NETNS@) {
-    // the last field: 1 when no process holds the socket any more (close()d: orphaned)
+    // the last field: bit 0 when no process holds the socket any more (close()d: orphaned);
+    // bit 1 when the change is made inside a shutdown() call (FIN_WAIT1 / LAST_ACK entered
+    // by shutdown(), the process keeps the socket; by close() it does not)
+    $how = (uint64)($sk->sk_socket == 0);
+    if (@shut[tid] != 0) {
+      $how = $how + 2;
+    }
     if (args->family == 2) {
-      printf("T1 %lu %d %d %u %u %s %s %lu %d", (uint64)args->skaddr, args->oldstate, args->newstate,
-             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs, $sk->sk_socket == 0);
+      printf("T1 %lu %d %d %u %u %s %s %lu %lu", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs, $how);
     } else {
-      printf("T1 %lu %d %d %u %u %s %s %lu %d", (uint64)args->skaddr, args->oldstate, args->newstate,
-             args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs,
-             $sk->sk_socket == 0);
+      printf("T1 %lu %d %d %u %u %s %s %lu %lu", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs, $how);
     }
   }
+}
+
+tracepoint:syscalls:sys_enter_shutdown
+{
+  @shut[tid] = 1;
+}
+
+tracepoint:syscalls:sys_exit_shutdown
+{
+  delete(@shut[tid]);
 }
 
 tracepoint:skb:kfree_skb
@@ -581,7 +599,8 @@ def build_script(
         skip = [n for n, name in (drop_reasons or {}).items() if name in _NOT_REFUSALS]
         subs["@DROP_FILTER@"] = "".join(f" && args->reason != {n}" for n in skip)
         script += _KERNEL_RECORD
-    end = "\nEND\n{\n  clear(@cfd); clear(@bfd);\n}\n"
+    shut = " clear(@shut);" if kernel_record else ""
+    end = f"\nEND\n{{\n  clear(@cfd); clear(@bfd);{shut}\n}}\n"
     if udp_sends:
         subs["@SEND_ENTER@"] = _with_sock(
             "args->fd", netns, _SEND_ENTER.replace("@PRINTF@", _printf("S", "$fd", "0"))
@@ -590,7 +609,7 @@ def build_script(
             "@sfd[tid] - 1", netns, _SEND_EXIT.replace("@PRINTF@", _printf("S", "$fd", "args->ret"))
         )
         script += _UDP_SENDS
-        end = "\nEND\n{\n  clear(@cfd); clear(@bfd); clear(@sfd); clear(@useen);\n}\n"
+        end = f"\nEND\n{{\n  clear(@cfd); clear(@bfd); clear(@sfd); clear(@useen);{shut}\n}}\n"
     for name, value in subs.items():
         script = script.replace(name, value)
     return script + end
@@ -759,6 +778,9 @@ class SocketTracer:
         self._marker_seen = -1  # the number of the last marker read
         self._markers = itertools.count(1)
         self._sync_lock = threading.Lock()
+        self._synced_at = float("-inf")  # epoch seconds when the last good sync() started
+        self._want_sync = threading.Event()
+        self._ticker: threading.Thread | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._threads: list[threading.Thread] = []
         # refused connects: sk → (event, tuple-less C record), joined with the X event
@@ -919,6 +941,35 @@ class SocketTracer:
                         self._cond.wait(min(left, 0.05))
         return True
 
+    def caught_up(self, t: float) -> bool:
+        """Whether every event of the kernel's record made before ``t`` (epoch seconds) has
+        been read (a :meth:`sync` that started after ``t`` succeeded). Never blocks: when
+        not, a sync is asked of a background thread, and a later call says yes. A
+        prediction made from the record up to a segment's time (``predict.py``) waits
+        for this."""
+        if self._synced_at >= t:
+            return True
+        self._want_sync.set()
+        if self._ticker is None and self.ready.is_set() and self.alive:
+            self._ticker = threading.Thread(target=self._sync_loop, name="conntui-tracer-sync", daemon=True)
+            self._ticker.start()
+            self._threads.append(self._ticker)
+        return False
+
+    def _sync_loop(self) -> None:
+        """Sync whenever someone waits for the record to catch up (one at a time: a busy
+        capture is served by a sync every round trip, an idle one costs nothing)."""
+        last = 0.0
+        while not self._closing and self.alive:
+            if not self._want_sync.wait(0.5):
+                continue
+            time.sleep(max(0.0, last + SYNC_EVERY - time.monotonic()))  # a burst waits for one sync
+            last = time.monotonic()
+            self._want_sync.clear()
+            start = time.time()
+            if self.sync(1.0):
+                self._synced_at = max(self._synced_at, start)
+
     def close(self) -> None:
         """Stop bpftrace (its whole process group) and the reader threads. Idempotent."""
         self._closing = True
@@ -1027,9 +1078,12 @@ class SocketTracer:
         """One line of the kernel's record → the timeline (see ``_KERNEL_RECORD``)."""
         f, tl = line.fields, self.timeline
         kind = line.kind
-        if kind == "T1":  # sk old new sport dport saddr daddr nsecs orphan
-            sk, old, new, sport, dport = (int(x) for x in f[:5])
-            tl.on_state(self._time(f[7]), sk, old, new, f[5], sport, f[6], dport, orphan=f[8] == "1")
+        if kind == "T1":  # sk old new sport dport saddr daddr nsecs how (bit 0: orphan, 1: shutdown())
+            sk, old, new, sport, dport, how = (int(x) for x in (*f[:5], f[8]))
+            tl.on_state(
+                self._time(f[7]), sk, old, new, f[5], sport, f[6], dport,
+                orphan=bool(how & 1), how="shutdown" if how & 2 else "close",
+            )  # fmt: skip
         elif kind == "D1":  # reason proto sport dport seq rx_state saddr daddr nsecs
             reason, proto, sport, dport, seq, st = (int(x) for x in f[:6])
             name = _PROTOS.get(proto)
