@@ -209,6 +209,7 @@ class Engine:
         self.session = session if session is not None else Session()  # an empty one is falsy
         self.keep = keep
         self.tracer = tracer  # optional: pid/fd of sockets gone before the table saw them
+        self.tracer_unavailable = ""  # why no tracer runs although one was asked for (one line)
         # segments already passed ``keep`` in the kernel's BPF filter
         self._keep_segments = None if kernel_filtered else keep
         self.writer = writer

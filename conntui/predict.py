@@ -188,20 +188,26 @@ def _live(
 ) -> Attribution:
     """Rule 3: a live connection socket on the tuple then."""
     recv = att.receiver
-    if (
+    same = recv is not None and _same_tuple(recv, *_rx(seg))
+    held_before = (
         att.match == Match.ESTABLISHED
+        and same
         and recv is not None
-        and recv.holders
-        and _same_tuple(recv, seg.dst, seg.dport, seg.src, seg.sport)
+        and bool(recv.holders)
         and recv.state == known.state
-    ):
-        return att  # the table saw it as the record has it
-    entry, note = _entry_then(
-        seg, known.state, seg.dst, seg.dport, seg.src, seg.sport, recv, holder_at, held=known.held
+        and recv.first_seen <= seg.ts
     )
+    if held_before:
+        return att  # a table read before the segment saw it held, as the record has it
+    child = timeline.child_of_listener(*_rx(seg), seg.ts)
+    base = recv
+    if child and same and recv is not None and recv.first_seen > seg.ts:
+        # a table read after the segment: its holder may have accept()ed the child since
+        base = replace(recv, holders=(), former_holders=())
+    entry, note = _entry_then(seg, known.state, *_rx(seg), base, holder_at, held=known.held)
     if entry.holders:
         match = Match.ESTABLISHED
-    elif note or (not entry.former_holders and timeline.child_of_listener(*_rx(seg), seg.ts)):
+    elif note or (child and not entry.former_holders):
         # a listener's child nobody had accept()ed by then (the tracer, caught up to this
         # segment, has no accept() of it before; the record calls such a socket orphaned,
         # as it has no struct socket yet): it waits in the accept queue

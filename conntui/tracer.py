@@ -907,6 +907,17 @@ class SocketTracer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and not self.why_not
 
+    def state(self) -> tuple[str, str]:
+        """Where the tracer is, for a status line: ``("attaching", "")``, ``("attached", "")``,
+        ``("failed", why)`` (it never attached) or ``("died", why)`` (it stopped mid-session;
+        what it recorded before stays). ``why`` is one line."""
+        proc = self.proc
+        ended = proc is not None and proc.poll() is not None and not self._closing
+        if self.why_not or ended:
+            why = self.why_not or self._exit_reason()
+            return ("died" if self.ready.is_set() else "failed", why.splitlines()[0] if why else "")
+        return ("attached", "") if self.ready.is_set() else ("attaching", "")
+
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the probes are attached; False on timeout or if bpftrace failed."""
         deadline = time.monotonic() + timeout
