@@ -659,11 +659,13 @@ class Engine:
             judged = judge(seg, att, timeline, self._holder_at, table, self._bound_at)
             if judged is not att:
                 self._reattribute(rec, judged)
-            silent = seg.proto != "tcp" or (
-                timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
-                and timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts) is None
-            )
-            if silent and (judged.kernel is None or judged.match == Match.UNKNOWN):
+            if (judged.kernel is None or judged.match == Match.UNKNOWN) and (
+                seg.proto != "tcp"
+                or (
+                    timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
+                    and timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts) is None
+                )
+            ):
                 # the record says nothing of this connection (UDP, or older than the tracer):
                 # the tracer's connect/accept/bind records may still name its process
                 self._fill_from_tracer(rec)

@@ -430,33 +430,29 @@ tracepoint:skb:kfree_skb
     if (args->rx_sk != 0) {
       $st = (int64)((struct sock *)args->rx_sk)->__sk_common.skc_state;
     }
+    // the transport header: after the IPv4 header's own length, or the fixed IPv6 header
     if (args->protocol == 0x0800) {
-      $iph = (struct iphdr *)$ip;
-      $proto = $iph->protocol;
-      $th = $ip + ($iph->ihl * 4);
-      if ($proto == 6 || $proto == 17) {
-        $seq = (int64)-1;
-        if ($proto == 6) {
-          $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
-                         (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
-        }
-        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto,
-               (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
-               $seq, $st, ntop($iph->saddr), ntop($iph->daddr), nsecs);
-      }
+      $proto = ((struct iphdr *)$ip)->protocol;
+      $th = $ip + (((struct iphdr *)$ip)->ihl * 4);
     } else {
-      $ip6 = (struct ipv6hdr *)$ip;
-      $proto = $ip6->nexthdr;
+      $proto = ((struct ipv6hdr *)$ip)->nexthdr;
       $th = $ip + 40;
-      if ($proto == 6 || $proto == 17) {
-        $seq = (int64)-1;
-        if ($proto == 6) {
-          $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
-                         (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
-        }
-        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto,
-               (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
-               $seq, $st, ntop($ip6->saddr.in6_u.u6_addr8), ntop($ip6->daddr.in6_u.u6_addr8), nsecs);
+    }
+    if ($proto == 6 || $proto == 17) {
+      $seq = (int64)-1;
+      if ($proto == 6) {
+        $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
+                       (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
+      }
+      $sport = (*(uint8 *)$th << 8) | *(uint8 *)($th + 1);
+      $dport = (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3);
+      if (args->protocol == 0x0800) {
+        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto, $sport, $dport, $seq, $st,
+               ntop(((struct iphdr *)$ip)->saddr), ntop(((struct iphdr *)$ip)->daddr), nsecs);
+      } else {
+        printf("D1 %d %d %u %u %ld %d %s %s %lu", args->reason, $proto, $sport, $dport, $seq, $st,
+               ntop(((struct ipv6hdr *)$ip)->saddr.in6_u.u6_addr8),
+               ntop(((struct ipv6hdr *)$ip)->daddr.in6_u.u6_addr8), nsecs);
       }
     }
   }
