@@ -651,6 +651,8 @@ class Engine:
                 att = rec.attribution
                 if timeline.ready_at > seg.ts:
                     note = "the kernel tracer was not attached yet: this row is conntui's prediction only"
+                elif timeline.ended_at < seg.ts:
+                    note = "the kernel tracer had stopped: this row is conntui's prediction only"
                 else:
                     note = "the kernel tracer lost events: this row is conntui's prediction only"
                 if note not in att.notes:

@@ -119,6 +119,7 @@ class Timeline:
         self.ready_at = float("inf")
         self.lost = 0
         self.lost_until = float("-inf")  # when the last loss was reported (epoch seconds)
+        self.ended_at = float("inf")  # when the tracer stopped (died): nothing is known after
         self._lock = threading.Lock()
         self._states: OrderedDict[TupleKey, tuple[StateChange, ...]] = OrderedDict()
         self._resets_in: dict[int, float] = {}  # sk → when it last received a RST
@@ -202,7 +203,7 @@ class Timeline:
         """Whether the record was being kept, whole, at time ``t``. After a loss, moments
         from ``LOSS_SHADOW`` seconds after it are covered again: a connection whose events
         were lost is then older than the loss and ``state_at`` says what its later changes show."""
-        return self.ready_at <= t and not (self.lost and t <= self.lost_until + LOSS_SHADOW)
+        return self.ready_at <= t <= self.ended_at and not (self.lost and t <= self.lost_until + LOSS_SHADOW)
 
     def state_at(
         self, laddr: str, lport: int, raddr: str, rport: int, t: float, *, until: float | None = None

@@ -1044,6 +1044,8 @@ class SocketTracer:
 
     def _fail(self, reason: str) -> None:
         self.why_not = reason
+        if self.ready.is_set():  # what it recorded stands; after now the record says nothing
+            self.timeline.ended_at = min(self.timeline.ended_at, time.time())
         proc = self.proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):

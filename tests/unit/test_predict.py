@@ -207,3 +207,20 @@ def test_caught_up_never_blocks_and_asks_only_a_live_tracer() -> None:
     assert tracer._ticker is None
     tracer._synced_at = 5.0
     assert tracer.caught_up(4.0) is True and tracer.caught_up(6.0) is False
+
+
+def test_nothing_is_claimed_after_the_tracer_died() -> None:
+    """bpftrace died mid-session: what it recorded stands, moments after say nothing (a
+    connection's later changes were never recorded, so its last known state is no proof)."""
+    tracer = SocketTracer(clock_offset=0.0, full_names=False)
+    tl = tracer.timeline
+    tl.ready_at = 0.0
+    tl.on_state(1.0, SK_S, 10, 3, *SERVER)
+    tl.on_state(1.1, SK_S, 3, 1, *SERVER)
+    tracer.ready.set()
+    tracer._fail("bpftrace exited (status 1)")
+    assert tl.covers(1.2) and not tl.covers(tl.ended_at + 1.0)
+    assert tl.state_at(*SERVER, tl.ended_at + 1.0) is None
+    never = SocketTracer(clock_offset=0.0, full_names=False)
+    never._fail("bpftrace did not attach within 30 s")  # never attached: nothing was covered
+    assert never.timeline.ended_at == float("inf") and not never.timeline.covers(1.0)
