@@ -303,7 +303,9 @@ _CLOSING_ENTRIES = frozenset((4, 9))  # FIN_WAIT1, LAST_ACK
 def _held(last: StateChange, nxt: StateChange | None) -> bool | None:
     """Whether a process held the socket between ``last`` and ``nxt`` (its next change)."""
     if last.orphan:
-        return False
+        # a child the handshake just completed has no struct socket until accept(): not
+        # close()d, only not (yet) held; the tracer's accept() record tells
+        return None if last.old == _SYN_RECV else False
     if last.new not in _CLOSING_ENTRIES:
         return True
     if nxt is not None and nxt.sk == last.sk:

@@ -224,3 +224,22 @@ def test_nothing_is_claimed_after_the_tracer_died() -> None:
     never = SocketTracer(clock_offset=0.0, full_names=False)
     never._fail("bpftrace did not attach within 30 s")  # never attached: nothing was covered
     assert never.timeline.ended_at == float("inf") and not never.timeline.covers(1.0)
+
+
+def test_a_child_not_yet_accepted_is_not_said_to_be_closed() -> None:
+    """The record's orphan bit is set on SYN_RECV → ESTABLISHED of a child nobody has
+    accept()ed yet (no struct socket): that is not a close(); the holder is whoever
+    accept()ed it by then (the old judge said 'had already close()d it')."""
+    tl = Timeline()
+    tl.ready_at = 0.0
+    tl.on_state(1.0, SK_S, 10, 3, *SERVER, orphan=True)
+    tl.on_state(1.001, SK_S, 3, 1, *SERVER, orphan=True)
+    assert tl.state_at(*SERVER, 1.5).held is None  # type: ignore[union-attr]
+    data = seg(1.5, "PA", payload=3)
+
+    def accepted(*a: object) -> tuple[Holder, float] | None:
+        return (Holder(500, 4, "server"), 1.2) if a[1] == SPORT else None
+
+    got = judge(data, Attribution(Match.NONE), tl, accepted, table())
+    assert got.match == Match.ESTABLISHED and "close()d" not in got.explain
+    assert got.receiver is not None and got.receiver.holders == (Holder(500, 4, "server"),)
