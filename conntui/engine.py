@@ -41,6 +41,7 @@ from .model import (
 )
 from .predict import predict
 from .session import Session
+from .timeline import JOIN_AFTER
 
 if TYPE_CHECKING:
     from .tracer import SocketTracer
@@ -89,6 +90,7 @@ TRACE_SLACK = 0.05
 # the verifier's notes when a predicted answer does not come: guesses the kernel's record replaces
 _NO_ANSWER = ("no RST came back", "no ICMP port unreachable came back")
 RECHECK_AFTER = 0.015  # seconds: a socket seen without a holder is looked up again this soon
+HOLD_MAX = 2.0  # seconds a row may wait beyond ``settle`` for the tracer's output (_record_horizon)
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
 
 
@@ -336,6 +338,8 @@ class Engine:
             if newest is not None:
                 self._apply(self.verifier.expire(newest.segment.ts))
         horizon = now - self.settle
+        if self.tracer is not None and self._pending and not final:
+            horizon = self._record_horizon(horizon, now)
         pending = self._pending
         over = len(pending) - self.session.window_size
         if over > 0:
@@ -699,6 +703,22 @@ class Engine:
                 judged = judge(seg, rec.attribution, timeline, self._holder_at, table)
                 if judged is not rec.attribution:
                     self._reattribute(rec, judged)
+
+    def _record_horizon(self, horizon: float, now: float) -> float:
+        """Rows are judged and handed on once the tracer's output has caught up with them:
+        their segment's time plus the time a drop or RST of it may take to be published
+        (``JOIN_AFTER``). A loaded host can keep bpftrace's output more than ``settle``
+        behind; a row judged before its record came would be judged on nothing. Bounded:
+        a row waits at most ``HOLD_MAX`` beyond ``settle``."""
+        tracer = self.tracer
+        assert tracer is not None
+        if not tracer.ready.is_set() or not tracer.alive:
+            return horizon
+        offset = time.time() - now  # wall clock - monotonic
+        if tracer.caught_up(horizon + offset + JOIN_AFTER):
+            return horizon
+        read_up_to = tracer.synced_at - offset - JOIN_AFTER
+        return max(min(horizon, read_up_to), now - self.settle - HOLD_MAX)
 
     def _predict(self, seg: Segment, att: Attribution, table: SocketTable) -> Attribution:
         """The table's answer corrected by what the kernel had published up to the segment

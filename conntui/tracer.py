@@ -948,6 +948,11 @@ class SocketTracer:
                         self._cond.wait(min(left, 0.05))
         return True
 
+    @property
+    def synced_at(self) -> float:
+        """Every event made before this time (epoch seconds) has been read (``caught_up``)."""
+        return self._synced_at
+
     def caught_up(self, t: float) -> bool:
         """Whether every event of the kernel's record made before ``t`` (epoch seconds) has
         been read (a :meth:`sync` that started after ``t`` succeeded). Never blocks: when

@@ -243,3 +243,46 @@ def test_a_child_not_yet_accepted_is_not_said_to_be_closed() -> None:
     got = judge(data, Attribution(Match.NONE), tl, accepted, table())
     assert got.match == Match.ESTABLISHED and "close()d" not in got.explain
     assert got.receiver is not None and got.receiver.holders == (Holder(500, 4, "server"),)
+
+
+class _Lagging(SocketTracer):
+    """A live tracer whose output is read up to ``synced`` (no bpftrace: driven by hand)."""
+
+    alive = True  # type: ignore[assignment]
+
+    def __init__(self, synced: float) -> None:
+        super().__init__(clock_offset=0.0, full_names=False)
+        self.ready.set()
+        self._synced_at = synced
+        self.asked: list[float] = []
+
+    def caught_up(self, t: float) -> bool:
+        self.asked.append(t)
+        return self._synced_at >= t
+
+
+def test_rows_wait_for_the_tracers_output_before_they_are_judged() -> None:
+    """A loaded host keeps bpftrace's output behind: a row is judged (and handed on) only once
+    the record has been read up to its time plus the drop-join window, at most HOLD_MAX late."""
+    import time as _time
+
+    from conntui.capture import ListSource
+    from conntui.engine import HOLD_MAX, Engine, StaticTables
+    from conntui.timeline import JOIN_AFTER
+
+    class Live(ListSource):
+        live = True
+
+    now = _time.monotonic()
+    offset = _time.time() - now
+    horizon = now - 0.5
+    behind = _Lagging(synced=horizon + offset - 0.3)  # read only up to 0.3 s before the horizon
+    engine = Engine(Live([]), StaticTables(), tracer=behind)  # type: ignore[arg-type]
+    held = engine._record_horizon(horizon, now)
+    assert abs(held - (horizon - 0.3 - JOIN_AFTER)) < 0.01  # (the clocks are read again)
+    assert len(behind.asked) == 1 and abs(behind.asked[0] - (horizon + offset + JOIN_AFTER)) < 0.01
+    stuck = _Lagging(synced=0.0)  # nothing read for long: bounded
+    engine.tracer = stuck
+    assert engine._record_horizon(horizon, now) == now - engine.settle - HOLD_MAX
+    engine.tracer = _Lagging(synced=_time.time() + 1.0)  # caught up: no wait
+    assert engine._record_horizon(horizon, now) == horizon
