@@ -189,8 +189,13 @@ def _live(
     """Rule 3: a live connection socket on the tuple then."""
     recv = att.receiver
     same = recv is not None and _same_tuple(recv, *_rx(seg))
+    # A listener's child is held by whoever accept()ed it: the tracer's accept() record (read
+    # up to this segment) says who and when; a table's holder may be from a later read
+    # (a socket keeps its first_seen when a later look-up adds the holder).
+    child = timeline.child_of_listener(*_rx(seg), seg.ts)
     held_before = (
-        att.match == Match.ESTABLISHED
+        not child
+        and att.match == Match.ESTABLISHED
         and same
         and recv is not None
         and bool(recv.holders)
@@ -199,10 +204,8 @@ def _live(
     )
     if held_before:
         return att  # a table read before the segment saw it held, as the record has it
-    child = timeline.child_of_listener(*_rx(seg), seg.ts)
     base = recv
-    if child and same and recv is not None and recv.first_seen > seg.ts:
-        # a table read after the segment: its holder may have accept()ed the child since
+    if child and same and recv is not None:
         base = replace(recv, holders=(), former_holders=())
     entry, note = _entry_then(seg, known.state, *_rx(seg), base, holder_at, held=known.held)
     if entry.holders:

@@ -147,10 +147,19 @@ def test_rule3_a_child_nobody_had_accepted_yet_waits_in_the_accept_queue() -> No
     table_said = Attribution(Match.ESTABLISHED, receiver=later)
     got = predict(data, table_said, tl, accepted_later, table(later))
     assert got.match == Match.ACCEPT_QUEUE and got.receiver is not None and not got.receiver.holders
-    # a table read before the segment that saw it held stands
+    # a socket keeps its first_seen when a later look-up adds the holder: for a listener's
+    # child only the accept() record tells who held it then
     before = replace(later, first_seen=100.001)
-    kept = Attribution(Match.ESTABLISHED, receiver=before)
-    assert predict(data, kept, tl, accepted_later, table(before)) is kept
+    early = predict(data, Attribution(Match.ESTABLISHED, receiver=before), tl, accepted_later, table(before))
+    assert early.match == Match.ACCEPT_QUEUE
+    # a client's socket (born SYN_SENT) seen held before the segment: the table's answer stands
+    client = SocketEntry(
+        "tcp", 4, "ESTABLISHED", Endpoint(C, CPORT), Endpoint(S, SPORT), inode=9,
+        holders=(Holder(600, 5, "client"),), first_seen=99.0,
+    )  # fmt: skip
+    kept = Attribution(Match.ESTABLISHED, receiver=client)
+    reply = seg(100.005, "PA", to_server=False, payload=3)
+    assert predict(reply, kept, tl, accepted_later, table(client)) is kept
     # the accept() came at 100.002 (reported later): the kernel's record agrees
     assert judge(data, got, tl, holder_at, table(later)).agrees is True
 
