@@ -108,7 +108,7 @@ INIT_PID_NS = 0xEFFFFFFC  # PROC_PID_INIT_INO: the inode of the initial pid name
 _COMM_LEN = 15  # TASK_COMM_LEN - 1
 # at most one sync() a this often for predictions waiting for the output (caught_up): each
 # costs two marker events through bpftrace and the reader thread
-SYNC_EVERY = 0.005
+SYNC_EVERY = 0.02
 
 KIND_NAMES = {"A": "accept", "C": "connect", "B": "bind", "S": "send", "X": "refused"}
 _PROTOS = {6: "tcp", 17: "udp"}
