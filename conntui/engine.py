@@ -665,15 +665,16 @@ class Engine:
             judged = judge(seg, att, timeline, self._holder_at, table, self._bound_at)
             if judged is not att:
                 self._reattribute(rec, judged)
-            if (judged.kernel is None or judged.match == Match.UNKNOWN) and (
-                seg.proto != "tcp"
-                or (
-                    timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
-                    and timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts) is None
-                )
+            verdict = judged.kernel.verdict if judged.kernel is not None else ""
+            unjudged = not verdict or judged.match == Match.UNKNOWN
+            if (seg.proto != "tcp" and (unjudged or verdict == "delivered")) or (
+                unjudged
+                and timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
+                and timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts) is None
             ):
-                # the record says nothing of this connection (UDP, or older than the tracer):
-                # the tracer's connect/accept/bind records may still name its process
+                # the record says nothing of this connection's sockets (UDP: only that the
+                # datagram was not dropped; TCP older than the tracer): the tracer's
+                # connect/accept/bind records may still name its processes
                 self._fill_from_tracer(rec)
 
     def _judge_fast_drops(self, horizon: float) -> None:

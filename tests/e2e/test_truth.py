@@ -209,6 +209,9 @@ def test_dns_like_udp_answer_is_not_none_and_no_icmp_is_invented(capture, tmp_pa
         named = holders(r["receiver"])
         if r["match"] == "none" or (named and named != {(srv["pid"], srv["fd"])}):
             bad.append(f"query not given to the responder {srv['pid']} fd {srv['fd']}: {brief(r)}")
+        c = clients[r["sport"]]
+        if holders(r["sender"]) != {(c["pid"], c["fd"])}:  # the client's socket, closed since
+            bad.append(f"query not sent by the client {c['pid']} fd {c['fd']}: {brief(r)}")
     for r in rows:
         if claims_icmp(r) and not icmps:
             bad.append(f"claims an ICMP tcpdump did not see: {brief(r)}")
