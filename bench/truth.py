@@ -450,6 +450,8 @@ def judge(
     stray = 0
     kernel: dict[str, Any] = {"rows_with_field": 0, "verdicts": 0, "agree": 0, "disagree": 0, "null": 0}
     kernel["drops"] = Counter[str]()  # the kernel's drop reasons on captured segments
+    # agreement by the verdict's source: "source|agree" / "source|disagree" → rows
+    kernel["by_source"] = Counter[str]()
     disagreements: list[str] = []
 
     def flag(kind: str, cat: str, line: str) -> None:
@@ -485,6 +487,8 @@ def judge(
                 kernel["drops"][str(kv.get("reason") or "no reason")] += 1
             agrees = r.get("agrees")
             kernel["agree" if agrees is True else "disagree" if agrees is False else "null"] += 1
+            if agrees is not None:
+                kernel["by_source"][f"{kv.get('source')}|{'agree' if agrees else 'disagree'}"] += 1
             if agrees is False:
                 k = r.get("kernel") or {}
                 disagreements.append(
@@ -944,6 +948,15 @@ def report(s: dict[str, Any]) -> None:
             f"agree {k['agree']}, disagree {k['disagree']}, no verdict {k['null']}; "
             f"agreement {k['agree_pct'] if k['agree_pct'] is not None else 'n/a'} % (goal ≥ {GOAL_AGREE} %)"
         )
+        by = k.get("by_source") or {}
+        sources = sorted({key.split("|")[0] for key in by})
+        if sources:
+            agree = {src: by.get(f"{src}|agree", 0) for src in sources}
+            rows = {src: agree[src] + by.get(f"{src}|disagree", 0) for src in sources}
+            print(
+                "   agreement by the verdict's source: "
+                + " · ".join(f"{src} {agree[src]}/{rows[src]}" for src in sources)
+            )
         drops = k["drops"]
         counted = {
             n: v["after"] - v["before"] for n, v in s["kernel_counters"].items() if None not in v.values()

@@ -344,7 +344,7 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
             # Headless output is read by scripts: start capturing once the probes are attached
             # (a second or two). The TUI opens at once; rows before then say so.
             notes.append("the kernel tracer is still attaching: the first rows are predictions only")
-    return Engine(
+    engine = Engine(
         source,
         tables,
         session,
@@ -354,6 +354,9 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
         settle=opts.settle,
         tracer=tracer,
     )
+    if opts.trace and source.live and tracer is None:
+        engine.tracer_unavailable = SocketTracer.why_not or "the kernel tracer did not start"
+    return engine
 
 
 def make_app(opts: Options, engine: Engine) -> ConntuiApp:

@@ -42,7 +42,9 @@ from .model import (
     endpoint_text,
     unmap,
 )
+from .predict import predict
 from .session import Session
+from .timeline import JOIN_AFTER
 
 if TYPE_CHECKING:
     from .tracer import SocketTracer, TraceRecord
@@ -96,6 +98,7 @@ TRACE_SLACK = 0.05
 # the verifier's notes when a predicted answer does not come: guesses the kernel's record replaces
 _NO_ANSWER = ("no RST came back", "no ICMP port unreachable came back")
 RECHECK_AFTER = 0.015  # seconds: a socket seen without a holder is looked up again this soon
+HOLD_MAX = 2.0  # seconds a row may wait beyond ``settle`` for the tracer's output (_record_horizon)
 _OPEN_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "SYN_RECV", "CLOSE_WAIT"))
 
 
@@ -216,6 +219,7 @@ class Engine:
         self.session = session if session is not None else Session()  # an empty one is falsy
         self.keep = keep
         self.tracer = tracer  # optional: pid/fd of sockets gone before the table saw them
+        self.tracer_unavailable = ""  # why no tracer runs although one was asked for (one line)
         # segments already passed ``keep`` in the kernel's BPF filter
         self._keep_segments = None if kernel_filtered else keep
         self.writer = writer
@@ -261,6 +265,8 @@ class Engine:
             tracer.on_record.append(self._traced_containers.note)
         self._copy_of: dict[int, Record] = {}  # a copy's row number → its first copy's row
         self._view: _View | None = None  # set by _across for process()
+        # rows whose prediction waits for the tracer's output to reach their time (predict.py)
+        self._to_predict: deque[tuple[float, Record, SocketTable]] = deque()
         self.started_at = time.time()
 
     # -- one frame ---------------------------------------------------------------
@@ -307,6 +313,13 @@ class Engine:
                 self.emit()
             return rec
         att = self._attribute(frame, seg)
+        wait = False
+        if self.tracer is not None and self._view is None and self.tracer.timeline.covers(seg.ts):
+            # the kernel's record up to the segment, once conntui has read it (predict.py);
+            # a row across namespaces was looked up in each end's own (judged when settled)
+            wait = self.source.live and not self.tracer.caught_up(seg.ts)
+            if not wait:
+                att = self._predict(seg, att, self.tables.current())
         rec = self.session.append(frame, seg, att)
         if self.spaces is not None:
             self._copies.add(seg, rec.seq, att, rec)
@@ -314,6 +327,8 @@ class Engine:
         self._pending.append((now, frame, rec))
         if self.tracer is not None:
             self._to_judge.append((now, rec, self.tables.current(), self._view))
+            if wait:
+                self._to_predict.append((now, rec, self.tables.current()))
         if self.settle <= 0:
             self.emit()
         elif self.source.live and (_unheld(att.receiver) or _unheld(att.sender)):
@@ -362,6 +377,8 @@ class Engine:
             if newest is not None:
                 self._apply(self.verifier.expire(newest.segment.ts))
         horizon = now - self.settle
+        if self.tracer is not None and self._pending and not final:
+            horizon = self._record_horizon(horizon, now)
         pending = self._pending
         over = len(pending) - self.session.window_size
         if over > 0:
@@ -369,6 +386,8 @@ class Engine:
             # the session's window are handed on now, so the queue never holds more rows than
             # the window (memory stays bounded; those rows miss only later notes).
             horizon = max(horizon, pending[over][0])
+        if self._to_predict:
+            self._predict_waiting(float("inf") if final else horizon)
         if self._to_judge:
             self._judge_settled(float("inf") if final else horizon)
         if self.tracer is not None and self._fast is not None:
@@ -821,6 +840,8 @@ class Engine:
                 att = rec.attribution
                 if timeline.ready_at > seg.ts:
                     note = "the kernel tracer was not attached yet: this row is conntui's prediction only"
+                elif timeline.ended_at < seg.ts:
+                    note = "the kernel tracer had stopped: this row is conntui's prediction only"
                 else:
                     note = "the kernel tracer lost events: this row is conntui's prediction only"
                 if note not in att.notes:
@@ -833,13 +854,16 @@ class Engine:
                 self._reattribute(rec, judged)
             if view is not None:
                 continue
-            silent = seg.proto != "tcp" or (
-                timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
+            verdict = judged.kernel.verdict if judged.kernel is not None else ""
+            unjudged = not verdict or judged.match == Match.UNKNOWN
+            if (seg.proto != "tcp" and (unjudged or verdict == "delivered")) or (
+                unjudged
+                and timeline.state_at(seg.dst, seg.dport, seg.src, seg.sport, seg.ts) is None
                 and timeline.state_at(seg.src, seg.sport, seg.dst, seg.dport, seg.ts) is None
-            )
-            if silent and (judged.kernel is None or judged.match == Match.UNKNOWN):
-                # the record says nothing of this connection (UDP, or older than the tracer):
-                # the tracer's connect/accept/bind records may still name its process
+            ):
+                # the record says nothing of this connection's sockets (UDP: only that the
+                # datagram was not dropped; TCP older than the tracer): the tracer's
+                # connect/accept/bind records may still name its processes
                 self._fill_from_tracer(rec)
 
     def _judge_fast_drops(self, horizon: float) -> None:
@@ -894,6 +918,57 @@ class Engine:
 
     def _bound_in(self, ns: int) -> Callable[[str, int, str, int, float], tuple[Holder, float] | None]:
         return lambda la, lp, ra, rp, at: self._bound_at(la, lp, ra, rp, at, ns)
+
+    def _record_horizon(self, horizon: float, now: float) -> float:
+        """Rows are judged and handed on once the tracer's output has caught up with them:
+        their segment's time plus the time a drop or RST of it may take to be published
+        (``JOIN_AFTER``). A loaded host can keep bpftrace's output more than ``settle``
+        behind; a row judged before its record came would be judged on nothing. Bounded:
+        a row waits at most ``HOLD_MAX`` beyond ``settle``."""
+        tracer = self.tracer
+        assert tracer is not None
+        if not tracer.ready.is_set() or not tracer.alive:
+            return horizon
+        offset = time.time() - now  # wall clock - monotonic
+        if tracer.caught_up(horizon + offset + JOIN_AFTER):
+            return horizon
+        read_up_to = tracer.synced_at - offset - JOIN_AFTER
+        return max(min(horizon, read_up_to), now - self.settle - HOLD_MAX)
+
+    def _predict(self, seg: Segment, att: Attribution, table: SocketTable) -> Attribution:
+        """The table's answer corrected by what the kernel had published up to the segment
+        (predict.py): the prediction the kernel's record is set beside when the row settles."""
+        tracer = self.tracer
+        assert tracer is not None
+        return predict(seg, att, tracer.timeline, self._holder_at, table, self._connected_at)
+
+    def _predict_waiting(self, horizon: float) -> None:
+        """Predict the rows that waited for the tracer's output to catch up with their
+        segment (a few ms: bpftrace reads its per-CPU buffers in rounds): as soon as it
+        has, or, at the latest, before the row is judged (``horizon``) with what was read."""
+        tracer = self.tracer
+        assert tracer is not None
+        queue = self._to_predict
+        while queue:
+            at, rec, table = queue[0]
+            if at > horizon and not tracer.caught_up(rec.segment.ts):
+                break
+            queue.popleft()
+            predicted = self._predict(rec.segment, rec.attribution, table)
+            if predicted is not rec.attribution:
+                self._reattribute(rec, predicted)
+
+    def _connected_at(
+        self, laddr: str, lport: int, raddr: str, rport: int, at: float
+    ) -> tuple[Holder, float] | None:
+        """Who connect()ed the UDP socket of this exact tuple by ``at`` (the tracer's record)."""
+        tracer = self.tracer
+        if tracer is None:
+            return None
+        found = tracer.lookup_record("udp", laddr, lport, raddr, rport, at=at)
+        if found is None or found.kind != "connect" or not found.raddr or found.t > at:
+            return None
+        return found.holder, found.t
 
     def _bound_at(
         self, laddr: str, lport: int, raddr: str, rport: int, at: float, ns: int = 0

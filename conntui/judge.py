@@ -167,6 +167,11 @@ def judge(
         )
     if drop is not None:
         return _dropped(seg, att, new, drop)
+    if not tcp and new.kernel is None and new.match in (Match.UDP_CONNECTED, Match.UDP_UNCONNECTED):
+        # The record covers this moment and the kernel did not drop the datagram: a socket
+        # took it, as predicted (UDP publishes no socket for a delivery, only drops).
+        agrees = True if new.agrees is None else new.agrees
+        return replace(new, kernel=KernelVerdict("delivered", "skb:kfree_skb (no drop)"), agrees=agrees)
     if reset is not None and new.kernel is None:
         agrees = att.match in (Match.NONE, Match.TIME_WAIT) or reset.reason != "NO_SOCKET"
         new = replace(

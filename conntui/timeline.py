@@ -54,6 +54,9 @@ class StateChange(NamedTuple):
     new: int
     reset: bool = False  # the change followed a RST this socket received
     orphan: bool = False  # no process held the socket any more (close()d) at the change
+    # which call made a FIN_WAIT1 / LAST_ACK entry: "shutdown" (the process keeps the
+    # socket), "close" (it is orphaned right after), "" (the record does not say)
+    how: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ class Timeline:
         self.ready_at = float("inf")
         self.lost = 0
         self.lost_until = float("-inf")  # when the last loss was reported (epoch seconds)
+        self.ended_at = float("inf")  # when the tracer stopped (died): nothing is known after
         self._lock = threading.Lock()
         self._states: OrderedDict[TupleKey, tuple[StateChange, ...]] = OrderedDict()
         self._resets_in: dict[int, float] = {}  # sk → when it last received a RST
@@ -137,6 +141,7 @@ class Timeline:
         rport: int,
         *,
         orphan: bool = False,
+        how: str = "",
     ) -> None:
         if rport == 0:  # a listener: not a 4-tuple
             return
@@ -154,7 +159,7 @@ class Timeline:
             birth = self._unbound.pop(sk, None)
             if birth is not None and t - birth.t < 300.0:
                 old_list = (*old_list, birth)
-            change = StateChange(t, sk, old, new, reset, orphan)
+            change = StateChange(t, sk, old, new, reset, orphan, how)
             self._states[key] = (*old_list, change)[-self.per_key :]
             self.counts["states"] += 1
             self._expire(t)
@@ -198,17 +203,25 @@ class Timeline:
         """Whether the record was being kept, whole, at time ``t``. After a loss, moments
         from ``LOSS_SHADOW`` seconds after it are covered again: a connection whose events
         were lost is then older than the loss and ``state_at`` says what its later changes show."""
-        return self.ready_at <= t and not (self.lost and t <= self.lost_until + LOSS_SHADOW)
+        return self.ready_at <= t <= self.ended_at and not (self.lost and t <= self.lost_until + LOSS_SHADOW)
 
-    def state_at(self, laddr: str, lport: int, raddr: str, rport: int, t: float) -> KnownState | None:
+    def state_at(
+        self, laddr: str, lport: int, raddr: str, rport: int, t: float, *, until: float | None = None
+    ) -> KnownState | None:
         """The state of the connection socket on this 4-tuple (seen from the local end
         ``laddr:lport``) at time ``t``; ``GONE`` when the record shows none then; ``None``
         when the record cannot say (not traced then, or the tuple never changed state since
-        the tracer started, e.g. a connection older than conntui)."""
+        the tracer started, e.g. a connection older than conntui).
+
+        ``until``: use only the changes made by then, as a prediction made at that moment
+        could (``predict.py``): no ``next_state``, no birth inferred from a later change, and
+        ``held`` unknown where only a later change would tell."""
         if not self.covers(t):
             return None
         with self._lock:
             changes = self._states.get(_key(laddr, lport, raddr, rport))
+        if changes and until is not None:
+            changes = tuple(c for c in changes if c.t <= until)
         if not changes:
             return None
         before = [c for c in changes if c.t <= t]
@@ -230,6 +243,19 @@ class Timeline:
             return KnownState("", last.t, last.sk, next_state, next_since)
         held = _held(last, nxt, before)
         return KnownState(_state_name(last.new), last.t, last.sk, next_state, next_since, held)
+
+    def child_of_listener(self, laddr: str, lport: int, raddr: str, rport: int, t: float) -> bool | None:
+        """Whether the connection socket on this tuple at ``t`` was made by a listener (its
+        birth was LISTEN → SYN_RECV: a server's child, which no process holds until
+        accept()); None when its birth is not in the record (changes up to ``t`` only)."""
+        with self._lock:
+            changes = self._states.get(_key(laddr, lport, raddr, rport), ())
+        for c in reversed([c for c in changes if c.t <= t]):
+            if c.new == _CLOSE:
+                return None  # the last socket on the tuple closed before its birth was seen
+            if c.old in (_CLOSE, _LISTEN) and c.new in (2, _SYN_RECV):
+                return c.old == _LISTEN
+        return None
 
     def events_for(
         self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float, seq: int = -1
@@ -289,11 +315,15 @@ def _held(last: StateChange, nxt: StateChange | None, before: list[StateChange])
         # NULL), which is "not accept()ed yet", not "close()d"; the accept() record tells
         return None
     if last.orphan:
-        return False
+        # a child the handshake just completed has no struct socket until accept(): not
+        # close()d, only not (yet) held; the tracer's accept() record tells
+        return None if last.old == _SYN_RECV else False
     if last.new not in _CLOSING_ENTRIES:
         return True
     if nxt is not None and nxt.sk == last.sk:
         return not nxt.orphan  # still held at the next change: it was shutdown(), not close()
+    if last.how:
+        return last.how == "shutdown"  # the tracer saw which call made the change
     return None
 
 

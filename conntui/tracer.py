@@ -109,6 +109,9 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 MARKER_BASE = 1_900_000_000  # getsid(MARKER_BASE + n): far above any pid (pid_max ≤ 2**22)
 INIT_PID_NS = 0xEFFFFFFC  # PROC_PID_INIT_INO: the inode of the initial pid namespace
 _COMM_LEN = 15  # TASK_COMM_LEN - 1
+# at most one sync() a this often for predictions waiting for the output (caught_up): each
+# costs two marker events through bpftrace and the reader thread
+SYNC_EVERY = 0.02
 
 KIND_NAMES = {"A": "accept", "C": "connect", "B": "bind", "S": "send", "X": "refused"}
 _PROTOS = {6: "tcp", 17: "udp"}
@@ -402,16 +405,32 @@ tracepoint:sock:inet_sock_set_state
   $sk = (struct sock *)args->skaddr;
   $ns = $sk->__sk_common.skc_net.net->ns.inum;
   if ($ns == @NETNS@) {
-    // the last field: 1 when no process holds the socket any more (close()d: orphaned)
+    // the last field but one: bit 0 when no process holds the socket any more (close()d:
+    // orphaned); bit 1 when the change is made inside a shutdown() call (FIN_WAIT1 /
+    // LAST_ACK entered by shutdown(), the process keeps the socket; by close() it does not);
+    // the last: the socket's network namespace
+    $how = (uint64)($sk->sk_socket == 0);
+    if (@shut[tid] != 0) {
+      $how = $how + 2;
+    }
     if (args->family == 2) {
-      printf("T2 %lu %d %d %u %u %s %s %lu %d %u", (uint64)args->skaddr, args->oldstate, args->newstate,
-             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs, $sk->sk_socket == 0, $ns);
+      printf("T2 %lu %d %d %u %u %s %s %lu %lu %u", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr), ntop(args->daddr), nsecs, $how, $ns);
     } else {
-      printf("T2 %lu %d %d %u %u %s %s %lu %d %u", (uint64)args->skaddr, args->oldstate, args->newstate,
-             args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs,
-             $sk->sk_socket == 0, $ns);
+      printf("T2 %lu %d %d %u %u %s %s %lu %lu %u", (uint64)args->skaddr, args->oldstate, args->newstate,
+             args->sport, args->dport, ntop(args->saddr_v6), ntop(args->daddr_v6), nsecs, $how, $ns);
     }
   }
+}
+
+tracepoint:syscalls:sys_enter_shutdown
+{
+  @shut[tid] = 1;
+}
+
+tracepoint:syscalls:sys_exit_shutdown
+{
+  delete(@shut[tid]);
 }
 
 tracepoint:skb:kfree_skb
@@ -429,33 +448,29 @@ tracepoint:skb:kfree_skb
     if (args->rx_sk != 0) {
       $st = (int64)((struct sock *)args->rx_sk)->__sk_common.skc_state;
     }
+    // the transport header: after the IPv4 header's own length, or the fixed IPv6 header
     if (args->protocol == 0x0800) {
-      $iph = (struct iphdr *)$ip;
-      $proto = $iph->protocol;
-      $th = $ip + ($iph->ihl * 4);
-      if ($proto == 6 || $proto == 17) {
-        $seq = (int64)-1;
-        if ($proto == 6) {
-          $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
-                         (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
-        }
-        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto,
-               (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
-               $seq, $st, ntop($iph->saddr), ntop($iph->daddr), nsecs, $ns);
-      }
+      $proto = ((struct iphdr *)$ip)->protocol;
+      $th = $ip + (((struct iphdr *)$ip)->ihl * 4);
     } else {
-      $ip6 = (struct ipv6hdr *)$ip;
-      $proto = $ip6->nexthdr;
+      $proto = ((struct ipv6hdr *)$ip)->nexthdr;
       $th = $ip + 40;
-      if ($proto == 6 || $proto == 17) {
-        $seq = (int64)-1;
-        if ($proto == 6) {
-          $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
-                         (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
-        }
-        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto,
-               (*(uint8 *)$th << 8) | *(uint8 *)($th + 1), (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3),
-               $seq, $st, ntop($ip6->saddr.in6_u.u6_addr8), ntop($ip6->daddr.in6_u.u6_addr8), nsecs, $ns);
+    }
+    if ($proto == 6 || $proto == 17) {
+      $seq = (int64)-1;
+      if ($proto == 6) {
+        $seq = (int64)((*(uint8 *)($th + 4) << 24) | (*(uint8 *)($th + 5) << 16) |
+                       (*(uint8 *)($th + 6) << 8) | *(uint8 *)($th + 7));
+      }
+      $sport = (*(uint8 *)$th << 8) | *(uint8 *)($th + 1);
+      $dport = (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3);
+      if (args->protocol == 0x0800) {
+        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto, $sport, $dport, $seq, $st,
+               ntop(((struct iphdr *)$ip)->saddr), ntop(((struct iphdr *)$ip)->daddr), nsecs, $ns);
+      } else {
+        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto, $sport, $dport, $seq, $st,
+               ntop(((struct ipv6hdr *)$ip)->saddr.in6_u.u6_addr8),
+               ntop(((struct ipv6hdr *)$ip)->daddr.in6_u.u6_addr8), nsecs, $ns);
       }
     }
   }
@@ -601,7 +616,8 @@ def build_script(
         skip = [n for n, name in (drop_reasons or {}).items() if name in _NOT_REFUSALS]
         subs["@DROP_FILTER@"] = "".join(f" && args->reason != {n}" for n in skip)
         script += _KERNEL_RECORD
-    end = "\nEND\n{\n  clear(@cfd); clear(@bfd);\n}\n"
+    shut = " clear(@shut);" if kernel_record else ""
+    end = f"\nEND\n{{\n  clear(@cfd); clear(@bfd);{shut}\n}}\n"
     if udp_sends:
         subs["@SEND_ENTER@"] = _with_sock(
             "args->fd", netns, _SEND_ENTER.replace("@PRINTF@", _printf("S", "$fd", "0"))
@@ -610,7 +626,7 @@ def build_script(
             "@sfd[tid] - 1", netns, _SEND_EXIT.replace("@PRINTF@", _printf("S", "$fd", "args->ret"))
         )
         script += _UDP_SENDS
-        end = "\nEND\n{\n  clear(@cfd); clear(@bfd); clear(@sfd); clear(@useen);\n}\n"
+        end = f"\nEND\n{{\n  clear(@cfd); clear(@bfd); clear(@sfd); clear(@useen);{shut}\n}}\n"
     for name, value in subs.items():
         script = script.replace(name, value)
     if netns == 0:  # every namespace: each line carries its own, the reader sorts them
@@ -789,6 +805,9 @@ class SocketTracer:
         self._marker_seen = -1  # the number of the last marker read
         self._markers = itertools.count(1)
         self._sync_lock = threading.Lock()
+        self._synced_at = float("-inf")  # epoch seconds when the last good sync() started
+        self._want_sync = threading.Event()
+        self._ticker: threading.Thread | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._threads: list[threading.Thread] = []
         # refused connects: sk → (event, tuple-less C record), joined with the X event
@@ -920,6 +939,17 @@ class SocketTracer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and not self.why_not
 
+    def state(self) -> tuple[str, str]:
+        """Where the tracer is, for a status line: ``("attaching", "")``, ``("attached", "")``,
+        ``("failed", why)`` (it never attached) or ``("died", why)`` (it stopped mid-session;
+        what it recorded before stays). ``why`` is one line."""
+        proc = self.proc
+        ended = proc is not None and proc.poll() is not None and not self._closing
+        if self.why_not or ended:
+            why = self.why_not or self._exit_reason()
+            return ("died" if self.ready.is_set() else "failed", why.splitlines()[0] if why else "")
+        return ("attached", "") if self.ready.is_set() else ("attaching", "")
+
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the probes are attached; False on timeout or if bpftrace failed."""
         deadline = time.monotonic() + timeout
@@ -953,6 +983,40 @@ class SocketTracer:
                             return False
                         self._cond.wait(min(left, 0.05))
         return True
+
+    @property
+    def synced_at(self) -> float:
+        """Every event made before this time (epoch seconds) has been read (``caught_up``)."""
+        return self._synced_at
+
+    def caught_up(self, t: float) -> bool:
+        """Whether every event of the kernel's record made before ``t`` (epoch seconds) has
+        been read (a :meth:`sync` that started after ``t`` succeeded). Never blocks: when
+        not, a sync is asked of a background thread, and a later call says yes. A
+        prediction made from the record up to a segment's time (``predict.py``) waits
+        for this."""
+        if self._synced_at >= t:
+            return True
+        self._want_sync.set()
+        if self._ticker is None and self.ready.is_set() and self.alive:
+            self._ticker = threading.Thread(target=self._sync_loop, name="conntui-tracer-sync", daemon=True)
+            self._ticker.start()
+            self._threads.append(self._ticker)
+        return False
+
+    def _sync_loop(self) -> None:
+        """Sync whenever someone waits for the record to catch up (one at a time: a busy
+        capture is served by a sync every round trip, an idle one costs nothing)."""
+        last = 0.0
+        while not self._closing and self.alive:
+            if not self._want_sync.wait(0.5):
+                continue
+            time.sleep(max(0.0, last + SYNC_EVERY - time.monotonic()))  # a burst waits for one sync
+            last = time.monotonic()
+            self._want_sync.clear()
+            start = time.time()
+            if self.sync(1.0):
+                self._synced_at = max(self._synced_at, start)
 
     def close(self) -> None:
         """Stop bpftrace (its whole process group) and the reader threads. Idempotent."""
@@ -1021,6 +1085,10 @@ class SocketTracer:
 
     def _fail(self, reason: str) -> None:
         self.why_not = reason
+        if self.ready.is_set():  # what it recorded stands; after now the record says nothing
+            now = time.time()
+            for tl in (self.timeline, *list(self.timelines.values())):
+                tl.ended_at = min(tl.ended_at, now)
         proc = self.proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -1071,9 +1139,12 @@ class SocketTracer:
             f = f[:-1]
         else:
             tl = self.timeline
-        if kind == "T1":  # sk old new sport dport saddr daddr nsecs orphan
-            sk, old, new, sport, dport = (int(x) for x in f[:5])
-            tl.on_state(self._time(f[7]), sk, old, new, f[5], sport, f[6], dport, orphan=f[8] == "1")
+        if kind == "T1":  # sk old new sport dport saddr daddr nsecs how (bit 0: orphan, 1: shutdown())
+            sk, old, new, sport, dport, how = (int(x) for x in (*f[:5], f[8]))
+            tl.on_state(
+                self._time(f[7]), sk, old, new, f[5], sport, f[6], dport,
+                orphan=bool(how & 1), how="shutdown" if how & 2 else "close",
+            )  # fmt: skip
         elif kind == "D1":  # reason proto sport dport seq rx_state saddr daddr nsecs
             reason, proto, sport, dport, seq, st = (int(x) for x in f[:6])
             name = _PROTOS.get(proto)
@@ -1179,6 +1250,7 @@ class SocketTracer:
             tl = Timeline()
             main = self.timeline
             tl.ready_at, tl.lost, tl.lost_until = main.ready_at, main.lost, main.lost_until
+            tl.ended_at = main.ended_at
             self.timelines[netns] = tl
         return tl
 

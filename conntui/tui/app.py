@@ -140,6 +140,7 @@ class ConntuiApp(App[None]):
         self._switch_was: float | None = None
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
         self._error_shown: str | None = None
+        self._tracer_told: tuple[str, str] = ("", "")  # the tracer failure last notified
         self._engine_stopped = False
         self._last_detail = 0.0
         self._key_at = 0.0  # time.monotonic() of the last key press
@@ -256,6 +257,7 @@ class ConntuiApp(App[None]):
             self._error_shown = error
             self.notify(error, title="capture", severity="error", timeout=10, markup=False)
         source = getattr(engine, "source", None)
+        tracer, tracer_why = self._tracer_state()
         self.main.status_bar.show(
             Status(
                 iface=self.iface,
@@ -275,8 +277,35 @@ class ConntuiApp(App[None]):
                 source_ended=bool(
                     source is not None and not source.live and source.ended and not engine.running
                 ),
+                tracer=tracer,
+                tracer_why=tracer_why,
             )
         )
+
+    def _tracer_state(self) -> tuple[str, str]:
+        """The kernel tracer's state for the status bar ("" when none was asked for), told
+        once as a notification when it fails or dies."""
+        engine = self.engine
+        tracer = getattr(engine, "tracer", None)
+        unavailable = str(getattr(engine, "tracer_unavailable", ""))
+        if tracer is not None:
+            state, why = tracer.state()
+        elif unavailable:
+            state, why = "failed", unavailable
+        else:
+            return "", ""
+        if state in ("failed", "died") and (state, why) != self._tracer_told:
+            self._tracer_told = (state, why)
+            what = "stopped" if state == "died" else "could not start"
+            self.notify(
+                f"the kernel tracer {what}: {why}. Rows from now on are conntui's predictions only "
+                "(no kernel verdicts); the capture goes on.",
+                title="kernel tracer",
+                severity="warning",
+                timeout=10,
+                markup=False,
+            )
+        return state, why
 
     def _refresh_sockets(self) -> None:
         if self.paused or self._covered() or self._after_key(self._refresh_sockets):

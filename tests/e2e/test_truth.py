@@ -209,6 +209,9 @@ def test_dns_like_udp_answer_is_not_none_and_no_icmp_is_invented(capture, tmp_pa
         named = holders(r["receiver"])
         if r["match"] == "none" or (named and named != {(srv["pid"], srv["fd"])}):
             bad.append(f"query not given to the responder {srv['pid']} fd {srv['fd']}: {brief(r)}")
+        c = clients[r["sport"]]
+        if holders(r["sender"]) != {(c["pid"], c["fd"])}:  # the client's socket, closed since
+            bad.append(f"query not sent by the client {c['pid']} fd {c['fd']}: {brief(r)}")
     for r in rows:
         if claims_icmp(r) and not icmps:
             bad.append(f"claims an ICMP tcpdump did not see: {brief(r)}")
@@ -548,4 +551,102 @@ def test_lab_port_conflict_one_reuseport_member_per_connection() -> None:
                 + brief(r)
                 + f" listener={r.get('listener') and holders(r['listener'])}"
             )
+    assert not bad, failures(bad, rows)
+
+
+# --------------------------------------------------------------------------- 11. the prediction itself
+
+PREDICT_SERVER = r"""
+import json, os, socket, sys, time
+log = open(sys.argv[2], "a", buffering=1)
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+log.write(json.dumps({"pid": os.getpid(), "listen_fd": s.fileno()}) + "\n")
+for _ in range(int(sys.argv[3])):
+    time.sleep(0.3)  # the client's request is in before accept(): it waits in the accept queue
+    c, peer = s.accept()
+    accepted = time.time()
+    c.recv(100)
+    c.sendall(b"reply")
+    shut = time.time()
+    c.shutdown(socket.SHUT_WR)  # FIN_WAIT1 by shutdown(): the server keeps the socket
+    while c.recv(100):
+        pass
+    time.sleep(0.05)
+    closed = time.time()
+    log.write(json.dumps({"cport": peer[1], "fd": c.fileno(), "accepted": accepted, "shut": shut,
+                          "closed": closed}) + "\n")
+    c.close()
+"""
+
+PREDICT_CLIENT = r"""
+import json, os, socket, sys, time
+out = []
+for _ in range(int(sys.argv[2])):
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    c.sendall(b"request")
+    while c.recv(100):
+        pass
+    closed = time.time()
+    out.append({"port": c.getsockname()[1], "fd": c.fileno(), "closed": closed})
+    c.close()  # LAST_ACK: the last ACK reaches a socket no process holds
+print(json.dumps({"pid": os.getpid(), "conns": out}))
+"""
+
+
+def test_capture_time_prediction_is_what_happened(capture, tmp_path: Path) -> None:
+    """The prediction made when a segment is captured (before the kernel's verdict on it is set
+    beside it) already names what happened: a request that came before accept() waits in the
+    accept queue with no fd, what came after goes to the fd accept() returned, and to the
+    server's socket after its shutdown() (the server still holds it); the client's socket
+    is named while the client holds it, and not after its close(). No row carries a note that
+    the kernel's record disagreed with the prediction. Truth: the programs' own log (pids,
+    fds, and when they accepted, shut down and closed)."""
+    port = truth_port()
+    n = 4
+    log = tmp_path / "srv.log"
+    cap = capture("--json", "-p", str(port))
+    server = subprocess.Popen([sys.executable, "-c", PREDICT_SERVER, str(port), str(log), str(n)])
+    try:
+        wait_listening(port)
+        client = python(PREDICT_CLIENT, str(port), str(n), timeout=30)
+        server.wait(10)
+        rows, err, code = cap.stop()
+    finally:
+        stop_proc(server)
+    assert code == 0, err
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    srv, conns = lines[0], {c["cport"]: c for c in lines[1:]}
+    mine = {c["port"]: c for c in client["conns"]}
+    kernel(set(conns) == set(mine) and len(conns) == n, f"server saw {sorted(conns)}, client {sorted(mine)}")
+
+    margin = 0.01  # segments this close to a logged moment are not judged (clocks, syscall time)
+    bad: list[str] = []
+    judged = 0
+    for r in rows:
+        cport = r["sport"] if r["dport"] == port else r["dport"]
+        if cport not in conns:
+            continue
+        s, c, ts = conns[cport], mine[cport], r["ts"]
+        if any("conntui's table predicted" in n for n in r.get("notes", [])):
+            bad.append(f"the prediction was not what happened (the kernel's record corrected it): {brief(r)}")
+        named = holders(r["receiver"], former=False)
+        if r["dport"] == port and r["flags"] != "S":
+            if r["payload_len"] and ts < s["accepted"] - margin:
+                judged += 1
+                if r["match"] != "accept_queue" or named:
+                    bad.append(f"request before accept() not in the accept queue with no fd: {brief(r)}")
+            elif s["accepted"] + margin < ts < s["closed"] - margin:
+                judged += 1
+                if named != {(srv["pid"], s["fd"])}:
+                    held = "after shutdown() " if ts > s["shut"] else ""
+                    bad.append(f"{held}not given to the server's fd {s['fd']}: {brief(r)}")
+        elif r["sport"] == port and r["flags"] not in ("S", "SA"):
+            judged += 1
+            if ts < c["closed"] - margin and named != {(client["pid"], c["fd"])}:
+                bad.append(f"not given to the client's fd {c['fd']}: {brief(r)}")
+            if ts > c["closed"] + margin and client["pid"] in {p for p, _ in named}:
+                bad.append(f"names the client as holder after its close(): {brief(r)}")
+    kernel(judged >= 4 * n, f"only {judged} rows to judge")
     assert not bad, failures(bad, rows)

@@ -245,7 +245,11 @@ class FileConntui(Conntui):
         with open(out, "wb") as f:
             self.proc = subprocess.Popen(self.args, stdout=f, stderr=subprocess.PIPE, cwd=REPO)
         self.stderr_head = b""
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()  # not started in time: no fixture knows of it yet, so it would run on
+            raise
 
     def stop(self, sig: int = signal.SIGINT, settle: float = 0.6) -> tuple[list[Row], str, int]:
         time.sleep(settle)

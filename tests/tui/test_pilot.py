@@ -699,3 +699,58 @@ async def test_a_tick_after_the_screens_are_gone_does_nothing() -> None:
         await pilot.press("space")
     assert app._screens_gone() and app._covered()
     app._tick()  # no ScreenStackError
+
+
+async def test_the_kernel_tracers_state_is_in_the_status_bar() -> None:
+    """attaching → attached → died (with its one-line reason, told once as a notification);
+    the capture and the app go on."""
+    from conntui.tracer import SocketTracer
+
+    tracer = SocketTracer(clock_offset=0.0, full_names=False)  # no bpftrace: driven by hand
+    app = make_app()
+    app.engine.tracer = tracer
+
+    async def status_shows(text: str) -> str:
+        for _ in range(50):  # the next ticks show it; a loaded machine may take a while
+            await pilot.pause(0.1)
+            status = str(app.main.status_bar.render())
+            if text in status:
+                return status
+        return str(app.main.status_bar.render())
+
+    async with app.run_test(size=SIZE) as pilot:
+        assert "kernel tracer attaching" in await status_shows("attaching")
+        tracer.ready.set()
+        assert "kernel tracer attached" in await status_shows("attached")
+        tracer.why_not = "bpftrace exited (status 1): ERROR: [x] lost"  # outside text: literal
+        status = await status_shows("died")
+        assert "kernel tracer died: bpftrace exited (status 1): ERROR: [x] lost" in status
+        told = [m for m in notes(app) if "tracer stopped" in m]
+        assert len(told) == 1 and "[x]" in told[0] and "capture goes on" in told[0]
+        await pilot.pause(0.3)
+        assert len([m for m in notes(app) if "tracer stopped" in m]) == 1  # once
+        assert app.is_running
+
+
+async def test_a_kernel_tracer_that_could_not_start_says_why() -> None:
+    app = make_app()
+    app.engine.tracer_unavailable = "bpftrace is not installed"
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if "failed" in str(app.main.status_bar.render()):
+                break
+        assert "kernel tracer failed: bpftrace is not installed" in str(app.main.status_bar.render())
+        assert any("could not start: bpftrace is not installed" in m for m in notes(app))
+
+
+def test_the_tracer_states_its_own_state() -> None:
+    from conntui.tracer import SocketTracer
+
+    t = SocketTracer(clock_offset=0.0, full_names=False)
+    assert t.state() == ("attaching", "")
+    t.why_not = "bpftrace did not attach within 30 s"
+    assert t.state() == ("failed", "bpftrace did not attach within 30 s")
+    t.ready.set()
+    t.why_not = "bpftrace exited (status 255)\nsecond line"
+    assert t.state() == ("died", "bpftrace exited (status 255)")

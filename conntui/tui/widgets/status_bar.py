@@ -28,6 +28,10 @@ class Status:
     error: str | None
     source_ended: bool = False
     filtering: tuple[int, int] | None = None  # (rows gone through, of) while a filter is applied
+    # the kernel tracer: "attaching" | "attached" | "failed" | "died" | "off" | "" (not shown),
+    # and for failed/died its one-line reason
+    tracer: str = ""
+    tracer_why: str = ""
 
 
 def status_text(s: Status, width: int | None = None) -> Text:
@@ -38,6 +42,8 @@ def status_text(s: Status, width: int | None = None) -> Text:
         parts.append((0, Text(" PAUSED ", style=Style(color="black", bgcolor="yellow", bold=True))))
     if s.error:  # early, so a narrow terminal still shows it
         parts.append((0, Text(safe(s.error), style=Style(color="bright_white", bgcolor="red", bold=True))))
+    if s.tracer:
+        parts.append(_tracer_part(s.tracer, s.tracer_why))
     parts.append((5, Text.assemble(("⇅ ", Style(dim=True)), (safe(s.iface) or "any", Style(bold=True)))))
     if s.capture_filter:
         parts.append((6, Text.assemble(("capture ", Style(dim=True)), safe(s.capture_filter))))
@@ -80,6 +86,19 @@ def status_text(s: Status, width: int | None = None) -> Text:
     if line.cell_len > room:
         line.truncate(max(0, room), overflow="ellipsis")
     return line
+
+
+def _tracer_part(state: str, why: str) -> tuple[int, Text]:
+    """The kernel tracer's state: a failure stays on screen as long as an error does (rows
+    are then predictions only), attaching is worth a glance, attached is a detail."""
+    if state in ("failed", "died"):
+        text = f"kernel tracer {state}" + (f": {why}" if why else "")
+        return 0, Text(safe(text), style=Style(color="black", bgcolor="yellow"))
+    if state == "attaching":
+        return 2, Text("kernel tracer attaching…", style=Style(color="yellow"))
+    if state == "attached":
+        return 9, Text("kernel tracer attached", style=Style(color="green"))
+    return 9, Text(f"kernel tracer {safe(state)}", style=Style(dim=True))
 
 
 class StatusBar(Widget):
