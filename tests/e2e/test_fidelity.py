@@ -696,8 +696,10 @@ A_ADDR, R_A, R_B, B_ADDR = "10.233.1.2", "10.233.1.1", "10.233.2.1", "10.233.2.2
 
 def test_forwarded_traffic_is_not_local_not_the_routers_wildcard_listener(netns):
     """A — R — B: R forwards A's connection to B. R also has a wildcard listener on the same
-    port; a capture in R must call the forwarded segments not_local and never blame it. A
-    connection from A to R's own address is the control: that one R's listener does take."""
+    port; a capture in R must never blame it. With -N R (R's sockets only) the forwarded
+    segments are not_local; by default conntui reads every namespace's sockets and follows
+    them to B's server, which really receives them (issue 12). A connection from A to R's own
+    address is the control: that one R's listener does take."""
     a, r, b = netns.add("a"), netns.add("r"), netns.add("b")
     t = netns.tag.replace("-", "")[-6:]
     ra, ar, rb, br = f"fra{t}", f"far{t}", f"frb{t}", f"fbr{t}"
@@ -712,7 +714,8 @@ def test_forwarded_traffic_is_not_local_not_the_routers_wildcard_listener(netns)
     netns.sysctl(r, "net.ipv4.ip_forward=1")
     port = 22000 + random.randrange(1000)
 
-    cap = netns.conntui(r, "--headless", "--json", "-i", "any", "-p", str(port))
+    cap = netns.conntui(r, "-N", r, "--headless", "--json", "-i", "any", "-p", str(port))
+    every = netns.conntui(r, "--headless", "--json", "-i", "any", "-p", str(port))
     router, server, client = netns.actor(r), netns.actor(b), netns.actor(a)
     lr = router("listen", host="0.0.0.0", port=port)
     lb = server("listen", host="0.0.0.0", port=port)
@@ -735,6 +738,19 @@ def test_forwarded_traffic_is_not_local_not_the_routers_wildcard_listener(netns)
     rows, err, code = cap.stop()
     assert code == 0, err
     rows = tcp(rows)
+    all_rows, err, code = every.stop()
+    assert code == 0, err
+    all_fwd = [r_ for r_ in tcp(all_rows) if B_ADDR in (r_["src"], r_["dst"])]
+    assert all_fwd, dump(all_rows)
+    for r_ in all_fwd:
+        assert router.pid not in pids_named(r_), dump([r_])
+        if r_["dst"] == B_ADDR and r_["flags"] == "S":
+            assert r_["match"] == "listener", dump([r_])
+            assert holder_pairs(r_["receiver"]) == {(server.pid, lb["fd"])}, dump([r_])
+            assert (client.pid, conn["fd"]) in holder_pairs(r_["sender"]), dump([r_])
+        if r_["dst"] == B_ADDR and r_["payload_len"] == 18:
+            assert holder_pairs(r_["receiver"]) == {(server.pid, acc["fd"])}, dump([r_])
+            assert (client.pid, conn["fd"]) in holder_pairs(r_["sender"]), dump([r_])
 
     fwd = [r_ for r_ in rows if B_ADDR in (r_["src"], r_["dst"])]
     to_b = [r_ for r_ in fwd if r_["dst"] == B_ADDR]
