@@ -299,10 +299,16 @@ def test_interrupted_writer_leaves_a_readable_file(tmp_path: Path, sig: int, whe
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline() == "ready\n"
-    time.sleep(0.2)
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=20)
+    try:
+        first = proc.stdout.readline()
+        assert first == "ready\n", first
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:  # never leave a writer spinning (it loops until told to stop)
+            proc.kill()
+            proc.wait()
     reader = read_capture(path)
     n = sum(1 for _ in reader)  # never raises: a torn tail just ends the iteration
     assert n >= 1000
