@@ -154,12 +154,18 @@ def container_client(
         f"| nc {addr} {port} | (sleep 1; cat)"
     )
     p = subprocess.Popen(
-        ["podman", "exec", client.name, "/bin/sh", "-c", script], stdout=subprocess.PIPE, text=True
+        ["podman", "exec", client.name, "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ns = client.netns_inode()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a first `podman exec` on a cold machine takes seconds
     nc = None
     while nc is None:
+        if p.poll() is not None:
+            out, err = p.communicate()
+            kernel(False, f"{what}: podman exec ended ({p.returncode}) before nc connected: {err[-500:]}")
         for pid in (int(x) for x in os.listdir("/proc") if x.isdigit()):
             try:
                 with open(f"/proc/{pid}/comm") as f:
@@ -169,7 +175,10 @@ def container_client(
                 continue
             if comm == "nc" and same and podkit.socket_inodes(pid):
                 nc = pid
-        kernel(nc is not None or time.monotonic() < deadline, f"{what}: nc did not start")
+        if nc is None and time.monotonic() >= deadline:
+            p.kill()
+            _, err = p.communicate()
+            kernel(False, f"{what}: nc did not start within 30 s: {err[-500:]}")
         time.sleep(0.01)
     assert nc is not None
     conns = [s for s in podkit.tcp_sockets(nc) if s[3] == port and s[4] == 0x01]
@@ -177,7 +186,7 @@ def container_client(
     inode = conns[0][5]
     fd = podkit.socket_inodes(nc)[inode][0]
     child = serving_child(web.pid, conns[0][1])
-    out, _ = p.communicate(timeout=20)
+    out, _ = p.communicate(timeout=30)
     kernel(out.startswith("HTTP/1."), f"{what}: no HTTP answer")
     listener = (web.pid, podkit.listener_fd(web.pid, 80))
     return Truth(what, (nc, fd), conns[0][1], child, listener, web.netns_inode())

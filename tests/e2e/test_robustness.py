@@ -942,15 +942,45 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def proc_net_inodes(name: str, column: int) -> set[int]:
-    """Socket inodes of one /proc/net table (this network namespace: conntui's too)."""
+def proc_net_inodes(name: str, column: int, net: str = "/proc/net") -> set[int]:
+    """Socket inodes of one /proc/net table (``net``: this network namespace's by default,
+    ``/proc/PID/net`` for the namespace process PID is in)."""
     out = set()
-    with contextlib.suppress(OSError), open(f"/proc/net/{name}") as f:
+    with contextlib.suppress(OSError), open(f"{net}/{name}") as f:
         next(f, None)
         for line in f:
             fields = line.split()
             if len(fields) > column:
                 out.add(int(fields[column]))
+    return out
+
+
+def every_namespace_inodes(tables: dict[str, int]) -> set[int]:
+    """Socket inodes of these /proc/net tables in every network namespace a process is in
+    (conntui opens netlink sockets in each namespace it reads, issue 12)."""
+    seen: dict[int, str] = {}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            seen.setdefault(os.stat(f"/proc/{pid}/ns/net").st_ino, f"/proc/{pid}/net")
+    out: set[int] = set()
+    for net in seen.values():
+        for name, column in tables.items():
+            out |= proc_net_inodes(name, column, net)
+    # namespaces only a mount holds (ip netns add): read from inside by `ip netns exec`
+    with contextlib.suppress(OSError):
+        for ns in os.listdir("/run/netns"):
+            with contextlib.suppress(OSError):
+                if os.stat(f"/run/netns/{ns}").st_ino in seen:
+                    continue
+            for name, column in tables.items():
+                text = subprocess.run(
+                    ["ip", "netns", "exec", ns, "cat", f"/proc/net/{name}"],
+                    capture_output=True, text=True, check=False,
+                ).stdout  # fmt: skip
+                for line in text.splitlines()[1:]:
+                    fields = line.split()
+                    if len(fields) > column and fields[column].isdigit():
+                        out.add(int(fields[column]))
     return out
 
 
@@ -967,8 +997,8 @@ def test_conntui_opens_no_inet_socket(runs: Any, port: int) -> None:
         syn_to(port)
         time.sleep(1.2)  # a refresh of the socket table has run
         mine = socket_inodes(cap.proc.pid)
-        inet = set().union(*(proc_net_inodes(n, c) for n, c in INET_TABLES.items()))
-        ok = set().union(*(proc_net_inodes(n, c) for n, c in OK_TABLES.items()))
+        inet = every_namespace_inodes(INET_TABLES)
+        ok = every_namespace_inodes(OK_TABLES)
     finally:
         holder.exit()
     assert cap.stop() == 0, cap.stderr
