@@ -232,14 +232,10 @@ def enter_netns(path: str) -> None:
     """Move conntui (this thread, so every thread and program it starts from now on) into
     the network namespace at ``path``: the capture, the socket table and the tracer then all
     see that namespace, as with ``ip netns exec``."""
-    from .sockets.netlink import CLONE_NEWNET, _setns
+    from .sockets.netlink import join_netns
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(fd, CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        join_netns(path)
     except OSError as exc:
         raise UsageError(f"cannot enter network namespace {path}: {exc.strerror or exc}", 1) from None
 

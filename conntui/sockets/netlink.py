@@ -54,6 +54,16 @@ def _setns(fd: int, nstype: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def join_netns(netns_path: str) -> None:
+    """Move the calling thread (and threads and programs it starts later) into the network
+    namespace at ``netns_path``."""
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd, CLONE_NEWNET)
+    finally:
+        os.close(fd)
+
+
 def run_in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
     """Call ``fn`` in the network namespace ``netns_path`` (a ``/proc/PID/ns/net`` or
     ``/run/netns/NAME`` file) and return its result; ``None`` means the current namespace.
@@ -68,11 +78,7 @@ def run_in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
 
     def body() -> None:
         try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(fd, CLONE_NEWNET)
-            finally:
-                os.close(fd)
+            join_netns(netns_path)
             result.append(fn())
         except BaseException as exc:  # handed back to the caller below
             failure.append(exc)
