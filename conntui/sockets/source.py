@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules
+from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules, is_wildcard
 from . import bpf, tproxy
 from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
 from .procfs import HolderScanner
@@ -527,6 +527,16 @@ class SocketTableSource:
         sender = look(seg.src, seg.sport, seg.dst, seg.dport)
         if proto == "tcp" and receiver and receiver[0].state != TCP_LISTEN:
             look(seg.dst, seg.dport, "0.0.0.0" if family == 4 else "::", 0)
+        ports = {seg.dport}
+        if table.tproxy is not None and not table.is_local(seg.dst):
+            # TPROXY (nf_tproxy_get_sock_v4, NF_TPROXY_LOOKUP_LISTENER): a segment for a
+            # non-local address that a rule steers goes to the socket on the rule's on-port,
+            # which may have been bound since the table was read (a SYN too, though the
+            # connection it made is already found on its own tuple).
+            for rule in table.tproxy.matching(seg):
+                on_ip = rule.on_ip if rule.on_ip and not is_wildcard(rule.on_ip) else seg.dst
+                ports.add(rule.port_for(seg))
+                look(on_ip, rule.port_for(seg), seg.src, seg.sport)
         gone: list[SocketEntry] = []
         if prune:
             # The caller knows the connection ended (both FINs, or a RST, were seen): a view
@@ -549,12 +559,13 @@ class SocketTableSource:
                     continue
                 alive = set()
                 for raw in listeners:
-                    if raw.sport == seg.dport:
+                    if raw.sport in ports:
                         found.setdefault(raw.cookie, raw)
                         alive.add(raw.cookie)
                 gone += [
                     e
-                    for e in table.on_port(proto, seg.dport)
+                    for port in ports
+                    for e in table.on_port(proto, port)
                     if e.state == "LISTEN" and e.family == fam and e.cookie not in alive
                 ]
 
