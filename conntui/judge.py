@@ -519,10 +519,7 @@ def _reuseport_member(seg: Segment, att: Attribution, table: SocketTable, holder
     receiver, sender, listener = picked
     if (receiver, sender, listener) == (att.receiver, att.sender, att.listener):
         return att
-    note = (
-        f"SO_REUSEPORT: the kernel's hash gave this connection to {member.describe()} "
-        "(its process accept()ed it)"
-    )
+    note = f"SO_REUSEPORT: the kernel gave this connection to {member.describe()} (its process accept()ed it)"
     return replace(
         att,
         receiver=receiver,

@@ -152,7 +152,8 @@ class Verifier:
 
     def _reuseport_pick(self, rec: Record) -> list[Note]:
         """Once the connection's accepted socket has a holder, name the group member whose
-        process holds it: that is the listener the kernel's hash picked for the SYN."""
+        process holds it: that is the listener the kernel picked for the SYN (by its hash, or a BPF
+        program attached to the group)."""
         receiver = rec.attribution.receiver
         if receiver is None or not receiver.holders:
             return []
@@ -182,7 +183,7 @@ class Verifier:
             return [
                 Note(
                     q.seq,
-                    f"resolved: the kernel's SO_REUSEPORT hash picked {m.describe()} of the "
+                    f"resolved: the kernel picked {m.describe()} of the SO_REUSEPORT group's "
                     f"{len(q.candidates)} listeners: its process accept()ed the connection as {who}{where}",
                     related,
                     m,
@@ -193,7 +194,7 @@ class Verifier:
                 Note(
                     q.seq,
                     f"the connection was accept()ed as {who}, by a process that holds "
-                    f"{len(members)} of the group's listeners: which one the hash picked is not visible",
+                    f"{len(members)} of the group's listeners: which one the kernel picked is not visible",
                     related,
                 )
             ]
