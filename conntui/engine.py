@@ -44,7 +44,7 @@ from .model import (
 )
 from .predict import predict
 from .session import Session
-from .timeline import JOIN_AFTER
+from .timeline import JOIN_AFTER, DropBatch
 
 if TYPE_CHECKING:
     from .tracer import SocketTracer, TraceRecord
@@ -253,6 +253,8 @@ class Engine:
         # rows to set beside the kernel's record, with the table they were predicted from
         # (with the receiving socket's own view of a row that crosses namespaces)
         self._to_judge: deque[tuple[float, Record, SocketTable, _View | None]] = deque()
+        # (epoch seconds, packets the capture had lost by then): see _sample_ring_drops
+        self._ring_drops: deque[tuple[float, int]] = deque([(time.time(), 0)])
         # every network namespace's table, when the tables source keeps them (host capture)
         self.spaces = tables if isinstance(tables, NamespaceTables) else None
         self._nat_index = NatIndex()
@@ -847,7 +849,7 @@ class Engine:
                 if note not in att.notes:
                     self._reattribute(rec, replace(att, notes=(*att.notes, note)))
                 continue
-            judged = judge(seg, att, timeline, holder_at, table, bound_at)
+            judged = judge(seg, att, timeline, holder_at, table, bound_at, self._rows_in)
             if view is not None:
                 judged = self._judge_sender_across(view, judged)
             if judged is not att:
@@ -890,9 +892,45 @@ class Engine:
                 seg.dst,
                 seg.dport,
             ) in flows and rec.attribution.kernel is None:
-                judged = judge(seg, rec.attribution, timeline, self._holder_at, table)
+                judged = judge(seg, rec.attribution, timeline, self._holder_at, table, None, self._rows_in)
                 if judged is not rec.attribution:
                     self._reattribute(rec, judged)
+
+    def _rows_in(self, batch: DropBatch) -> int:
+        """How many rows of the flow of ``batch`` (drops the kernel counted) were captured in
+        its window: the rows not yet handed on (a window is judged before its rows leave);
+        -1 when the capture has lost packets since the last look (the count cannot be matched)."""
+        lost = (
+            self._sample_ring_drops()
+            if time.time() - self._ring_drops[-1][0] > 0.05
+            else self._ring_drops[-1][1]
+        )
+        before = next((n for t, n in reversed(self._ring_drops) if t <= batch.t0 - 0.01), None)
+        if before is None or lost > before:
+            return -1
+        flow = (batch.proto, unmap(batch.src), batch.sport, unmap(batch.dst), batch.dport)
+        n = 0
+        for _, _, rec in self._pending:
+            if rec is None:
+                continue
+            seg = rec.segment
+            if (seg.proto, unmap(seg.src), seg.sport, unmap(seg.dst), seg.dport) == flow and batch.covers(
+                seg.ts
+            ):
+                n += 1
+        return n
+
+    def _sample_ring_drops(self) -> int:
+        """The capture's own losses (packets the kernel could not put in the ring), kept with
+        their time for the last minute: a window of counted drops is matched to rows only
+        when none were lost since before it (``_rows_in``)."""
+        lost = self.source.kernel_drops()
+        self.session.counters.kernel_drops = lost
+        samples = self._ring_drops
+        samples.append((time.time(), lost))
+        while len(samples) > 2 and samples[0][0] < samples[-1][0] - 60:
+            samples.popleft()
+        return lost
 
     def _judge_sender_across(self, view: _View, att: Attribution) -> Attribution:
         """The sending end of a row across namespaces, judged in its own namespace (its
@@ -1232,7 +1270,7 @@ class Engine:
                 now = time.monotonic()
                 if now - last_drop_check > 0.5:
                     last_drop_check = now
-                    self.session.counters.kernel_drops = self.source.kernel_drops()
+                    self._sample_ring_drops()
                 self.emit()
                 gc_policy.tick()
                 if self.writer is not None and now - last_flush > 0.25:
