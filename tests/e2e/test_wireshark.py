@@ -7,11 +7,13 @@ tshark prints can be checked against what the test opened.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import pty
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -21,9 +23,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, free_port
 
 TSHARK = shutil.which("tshark") or "tshark"  # the Quick start installs it
 
@@ -264,3 +267,126 @@ def test_w_dash_with_json_keeps_stdout_pure_pcapng(conntui, port, tmp_path):
     rows = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     assert len(rows) == len(lengths) and lengths.count(8) == 20  # 10 pings and 10 pongs
     assert sorted(r["payload_len"] for r in rows) == sorted(lengths)
+
+
+# --- remote capture through Wireshark's own sshdump --------------------------------------
+
+SSHD = "/usr/sbin/sshd"  # openssh-server, which the Quick start installs
+PLUGIN = REPO / "conntui" / "wireshark" / "conntui.lua"
+SIDES = ("conntui.sender.pid", "conntui.sender.fd", "conntui.receiver.pid", "conntui.receiver.fd")
+
+
+@contextlib.contextmanager
+def private_sshd(tmp_path: Path) -> Iterator[tuple[int, Path, list[psutil.Process]]]:
+    """An sshd of this test only, on a free loopback port: its own config, host key and
+    authorized key in ``tmp_path``, nothing of the system's sshd used or changed (but
+    ``/run/sshd``, the privilege separation folder compiled into sshd, made if missing and
+    removed again). Yields (port, the client's private key, a list the caller fills with
+    processes to reap); every process sshd started is killed afterwards."""
+    d = tmp_path / "sshd"
+    d.mkdir(mode=0o700)
+    for key in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True, timeout=30
+        )
+    (d / "authorized_keys").write_bytes((d / "client.pub").read_bytes())
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile none\nUsePAM no\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nAuthenticationMethods publickey\n"
+        f"AllowUsers {getpass.getuser()}\nStrictModes no\nLogLevel VERBOSE\n"
+    )
+    made_run = not os.path.isdir("/run/sshd")
+    if made_run:
+        os.mkdir("/run/sshd", 0o755)
+    log = open(d / "sshd.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
+    reap: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, (d / "sshd.log").read_text(errors="replace")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "sshd did not listen within 20 s"
+            time.sleep(0.1)
+        yield port, d / "client", reap
+    finally:
+        with contextlib.suppress(psutil.Error):
+            reap += psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        for p in reap:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+                p.wait(10)
+        log.close()
+        if made_run:
+            with contextlib.suppress(OSError):
+                os.rmdir("/run/sshd")
+
+
+def test_remote_capture_through_sshdump_runs_conntui_as_the_remote_command(tmp_path, port):
+    """Wireshark's own remote capture: ``tshark -i sshdump`` with the extcap options as
+    preferences, sshdump logging in to a private sshd and running ``conntui -w -`` there.
+    Every packet of this test's connection names this process and the fd of each end
+    (read by the plugin from the comments that came through ssh); when tshark has its 20
+    packets the remote conntui ends by itself (its reader went away)."""
+    fields = ["tcp.srcport", *SIDES, "conntui.match"]
+    with private_sshd(tmp_path) as (ssh_port, key, reap):
+        remote = shlex.join(
+            [sys.executable, "-m", "conntui", "-w", "-", "-i", "lo", "-p", str(port), "--duration", "120"]
+        )
+        prefs = {
+            "remotehost": "127.0.0.1",
+            "remoteport": str(ssh_port),
+            "remoteusername": getpass.getuser(),
+            "sshkey": str(key),
+            "remotecapturecommand": remote,
+        }
+        cmd = [TSHARK, "-n", "-X", f"lua_script:{PLUGIN}", "-i", "sshdump", "-c", "20", "-T", "fields"]
+        cmd += [arg for k, v in prefs.items() for arg in ("-o", f"extcap.sshdump.{k}:{v}")]
+        cmd += [arg for f in fields for arg in ("-e", f)]
+        env = {**os.environ, "HOME": str(tmp_path / "home")}  # no personal preferences
+        with conversation(port) as (cli, acc):
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            try:
+                remotes: list[psutil.Process] = []
+                deadline = time.monotonic() + 90
+                i = 0
+                while proc.poll() is None and time.monotonic() < deadline:
+                    exchange(cli, acc, i)
+                    i += 1
+                    if not remotes:
+                        remotes = [
+                            p
+                            for p in psutil.process_iter(["cmdline"])
+                            if p.info["cmdline"] and p.info["cmdline"][1:] == shlex.split(remote)[1:]
+                        ]
+                        reap += remotes
+                    time.sleep(0.05)
+                out, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            client_port = cli.getsockname()[1]
+            fds = {
+                True: (str(cli.fileno()), str(acc.fileno())),
+                False: (str(acc.fileno()), str(cli.fileno())),
+            }
+        log = (tmp_path / "sshd" / "sshd.log").read_text(errors="replace")
+        assert proc.returncode == 0, (err.decode(errors="replace"), log)
+        assert "Accepted publickey for" in log, log
+        rows = [line.split("\t") for line in out.decode().splitlines()]
+        assert len(rows) == 20, (rows, err)
+        me = str(os.getpid())
+        for sport, spid, sfd, rpid, rfd, match in rows:
+            send_fd, recv_fd = fds[int(sport) == client_port]
+            assert (spid, sfd, rpid, rfd) == (me, send_fd, me, recv_fd), rows
+            assert match == "established", rows
+        assert len(remotes) == 1, "the remote conntui was not found among the processes"
+        _, alive = psutil.wait_procs(remotes, timeout=30)
+        assert not alive, "the remote conntui still runs after tshark stopped"
