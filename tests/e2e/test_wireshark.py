@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ..unit.test_pcapng_pib import blocks, epb_options, pib
 from .conftest import REPO, free_port
 
 TSHARK = shutil.which("tshark") or "tshark"  # the Quick start installs it
@@ -390,3 +392,33 @@ def test_remote_capture_through_sshdump_runs_conntui_as_the_remote_command(tmp_p
         assert len(remotes) == 1, "the remote conntui was not found among the processes"
         _, alive = psutil.wait_procs(remotes, timeout=30)
         assert not alive, "the remote conntui still runs after tshark stopped"
+
+
+# --- --pcapng-pib: process information blocks, live ------------------------------------
+
+
+def test_pcapng_pib_names_this_process_on_every_packet_of_a_live_capture(conntui, port, tmp_path):
+    """``-w FILE --pcapng-pib`` on a live capture (where the C fast path writes most packets
+    otherwise): this process is in a PIB with its name before its first packet, and every
+    packet of its connection names it in ``epb_processid_threadid``; tshark reads it all."""
+    path = tmp_path / "pib.pcapng"
+    me = os.getpid()
+    comm = Path("/proc/self/comm").read_text().strip()
+    with conversation(port) as (cli, acc):
+        cap = conntui("-w", str(path), "--pcapng-pib", "-i", "lo", "-p", str(port), "--headless", "-q")
+        for i in range(200):
+            exchange(cli, acc, i)
+        time.sleep(1.0)  # past --settle, so every row is written
+        cap.proc.send_signal(signal.SIGINT)
+        _, err = cap.proc.communicate(timeout=30)
+    assert cap.proc.returncode == 0, err
+    got = blocks(path.read_bytes())
+    pibs = [(i, pib(body)) for i, (t, body) in enumerate(got) if t == 0xBAD]
+    mine = [i for i, (pid, opts) in pibs if pid == me and opts.get(2) == comm.encode()]
+    assert mine, pibs
+    epbs = [(i, epb_options(body)) for i, (t, body) in enumerate(got) if t == 6]
+    assert len(epbs) >= 400, len(epbs)  # 200 pings, 200 pongs, and pure ACKs
+    assert all(i > mine[0] for i, _ in epbs)  # the process first, then its packets
+    assert all(o.get(8) == struct.pack("<II", me, 0) for _, o in epbs), [o.get(8) for _, o in epbs]
+    res = subprocess.run([TSHARK, "-n", "-r", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.count("\n") == len(got) - 2, res.stderr
