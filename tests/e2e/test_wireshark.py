@@ -27,6 +27,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conntui.wireshark import GLOBAL_NOTE
+
 from ..unit.test_pcapng_pib import blocks, epb_options, pib
 from .conftest import REPO, free_port
 
@@ -202,6 +204,13 @@ def test_install_makes_tshark_list_the_conntui_interface(tmp_path):
     after = subprocess.run(both, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert after.returncode == 0, after.stderr
     assert re.search(r"^\d+\. conntui-any \(conntui: any", after.stdout, re.M), after.stdout
+    f = folders()
+    personal = next((v for k, v in f.items() if k.lower() == "personal extcap path"), None)
+    said = [line for line in after.stdout.splitlines() if line.startswith("extcap (capture source")]
+    if personal is None:  # Wireshark up to 4.0 (Debian 12): the global folder, said in one line
+        assert said == [f"extcap (capture source conntui-any): {f['Extcap path']}/conntui ({GLOBAL_NOTE})"]
+    else:
+        assert said == [f"extcap (capture source conntui-any): {personal}/conntui"]
 
 
 def test_tshark_captures_annotated_packets_through_the_extcap(tmp_path, port):
