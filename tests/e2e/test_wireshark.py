@@ -431,3 +431,53 @@ def test_pcapng_pib_names_this_process_on_every_packet_of_a_live_capture(conntui
     assert all(o.get(8) == struct.pack("<II", me, 0) for _, o in epbs), [o.get(8) for _, o in epbs]
     res = subprocess.run([TSHARK, "-n", "-r", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.count("\n") == len(got) - 2, res.stderr
+
+
+def test_the_issues_filter_on_a_file_conntui_wrote_live(conntui, port, tmp_path):
+    """The commands of the issue on a real capture: ``-Y 'conntui.match == "none"'`` keeps
+    the segments of a connect() to a closed port (no receiving process), and
+    ``conntui.receiver.pid``/``.fd`` select exactly one direction of this test's own
+    connection (most of whose packets carry only a reference). The refused socket is bound
+    first, so its segments are told from any other traffic on these ports."""
+    closed = free_port()
+    path = tmp_path / "live.pcapng"
+    with conversation(port) as (cli, acc):
+        cap = conntui("-w", str(path), "-i", "lo", "-p", f"{port},{closed}", "--headless", "-q")
+        for i in range(30):
+            exchange(cli, acc, i)
+        refused = socket.socket()
+        refused.bind(("127.0.0.1", 0))
+        knocked = refused.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            refused.connect(("127.0.0.1", closed))
+        refused.close()
+        time.sleep(1.0)  # past --settle, so every row is written
+        cap.proc.send_signal(signal.SIGINT)
+        _, err = cap.proc.communicate(timeout=30)
+        client_port, acc_fd = cli.getsockname()[1], acc.fileno()
+    assert cap.proc.returncode == 0, err
+
+    def fields(display_filter: str, *names: str) -> list[list[str]]:
+        args = [TSHARK, "-n", "-X", f"lua_script:{PLUGIN}", "-r", str(path), "-Y", display_filter]
+        res = subprocess.run(
+            args + ["-T", "fields"] + [arg for f in names for arg in ("-e", f)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0 and "Lua" not in res.stderr, res.stderr
+        return [line.split("\t") for line in res.stdout.splitlines()]
+
+    ends = {(knocked, closed), (closed, knocked)}
+    none = fields('conntui.match == "none"', "tcp.srcport", "tcp.dstport", "conntui.receiver.process")
+    ours = [r for r in none if (int(r[0]), int(r[1])) in ends]
+    assert [knocked, closed] in [[int(r[0]), int(r[1])] for r in ours], none  # the SYN
+    assert all(r[2] == "" for r in ours), ours
+    everything = fields("tcp", "tcp.srcport", "tcp.dstport", "conntui.match")
+    knock = [m for s, d, m in everything if (int(s), int(d)) == (knocked, closed)]
+    assert knock and set(knock) == {"none"}, everything  # the SYN (and a retry): nobody
+    mine = f"conntui.receiver.pid == {os.getpid()} && conntui.receiver.fd == {acc_fd}"
+    to_server = fields(mine, "tcp.srcport", "tcp.dstport")
+    assert {(int(s), int(d)) for s, d in to_server} == {(client_port, port)}, to_server
+    assert len(to_server) == len([r for r in everything if (int(r[0]), int(r[1])) == (client_port, port)])
+    assert len(to_server) >= 30
