@@ -301,34 +301,38 @@ def private_sshd(tmp_path: Path) -> Iterator[tuple[int, Path, list[psutil.Proces
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True, timeout=30
         )
     (d / "authorized_keys").write_bytes((d / "client.pub").read_bytes())
-    port = free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile none\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nAuthenticationMethods publickey\n"
-        f"AllowUsers {getpass.getuser()}\nStrictModes no\nLogLevel VERBOSE\n"
-    )
     made_run = not os.path.isdir("/run/sshd")
     if made_run:
         os.mkdir("/run/sshd", 0o755)
     log = open(d / "sshd.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
     reap: list[psutil.Process] = []
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, (d / "sshd.log").read_text(errors="replace")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        for _attempt in range(5):  # a port another program took meanwhile: sshd exits, try another
+            port = free_port()
+            (d / "sshd_config").write_text(
+                f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
+                f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile none\nUsePAM no\n"
+                "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nAuthenticationMethods publickey\n"
+                f"AllowUsers {getpass.getuser()}\nStrictModes no\nLogLevel VERBOSE\n"
+            )
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
+            deadline = time.monotonic() + 20
+            listening = f"Server listening on 127.0.0.1 port {port}."
+            while proc.poll() is None and listening not in (d / "sshd.log").read_text(errors="replace"):
+                assert time.monotonic() < deadline, "sshd did not listen within 20 s"
+                time.sleep(0.1)
+            if proc.poll() is None:
                 break
-            assert time.monotonic() < deadline, "sshd did not listen within 20 s"
-            time.sleep(0.1)
+        assert proc is not None and proc.poll() is None, (d / "sshd.log").read_text(errors="replace")
         yield port, d / "client", reap
     finally:
-        with contextlib.suppress(psutil.Error):
-            reap += psutil.Process(proc.pid).children(recursive=True)
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                reap += psutil.Process(proc.pid).children(recursive=True)
+            proc.kill()
+            proc.wait()
         for p in reap:
             with contextlib.suppress(psutil.Error):
                 p.kill()
