@@ -849,7 +849,7 @@ class Engine:
                 if note not in att.notes:
                     self._reattribute(rec, replace(att, notes=(*att.notes, note)))
                 continue
-            judged = judge(seg, att, timeline, holder_at, table, bound_at, self._rows_in)
+            judged = judge(seg, att, timeline, holder_at, table, bound_at, self._rows_in, here=view is None)
             if view is not None:
                 judged = self._judge_sender_across(view, judged)
             if judged is not att:

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 from .demux import attribute
 from .model import (
+    PACKET_HOST,
     Attribution,
     Endpoint,
     Holder,
@@ -148,15 +149,19 @@ def judge(
     table: SocketTable,
     bound_at: HolderAt | None = None,
     rows_in: RowsIn | None = None,
+    *,
+    here: bool = True,
 ) -> Attribution:
     """The row's attribution judged against the kernel's record of that moment. ``rows_in``
-    counts the rows conntui captured in a window of counted drops (:class:`DropBatch`)."""
+    counts the rows conntui captured in a window of counted drops (:class:`DropBatch`);
+    ``here``: ``seg`` is the segment as captured (not a view of it in another namespace)."""
     if att.kernel is not None or not timeline.covers(seg.ts):
         return att  # judged already, or the record was not being kept then
     tcp = seg.proto == "tcp"
     events = timeline.events_for(
-        seg.proto, seg.src, seg.sport, seg.dst, seg.dport, seg.ts, seg.seq if tcp else -1
-    )
+        seg.proto, seg.src, seg.sport, seg.dst, seg.dport, seg.ts, seg.seq if tcp else -1,
+        exact=here and seg.pkttype == PACKET_HOST,
+    )  # fmt: skip
     drop, reset, abort = events.get("drop"), events.get("reset"), events.get("abort")
     counted = None
     if drop is None and rows_in is not None:

@@ -342,13 +342,25 @@ class Timeline:
         return None
 
     def events_for(
-        self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float, seq: int = -1
+        self,
+        proto: str,
+        src: str,
+        sport: int,
+        dst: str,
+        dport: int,
+        ts: float,
+        seq: int = -1,
+        *,
+        exact: bool = False,
     ) -> dict[str, KernelEvent]:
         """What the kernel published about the segment ``src → dst`` captured at ``ts``:
         ``"drop"`` (it dropped it), ``"reset"`` (it answered it with a RST), ``"abort"``
         (this is a RST the kernel sent to abort a socket). Each event serves one segment
         (the first asked about), so N drops name N segments; a TCP drop must carry the
-        segment's sequence number."""
+        segment's sequence number. ``exact``: the segment was captured as it arrived, in the
+        namespace that dropped it, so a drop stamped with a receive timestamp is its own only
+        if the stamps are equal (a copy captured on another device carries another stamp, and
+        is joined by time)."""
         fkey = (proto, unmap(src), sport, unmap(dst), dport)
         found: dict[str, KernelEvent] = {}
         with self._lock:
@@ -356,12 +368,12 @@ class Timeline:
             if not q:
                 return found
             # a drop whose receive timestamp is this segment's is its own, whatever the order
-            exact = next(
+            own = next(
                 (ev for ev in q if ev.kind == "drop" and ev.stamp and abs(ev.stamp - ts) <= STAMP_TOL), None
             )
-            if exact is not None:
-                found["drop"] = exact
-                q.remove(exact)
+            if own is not None:
+                found["drop"] = own
+                q.remove(own)
             for ev in list(q):
                 if ev.kind in found or ev.kind == "synack":
                     continue
@@ -369,8 +381,8 @@ class Timeline:
                     continue
                 if ev.kind == "drop" and seq >= 0 and ev.seq >= 0 and ev.seq != seq:
                     continue
-                if ev.kind == "drop" and ev.stamp and ev.stamp > ts + STAMP_TOL:
-                    continue  # stamped: a later segment's (it names its own exactly)
+                if ev.kind == "drop" and ev.stamp and exact:
+                    continue  # another segment's: it names its own exactly
                 found[ev.kind] = ev
                 q.remove(ev)
         return found

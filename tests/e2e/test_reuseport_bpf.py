@@ -81,9 +81,13 @@ def _holders(sock: dict[str, Any] | None) -> set[tuple[int, int]]:
 
 def test_a_bpf_program_steers_the_group_and_conntui_does_not_claim_the_hash(conntui, port) -> None:
     cap = conntui("--headless", "--json", "-i", "lo", "-p", str(port))
-    a, b = _member(port, True), _member(port, False)
+    a = _member(port, True)
+    procs = [a]
     try:
-        ma, mb = _line(a), _line(b)
+        ma = _line(a)  # bound first: member 0 of the group
+        b = _member(port, False)
+        procs.append(b)
+        mb = _line(b)  # member 1, where the program sends everything
         assert a.stdin is not None
         a.stdin.write(b"go\n")
         assert _line(a) == {"steered": True}
@@ -105,7 +109,7 @@ def test_a_bpf_program_steers_the_group_and_conntui_does_not_claim_the_hash(conn
             c.close()
         rows, err, _ = cap.stop(settle=1.5)
     finally:
-        for p in (a, b):
+        for p in procs:
             p.kill()
             p.wait()
     # the kernel's own doing, seen by the members: the program sent all four to member 1 (b)
