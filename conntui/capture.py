@@ -222,7 +222,7 @@ class _Ring:
                 proto, ifindex, _hatype, pkttype = unpack_sll(mm, pos + _SLL_AT)
                 name = names.get(ifindex)
                 if name is None:
-                    name = names[ifindex] = _ifname(ifindex)
+                    name = names[ifindex] = ifname(ifindex)
                 frames.append(
                     Frame(
                         sec + nsec * 1e-9,
@@ -244,7 +244,8 @@ class _Ring:
         self.map.close()
 
 
-def _ifname(ifindex: int) -> str:
+def ifname(ifindex: int) -> str:
+    """An interface's name by index (the index as text when it is gone)."""
     try:
         return socket.if_indextoname(ifindex)
     except OSError:

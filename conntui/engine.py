@@ -22,11 +22,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from . import fastpath
 from .attributor import Attributor
-from .capture import CaptureError, FrameSource
+from .capture import LINKTYPE_RAW, CaptureError, FrameSource, ifname
 from .crossns import SegmentCopies, copy_note
 from .decode import IcmpError, decode_frame, decode_icmp_error
 from .export import ExportError, PcapNgWriter, Writer
+from .fastpath import FastShared
 from .gcpolicy import GcPolicy
 from .latefill import LateFills
 from .model import Attribution, Frame, Record, Segment
@@ -277,6 +279,22 @@ class Engine:
 
     # -- the C fast path (fastpath.py) -------------------------------------------------
 
+    def fast_shared(self) -> FastShared:
+        """The state the C fast path shares with ``process`` (fastpath.py's contract)."""
+        return FastShared(
+            answers=self.flow_cache.fast,
+            fins=self.history.fins,
+            old_conns=self.history.old_conns,
+            challenge=self.verifier.watched_challenge,
+            reuseport=self.verifier.watched_reuseport,
+            session=self.session,
+            slow=self._fast_slow,
+            flush=self._fast_flush,
+            sync=self._fast_sync,
+            ifname=ifname,
+            linktype=LINKTYPE_RAW,
+        )
+
     def _fast_slow(self, frame: Frame) -> bool:
         """A frame the fast path leaves to ``process``."""
         return self.process(frame) is not None
@@ -408,8 +426,6 @@ class Engine:
         """The source to pump through the C fast path, or None for the Python loop: it
         serves a live ring capture whose rows settle before they are handed on, with no
         port filter left to check in Python."""
-        from . import fastpath
-
         pump = getattr(self.source, "pump", None)
         if (
             pump is None

@@ -55,6 +55,18 @@ class FlowHistory:
         # whether the last SYN seen came after both FINs of the connection before it
         self.syn_after_close = False
 
+    # The C fast path (fastpath.py) reads these two books in place: a segment whose 4-tuple
+    # is in either goes the Python way. Never replaced, only cleared.
+    @property
+    def fins(self) -> dict[Pair, tuple[int, float]]:
+        """4-tuples with a FIN seen (what of their close, and when the last FIN came)."""
+        return self._fins
+
+    @property
+    def old_conns(self) -> dict[Pair, SocketEntry]:
+        """4-tuples a SYN found an old connection on, until its RST."""
+        return self._old_conns
+
     def observe(self, seg: Segment) -> Seen:
         """Book one captured segment (FINs, RSTs, an old connection's RST) and say what
         its 4-tuple had shown before it: the one call the attributor makes per segment."""
