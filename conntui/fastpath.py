@@ -1,11 +1,10 @@
 """The capture thread's common case in C (``_fastpath.c``), and when the engine uses it.
 
-At a few hundred thousand packets a second, every Python step per packet counts: reading
-the ring, decoding, the flow-cache hit, the row, the pending queue and the pcapng block
-cost ~10 µs together in Python, and one core then tops out near 100k packets/s. The C
-module does exactly those steps for the common case (a data segment or ACK of a flow whose
-attribution is cached and final) and builds the same objects and file bytes; everything
-else (SYN/FIN/RST, new flows, anything the verifier or the FIN book watches, unusual
+At a few hundred thousand packets a second, every Python step per packet counts (the
+figures are in bench/README.md). The C module does exactly the capture thread's steps
+(reading the ring, decoding, the flow-cache hit, the row, the pending queue and the pcapng
+block) for the common case (a data segment or ACK of a flow whose attribution is cached
+and final) and builds the same objects and file bytes; everything else (SYN/FIN/RST, new flows, anything the verifier or the FIN book watches, unusual
 headers) goes through ``Engine.process`` as before. ``tests/unit/test_fastpath.py`` runs
 both paths over the same ring and compares every row and byte.
 
