@@ -566,10 +566,11 @@ class PcapNgWriter(Writer):
         self._interfaces: dict[tuple[int, str, int], int] = {}
         self._comments: dict[tuple[object, ...], list[Any]] = {}
         self._by_att: dict[int, tuple[Attribution, list[Any]]] = {}
-        # read by the C fast path; with ``pib`` every comment carries its JSON in full:
-        # released Wireshark counts each PIB's custom block as a frame, so "frame N" in a
-        # reference would name another frame there than in Wireshark's development tree.
-        # The fast path writes only references, so then every packet comes to ``write``.
+        # read by the C fast path (``block_state``); with ``pib`` every comment carries its
+        # JSON in full: released Wireshark counts each PIB's custom block as a frame, so
+        # "frame N" in a reference would name another frame there than in Wireshark's
+        # development tree. The fast path writes only references, so then every packet comes
+        # to ``write``.
         self._ref_window = 0 if self.pib else REF_WINDOW
         self._sock_json = _SocketJson()
         self._flag_opts = {
@@ -581,6 +582,17 @@ class PcapNgWriter(Writer):
         shb = struct.pack("<IIIHHq", 0x0A0D0D0A, total, 0x1A2B3C4D, 1, 0, -1)
         self._put(shb + opts + self._TAIL.pack(total))
         self.flush()
+
+    def block_state(
+        self,
+    ) -> tuple[
+        dict[tuple[int, str, int], int], dict[int, tuple[Attribution, list[Any]]], dict[int, bytes], int, int
+    ]:
+        """What the C fast path (fastpath.py) builds this file's packet blocks from, as
+        ``write`` does: the interface ids and the comments cached per attribution (both read
+        and updated in place), the packet-type options, the blocks written so far and the
+        window in which a comment is written as a reference to an earlier one."""
+        return self._interfaces, self._by_att, self._flag_opts, self.count, self._ref_window
 
     def _interface(self, linktype: int, iface: str, ifindex: int) -> int:
         opts = b""

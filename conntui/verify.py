@@ -55,6 +55,18 @@ class Verifier:
         self._reuseport: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._next_expire = float("-inf")
 
+    # The C fast path (fastpath.py) reads these two books in place: a segment of a flow in
+    # either goes the Python way (``on_record`` answers it). Never replaced.
+    @property
+    def watched_challenge(self) -> OrderedDict[FlowKey, _Question]:
+        """Flows whose SYN hit an established connection: its challenge ACK is awaited."""
+        return self._challenge
+
+    @property
+    def watched_reuseport(self) -> OrderedDict[FlowKey, _Question]:
+        """Flows whose SO_REUSEPORT pick is checked against the established socket."""
+        return self._reuseport
+
     def _remember(self, book: OrderedDict[FlowKey, _Question], key: FlowKey, q: _Question) -> None:
         book[key] = q
         book.move_to_end(key)
