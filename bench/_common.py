@@ -357,3 +357,36 @@ def parse_counters(text: str) -> dict[str, int]:
         if m:
             out[key] = int(m.group(1))
     return out
+
+
+# -- smoke assertions -------------------------------------------------------------------
+
+
+class Checks:
+    """What a run must show: in ``--smoke`` mode (CI), every failed check is printed as one
+    line and the benchmark exits 1; a full run prints them too, as warnings, unless
+    ``always`` (a tool that did not start is a failure in either mode).
+
+        checks = Checks("capture", smoke=args.smoke)
+        checks.expect(in_file == offered, f"conntui wrote {in_file} of {offered} packets")
+        return checks.exit_code()
+    """
+
+    def __init__(self, name: str, *, smoke: bool) -> None:
+        self.name = name
+        self.smoke = smoke
+        self.failed: list[str] = []
+        self.warned: list[str] = []
+
+    def expect(self, ok: bool, what: str, *, always: bool = False) -> bool:
+        """Record ``what`` (the failure, said as what happened) unless ``ok``."""
+        if not ok:
+            (self.failed if self.smoke or always else self.warned).append(what)
+        return ok
+
+    def exit_code(self) -> int:
+        for what in self.warned:
+            print(f"   note: {what}")
+        for what in self.failed:
+            print(f"bench/{self.name}.py: FAILED: {what}", flush=True)
+        return 1 if self.failed else 0

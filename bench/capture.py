@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gen
 from _common import (
+    Checks,
     banner,
     conntui_cmd,
     count_capture,
@@ -359,7 +360,34 @@ def main(argv: list[str] | None = None) -> int:
                 f"   {r.tool} @ {int(r.rate):,}/s: matches in the file: {kinds}; drained in {r.drain:.1f} s"
             )
     print("   recv/offered = packets in the written file / datagrams the generator sent (lossless = 100%).")
-    return 0
+    return verdict(results, Checks("capture", smoke=args.smoke)).exit_code()
+
+
+def verdict(results: list[Result], checks: Checks) -> Checks:
+    """A tool that did not start or whose file is broken fails any run; in smoke mode (a low
+    rate, which every tool here keeps whole) so does a missing packet or comment, or counters
+    that do not add up (captured + kernel drops = offered)."""
+    for r in results:
+        at = f"{r.tool} at {int(r.rate):,}/s"
+        checks.expect(not r.error, f"{at}: {r.error}", always=True)
+        if r.error:
+            continue
+        checks.expect(r.offered > 0, f"{at}: the generator sent nothing", always=True)
+        checks.expect(r.in_file == r.offered, f"{at}: {r.in_file:,} packets in the file, {r.offered:,} sent")
+        if r.commented is not None:
+            checks.expect(
+                r.commented == r.in_file, f"{at}: {r.commented:,} of {r.in_file:,} packets carry the comment"
+            )
+        if r.captured is not None and r.drops is not None:
+            # the TUI's status bar rounds above 10k ("28.6k"): within its rounding there
+            slack = r.offered // 1000 if r.tool == "conntui-tui" else 0
+            checks.expect(
+                abs(r.captured + r.drops - r.offered) <= slack,
+                f"{at}: captured {r.captured:,} + kernel drops {r.drops:,} != {r.offered:,} sent",
+            )
+        else:
+            checks.expect(False, f"{at}: no captured/dropped counters in its output")
+    return checks
 
 
 if __name__ == "__main__":

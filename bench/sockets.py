@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import banner, env_with_repo, percentile, require_root, table  # noqa: E402
+from _common import Checks, banner, env_with_repo, percentile, require_root, table  # noqa: E402
 
 from conntui.demux import attribute  # noqa: E402
 from conntui.model import Segment  # noqa: E402
@@ -184,7 +184,9 @@ def steady(src: SocketTableSource, helper: Helper, seconds: float, every: float 
     return times
 
 
-def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[list[object]], list[str]]:
+def measure(
+    n: int, repeat: int, k: int, checks: Checks, steady_s: float = 0.0
+) -> tuple[list[list[object]], list[str]]:
     import psutil
 
     helpers = start_helpers(n)
@@ -210,6 +212,13 @@ def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[li
             ]
         )
         held = sum(1 for e in src.current().entries if e.holders)
+        mine = {h.pid for h in helpers}
+        ours = sum(1 for e in src.current().entries if any(x.pid in mine for x in e.holders))
+        checks.expect(
+            ours >= sum(h.sockets for h in helpers),
+            f"N={n:,}: the table names the helpers as holders of {ours:,} sockets, "
+            f"they hold {sum(h.sockets for h in helpers):,}",
+        )
         notes.append(
             f"N={n:,}: conntui table has {total:,} sockets, {held:,} with holders "
             f"({len(helpers)} helper process(es) hold {sum(h.sockets for h in helpers):,})"
@@ -268,6 +277,7 @@ def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[li
                     f"{statistics.median(stages['listed']):.0f}; found by: {passes}",
                 ]
             )
+        checks.expect(right == k, f"N={n:,}: {right} of {k} new connections resolved to the right pid and fd")
         rows.append([n, "", "one exact sock_diag look-up", f"{statistics.median(exact):.1f} µs", "", ""])
         if steady_s > 0:
             st = steady(src, helper, steady_s)
@@ -304,14 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     banner("socket table: full refresh at N loopback TCP sockets, and one miss")
     rows: list[list[object]] = []
     notes: list[str] = []
+    checks = Checks("sockets", smoke=args.smoke)
     for n in args.sizes:
-        r, nn = measure(n, args.repeat, args.misses, args.steady)
+        r, nn = measure(n, args.repeat, args.misses, checks, args.steady)
         rows += r
         notes += nn
     print(table(["N", "rows", "what", "median", "cold (1st)", "detail"], rows))
     for note in notes:
         print("   " + note)
-    return 0
+    return checks.exit_code()
 
 
 if __name__ == "__main__":
