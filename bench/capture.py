@@ -84,13 +84,13 @@ class TuiProcess:
     """``conntui -i lo -p PORT -w FILE`` with its TUI, in a detached 160x48 tmux session: the
     capture thread shares the process (and the GIL) with the screen, as a person runs it."""
 
-    def __init__(self, port: int, out: Path) -> None:
+    def __init__(self, port: int, out: Path, extra: tuple[str, ...] = ()) -> None:
         self.session = f"conntui-bench-{port}"
         env = env_with_repo()
         argv = [
             "env",
             f"PYTHONPATH={env['PYTHONPATH']}",
-            *conntui_cmd("-i", "lo", "-p", str(port), "-w", str(out)),
+            *conntui_cmd("-i", "lo", "-p", str(port), "-w", str(out), *extra),
         ]
         # no redirection: Textual draws on stderr (its output is the pane, read by ``screen``)
         shell = f"exec {shlex.join(argv)}"
