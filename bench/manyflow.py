@@ -248,6 +248,7 @@ class ToolResult:
     cpu: float = 0.0
     error: str = ""
     judged: Judged | None = None
+    drain: float = 0.0  # seconds it stayed busy after the traffic (30: stopped while still busy)
 
 
 def start_headless(port: int, out: Path, errf: Path, extra: list[str]) -> subprocess.Popen[bytes]:
@@ -341,7 +342,8 @@ def run(args: argparse.Namespace, tmp: Path, checks: Checks) -> None:
         truth = read_truth(logdir, gen.stdout)
         # drain: each conntui until idle, tcpdump's ring block timeout
         for tool, p in procs.items():
-            wait_idle(p.pid, busy=0.25 if tool == "conntui-tui" else 0.05, max_wait=30)  # type: ignore[attr-defined]
+            busy = 0.25 if tool == "conntui-tui" else 0.05
+            results[tool].drain = wait_idle(p.pid, busy=busy, max_wait=30)  # type: ignore[attr-defined]
         time.sleep(1.3)
         offered = nft.packets() - nft0
         lo_delta = lo_packets() - lo0
@@ -423,6 +425,7 @@ def report(
                 "" if r.commented is None else pct(r.commented, r.in_file),
                 "" if jd is None else f"{jd.right:,} / {jd.data_rows:,} = {pct(jd.right, jd.data_rows)}",
                 f"{1e6 * r.cpu / r.in_file:.2f}" if r.in_file else "—",
+                f"{r.drain:.1f} s",
                 r.error[:70],
             ]
         )
@@ -438,6 +441,7 @@ def report(
                 "commented",
                 "data rows right pid+fd",
                 "CPU µs/pkt",
+                "busy after",
                 "error",
             ],
             rows,

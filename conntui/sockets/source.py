@@ -48,7 +48,7 @@ from dataclasses import replace
 
 from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules
 from . import bpf, tproxy
-from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
+from .diag import TCP_LISTEN, DiagSocket, RawSock, entry_from_msg, state_text, to_entry
 from .procfs import HolderScanner
 from .route import RouteInfo
 
@@ -335,8 +335,9 @@ class SocketTableSource:
                 entry = hit if hit is not _NO_ENTRY else old_cache.get(key)
                 if entry is None or entry.holders != hs or entry.former_holders != former:
                     seen = first_seen.setdefault(mkey, now)
-                    raw = parse_msg(proto, msg)
-                    entry = to_entry(raw, hs, former_holders=former, first_seen=seen, netns=self.netns_inode)
+                    entry = entry_from_msg(
+                        proto, msg, hs, former_holders=former, first_seen=seen, netns=self.netns_inode
+                    )
                     extras.append(entry)
                 elif hit is _NO_ENTRY:
                     reused.add(id(entry))  # last time's entry, under a message that changed
