@@ -293,7 +293,7 @@ def run(args: argparse.Namespace, tmp: Path, checks: Checks) -> None:
             "conntui-tui": tmp / "conntui-tui.pcapng",
             "tcpdump": tmp / "tcpdump.pcap",
         }
-        tools = ["conntui", *([] if args.no_tui or not have("tmux") else ["conntui-tui"]), "tcpdump"]
+        tools = [t for t in args.tools if not (t == "conntui-tui" and (args.no_tui or not have("tmux")))]
         for tool in tools:
             res = results[tool] = ToolResult(tool)
             errf = tmp / f"{tool}.err"
@@ -498,6 +498,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="message size (bytes)")
     ap.add_argument("--seconds", type=float, default=10.0, help="traffic duration (max 60)")
     ap.add_argument("--no-tui", action="store_true", help="without conntui's TUI (in tmux)")
+    ap.add_argument(
+        "--tools",
+        nargs="*",
+        choices=["conntui", "conntui-tui", "tcpdump"],
+        default=["conntui", "conntui-tui", "tcpdump"],
+        help="which capture together (none: the generator alone, for its own rate)",
+    )
     ap.add_argument("--conntui-args", default="", help="extra options for both conntuis (e.g. --no-trace)")
     ap.add_argument("--keep", metavar="DIR", help="keep the capture files and the generator's logs here")
     args = ap.parse_args(argv)
