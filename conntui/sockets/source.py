@@ -226,6 +226,8 @@ class SocketTableSource:
 
     def _refresh(self) -> SocketTable:
         t0 = time.perf_counter()
+        # the first refresh: the TPROXY rules (three tools run) are read meanwhile
+        reading_rules = tproxy.prefetch(self._netns_self_path()) if self._refreshed is None else None
         # A message identical byte for byte to one of the last refresh stands for the same
         # entry (most sockets, most of the time: no timer running). The per-message work
         # runs in C (map, compress); Python code runs only for the messages that changed.
@@ -380,6 +382,8 @@ class SocketTableSource:
         self.derived = table is not None
         if table is None:
             table = SocketTable(entries, taken_at=now, local_addrs=self._local_addrs, ifnames=self._ifnames)
+        if reading_rules is not None:
+            reading_rules.join()
         table.tproxy = self._tproxy_rules(table)
         table.sk_lookup = bpf.sk_lookup_for(self._netns_self_path())
         self._refreshed = table
