@@ -365,7 +365,7 @@ def run(args: argparse.Namespace, tmp: Path, checks: Checks) -> None:
                 res.error = f"exit {rc}: {text.strip().splitlines()[-1] if text.strip() else ''}"
         procs.clear()
         for tool, res in results.items():
-            if res.error:
+            if res.error and not files[tool].exists():  # did not start (a killed one's file is read)
                 continue
             if tool.startswith("conntui"):
                 res.judged, fc = judge(files[tool], truth, port)
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace, tmp: Path, checks: Checks) -> None:
                 fc = count_capture(files[tool])
             res.in_file = fc.packets
             if fc.error:
-                res.error = f"file: {fc.error}"
+                res.error = (res.error + "; " if res.error else "") + f"file: {fc.error}"
         report(args, port, truth, results, offered, lo_delta, took, load0, load1)
         verdict(checks, args, truth, results, offered)
     finally:
@@ -419,7 +419,7 @@ def report(
                 tool,
                 offered,
                 r.in_file,
-                pct(r.in_file, offered) if not r.error else "—",
+                pct(r.in_file, offered) if r.in_file or not r.error else "—",
                 r.captured,
                 r.drops,
                 "" if r.commented is None else pct(r.commented, r.in_file),
