@@ -46,9 +46,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+from .. import gcpolicy
 from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules, is_wildcard
 from . import bpf, tproxy
-from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
+from .diag import TCP_LISTEN, DiagSocket, RawSock, entry_from_msg, state_text, to_entry
 from .procfs import HolderScanner
 from .route import RouteInfo
 
@@ -216,6 +217,11 @@ class SocketTableSource:
         """A full snapshot: four sock_diag dumps, one /proc scan, addresses; swapped in."""
         with self._refresh_lock:
             try:
+                if self._refreshed is None:
+                    # the first makes one entry per socket (20,000 objects and more): the
+                    # collector's passes over them were a third of its time (issue 18)
+                    with gcpolicy.paused():
+                        return self._refresh()
                 return self._refresh()
             except BaseException:
                 # half-updated memories would pass stale entries off as current: start afresh
@@ -226,6 +232,8 @@ class SocketTableSource:
 
     def _refresh(self) -> SocketTable:
         t0 = time.perf_counter()
+        # the first refresh: the TPROXY rules (three tools run) are read meanwhile
+        reading_rules = tproxy.prefetch(self._netns_self_path()) if self._refreshed is None else None
         # A message identical byte for byte to one of the last refresh stands for the same
         # entry (most sockets, most of the time: no timer running). The per-message work
         # runs in C (map, compress); Python code runs only for the messages that changed.
@@ -335,8 +343,9 @@ class SocketTableSource:
                 entry = hit if hit is not _NO_ENTRY else old_cache.get(key)
                 if entry is None or entry.holders != hs or entry.former_holders != former:
                     seen = first_seen.setdefault(mkey, now)
-                    raw = parse_msg(proto, msg)
-                    entry = to_entry(raw, hs, former_holders=former, first_seen=seen, netns=self.netns_inode)
+                    entry = entry_from_msg(
+                        proto, msg, hs, former_holders=former, first_seen=seen, netns=self.netns_inode
+                    )
                     extras.append(entry)
                 elif hit is _NO_ENTRY:
                     reused.add(id(entry))  # last time's entry, under a message that changed
@@ -379,6 +388,8 @@ class SocketTableSource:
         self.derived = table is not None
         if table is None:
             table = SocketTable(entries, taken_at=now, local_addrs=self._local_addrs, ifnames=self._ifnames)
+        if reading_rules is not None:
+            reading_rules.join()
         table.tproxy = self._tproxy_rules(table)
         table.sk_lookup = bpf.sk_lookup_for(self._netns_self_path())
         self._refreshed = table

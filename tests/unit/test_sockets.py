@@ -130,6 +130,43 @@ def test_state_text(proto: str, state: int, text: str) -> None:
     assert to_entry(parse_msg(proto, pack_diag_msg(state=state))).state == text
 
 
+@pytest.mark.parametrize(
+    "msg",
+    [
+        pack_diag_msg(state=10, sport=8080, rqueue=2, wqueue=7, uid=1000, inode=4242),
+        pack_diag_msg(sport=0x1234, dst="10.0.0.9", dport=443, ifindex=3, cookie=0x55_1122_3344, inode=7),
+        pack_diag_msg(
+            family=AF6, state=10, src="::", sport=80, attrs=[MARK, (diag.INET_DIAG_SKV6ONLY, b"\x01")]
+        ),
+        pack_diag_msg(
+            family=AF6, state=10, src="::", sport=80, attrs=[MARK, (diag.INET_DIAG_SKV6ONLY, b"\x00")]
+        ),
+        pack_diag_msg(family=AF6, src="::ffff:127.0.0.1", sport=80, dst="::ffff:127.0.0.1", dport=40000),
+        pack_diag_msg(state=12, sport=80, dst="127.0.0.1", dport=5555),
+        pack_diag_msg(state=6, sport=80, dst="127.0.0.1", dport=5556, timer=3, expires=60000),
+        pack_diag_msg(state=7, sport=53, attrs=[(diag.INET_DIAG_SOCKOPT, b"\x70\x00")]),
+        pack_diag_msg(state=7, sport=53, attrs=[(diag.INET_DIAG_SOCKOPT, b"\x50\x00"), MARK]),
+        pack_diag_msg(state=7, sport=53, attrs=[(diag.INET_DIAG_SOCKOPT, b"")]),  # empty: not transparent
+        pack_diag_msg(state=1, sport=5000, dst="127.0.0.1", dport=53) + b"\x08\x00",  # truncated attribute
+        pack_diag_msg(state=1, sport=5000, dst="127.0.0.1", dport=0),  # connected to port 0: not a wildcard
+        pack_diag_msg(family=AF6, state=99, src="fe80::1", sport=1),  # a state with no name
+    ],
+)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_entry_from_msg_is_to_entry_of_parse_msg(msg: bytes, proto: str) -> None:
+    """The cold table's one-step entry (issue 18) says exactly what the two steps say."""
+    held = (Holder(10, 3, "srv"),)
+    former = (Holder(11, 4, "old"),)
+    kw = {"former_holders": former, "first_seen": 12.5, "netns": 4026531840}
+    assert diag.entry_from_msg(proto, msg) == to_entry(parse_msg(proto, msg))
+    assert diag.entry_from_msg(proto, msg, held, **kw) == to_entry(parse_msg(proto, msg), held, **kw)  # type: ignore[arg-type]
+
+
+def test_entry_from_msg_rejects_a_short_message() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        diag.entry_from_msg("tcp", bytes(40))
+
+
 def test_unconnected_udp_has_no_remote_but_connected_does() -> None:
     unconn = to_entry(parse_msg("udp", pack_diag_msg(state=7, sport=53)))
     conn = to_entry(parse_msg("udp", pack_diag_msg(state=1, sport=5000, dst="127.0.0.1", dport=53)))
