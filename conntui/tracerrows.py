@@ -12,6 +12,7 @@ namespaces is judged as each end's socket sees it, in its own namespace.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -277,7 +278,7 @@ class TracerRows:
         found = tracer.lookup_record("tcp", laddr, lport, raddr, rport, at=at, netns=ns)
         if found is None:
             return None
-        holder = self._passed_on(found, ns) or self._traced(found)
+        holder = self._passed_on(found, ns, (laddr, lport, raddr, rport)) or self._traced(found)
         renamed = tracer.exec_after(holder.pid, found.t)
         if renamed is not None and tracer.execs.get(holder.pid, (float("inf"), ""))[0] <= at:
             holder = Holder(holder.pid, holder.fd, renamed, holder.container)
@@ -286,13 +287,25 @@ class TracerRows:
         since = found.t - TRACE_SLACK if found.kind == "connect" else found.t
         return holder, since
 
-    def _passed_on(self, found: TraceRecord, ns: int) -> Holder | None:
+    def _passed_on(self, found: TraceRecord, ns: int, tup: tuple[str, int, str, int]) -> Holder | None:
         """Who holds an accept()ed socket now, when the process that accepted it no longer
         does (a forking server: the parent accept()s, the child gets the socket and the
         parent closes its fd); None when the accepting fd still holds it, or nobody can
-        be found (then the accept record is all there is)."""
+        be found (then the accept record is all there is).
+
+        A socket the kernel's record shows closed by now (gone, TIME_WAIT, or orphaned: no
+        process holds it) is not searched for: nobody can hold it, and a search per closed
+        connection (a /proc walk on the capture thread) was most of conntui's time under
+        many short connections."""
         if found.kind != "accept" or not found.inode or not self.live:
             return None
+        tracer = self.tracer
+        if tracer is not None:
+            now_state = tracer.timeline_for(ns).state_at(*tup, time.time())
+            if now_state is not None and (
+                not now_state.exists or now_state.held is False or now_state.state == "TIME_WAIT"
+            ):
+                return None
         hit = self._handed.get(found.inode, _UNSET)
         if hit is not _UNSET:
             return hit if isinstance(hit, Holder) else None
@@ -307,7 +320,7 @@ class TracerRows:
         src = (spaces.source(ns) if ns else spaces.primary) if spaces is not None else self.tables
         scanner = getattr(src, "scanner", None)
         if scanner is not None:
-            held = scanner.find_holders({found.inode}, (found.pid,)).get(found.inode, ())
+            held = scanner.find_holders({found.inode}, (found.pid,), deep=False).get(found.inode, ())
             now = held[0] if held else None
         if len(self._handed) > 4096:
             self._handed.clear()
