@@ -13,10 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .model import Attribution, Segment, SocketTable, TupleKey, unmap
+from .model import Attribution, Match, Segment, SocketTable, TupleKey, unmap
 
 CacheKey = tuple[str, str, int, str, int, str, int, int]
 Dep = TupleKey | tuple[str, int]
+
+
+def _by_tuple_alone(att: Attribution) -> bool:
+    """An answer the demux found in the established hash by the 4-tuple, with both ends
+    connection sockets of that tuple: no listener or other socket on either port can change
+    it (the established look-up comes first), so it depends on its two tuples only. Without
+    this, every new connection to a server port dropped the answers of all its live flows."""
+    if att.match is not Match.ESTABLISHED or att.listener is not None:
+        return False
+    return all(
+        s is None or (s.proto == "tcp" and s.remote is not None and s.remote.port != 0)
+        for s in (att.receiver, att.sender)
+    )
 
 
 def cache_key(seg: Segment) -> CacheKey:
@@ -80,12 +93,13 @@ class FlowCache:
                 self.fast.pop(key, None)
         proto, src, sport, dst, dport = key[0], unmap(key[1]), key[2], unmap(key[3]), key[4]
         readers = self._readers
-        for dep in (
+        deps: tuple[Dep, ...] = (
             (proto, dst, dport, src, sport),  # the receiver's connection
             (proto, src, sport, dst, dport),  # the sender's connection
-            (proto, dport),  # listeners and UDP sockets on either port
-            (proto, sport),
-        ):
+        )
+        if not _by_tuple_alone(att):
+            deps += ((proto, dport), (proto, sport))  # listeners and UDP sockets on either port
+        for dep in deps:
             lst = readers.get(dep)
             if lst is None:
                 readers[dep] = [key]

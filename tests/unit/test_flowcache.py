@@ -81,6 +81,21 @@ def test_an_unrelated_change_keeps_the_answer_a_related_one_drops_it() -> None:
     assert cache.cleared == 1
 
 
+def test_a_listener_change_keeps_established_answers_on_its_port() -> None:
+    """Each new connection moves the listener's accept queue, and the table then holds a new
+    view of the listener: an established flow's answer (found by its 4-tuple before any
+    listener is asked) stays; an answer that read the listener does not."""
+    t1 = SocketTable([listener(80, 1), conn(5000, 2)])
+    cache = FlowCache()
+    est, to_listener = tcp_seg(5000), tcp_seg(6000)
+    for s in (est, to_listener):
+        cache.put(t1, cache_key(s), attribute(s, t1))
+    t2 = t1.with_entries([listener(80, 1, backlog_used=1)])
+    assert cache.get(t2, cache_key(est)) is not None
+    assert cache.get(t2, cache_key(to_listener)) is None
+    assert cache.get(t2, cache_key(est)) == attribute(est, t2)
+
+
 def test_a_skipped_table_clears() -> None:
     t1 = SocketTable([conn(5000, 2)])
     cache = FlowCache()
