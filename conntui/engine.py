@@ -258,10 +258,10 @@ class Engine:
             if self.on_record is not None:
                 self.on_record(rec)
 
-    def _rows_in(self, batch: DropBatch) -> int:
-        """How many rows of the flow of ``batch`` (drops the kernel counted) were captured in
-        its window: the rows not yet handed on (a window is judged before its rows leave);
-        -1 when the capture has lost packets since before the window (they cannot be matched)."""
+    def _rows_in(self, batch: DropBatch, lo: float, hi: float) -> int:
+        """How many rows of the flow of ``batch`` (drops the kernel counted) were captured with
+        a timestamp in [lo, hi]: the rows not yet handed on (a window is judged before its
+        rows leave); -1 when the capture has lost packets since before the window."""
         last = self._ring_drops[-1]
         lost = self._sample_ring_drops() if time.time() - last[0] > 0.05 else last[1]
         before = next((n for t, n in reversed(self._ring_drops) if t <= batch.t0 - 0.01), None)
@@ -273,8 +273,9 @@ class Engine:
             if rec is None:
                 continue
             seg = rec.segment
-            if (seg.proto, unmap(seg.src), seg.sport, unmap(seg.dst), seg.dport) == flow and batch.covers(
-                seg.ts
+            if (
+                lo <= seg.ts <= hi
+                and (seg.proto, unmap(seg.src), seg.sport, unmap(seg.dst), seg.dport) == flow
             ):
                 n += 1
         return n

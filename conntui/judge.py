@@ -40,7 +40,7 @@ from .model import (
     endpoint_text,
     unmap,
 )
-from .timeline import DropBatch, KernelEvent, KnownState, Timeline
+from .timeline import STAMP_TOL, DropBatch, KernelEvent, KnownState, Timeline
 
 # (local addr, local port, remote addr, remote port, at) → (holder, when it got the socket)
 HolderAt = Callable[[str, int, str, int, float], tuple[Holder, float] | None]
@@ -52,7 +52,9 @@ _TABLE_STATES = _HELD_STATES | {"SYN_RECV"}
 _STATE_SOURCE = "sock:inet_sock_set_state"
 _COUNTED = "skb:kfree_skb (counted in the kernel)"
 # how many rows conntui captured in a window of counted drops
-RowsIn = Callable[[DropBatch], int]
+# how many rows of a batch's flow conntui captured with a timestamp in (lo, hi] (-1: the
+# capture lost packets since before lo, so none can be matched)
+RowsIn = Callable[[DropBatch, float, float], int]
 # A connection born (or established) this soon before a SYN on its tuple was made by that
 # SYN: the tracer's and the capture's clocks differ by more than a veth round trip.
 _OWN_CHILD_SLACK = 0.005
@@ -167,9 +169,7 @@ def judge(
     if drop is None and rows_in is not None:
         batch = timeline.batch_for(seg.proto, seg.src, seg.sport, seg.dst, seg.dport, seg.ts)
         if batch is not None:
-            if batch.accounted is None:
-                batch.accounted = _accounted(seg, batch, timeline, rows_in)
-            if not batch.accounted:
+            if not batch.accounted and not _accounted(seg, batch, timeline, rows_in):
                 return _counted_some(att, batch)
             counted = batch
             drop = KernelEvent("drop", seg.ts, seg.proto, seg.src, seg.sport, seg.dst, seg.dport)
@@ -271,20 +271,58 @@ def _record_shows_no_socket(seg: Segment, timeline: Timeline) -> bool:
 
 
 def _accounted(seg: Segment, batch: DropBatch, timeline: Timeline, rows_in: RowsIn) -> bool:
-    """Whether the drops counted in ``batch``'s window, with those reported one by one there,
-    are as many as the segments of its flow conntui captured there: then each was dropped.
+    """Whether every segment of ``batch``'s window was dropped: the drops the kernel counted,
+    with those it reported one by one, are as many as the segments conntui captured there.
 
-    The window runs from its first drop's receive timestamp to its last's, both included, so
-    it holds every segment whose drop it counted. When it starts at the previous window's
-    last drop, the segment stamped there was that window's, if that window was accounted;
-    otherwise (a drop counted while the previous window was being read) it is left in, which
-    can only make the count fall short, never claim a delivered segment."""
-    captured = batch.captured = rows_in(batch)
-    if not batch.s1 or captured < 0:
+    The tracer reads a tick's count before the last drop's receive timestamp (a maximum), so
+    every drop in a count has a timestamp up to that one; drops made while the two were read
+    are in the next tick's count (though their segments are in this window). So windows are
+    settled as a run: from the last window found whole (exclusive: its last segment was its
+    own) or the flood's first drop (inclusive), through this one and, if that falls short,
+    the next ones read so far. Whatever is counted in the run is a drop of a segment in it,
+    so a count that covers every captured segment there proves each was dropped; a count
+    that falls short leaves them unknown. The windows of a run found whole are marked so."""
+    if not batch.s1:
         return False
-    singles = timeline.drops_between(seg.proto, seg.src, seg.sport, seg.dst, seg.dport, batch.s0, batch.s1)
-    boundary = 1 if batch.prev is not None and batch.prev.accounted else 0
-    return batch.count + singles >= captured - boundary
+    tail = batch
+    for _ in range(5):
+        if tail.next is None:
+            break
+        tail = tail.next
+    if batch.tried is tail:
+        return False  # tried with the same windows read: each row would only scan again
+    batch.tried = tail
+    run: list[DropBatch] = []
+    b: DropBatch | None = batch
+    while b is not None and not b.accounted and len(run) < 64:
+        run.insert(0, b)
+        b = b.prev
+    if b is not None and not b.accounted:
+        return False  # too long a run of windows that fell short
+    lo, inclusive = (b.s1, False) if b is not None else (run[0].s0, True)
+    lo_q = lo - STAMP_TOL if inclusive else lo + STAMP_TOL / 4
+    counted = 0
+    reached = False
+    k: DropBatch | None = run[0]
+    for _ in range(len(run) + 5):  # up to this window, and at most 5 read after it
+        if k is None or not k.s1:
+            return False
+        counted += k.count
+        reached = reached or k is batch
+        if reached:
+            captured = rows_in(batch, lo_q, k.s1 + STAMP_TOL)
+            batch.captured = captured
+            if captured < 0:
+                return False
+            singles = timeline.drops_between(seg.proto, seg.src, seg.sport, seg.dst, seg.dport, lo_q, k.s1)
+            if counted + singles >= captured:
+                x: DropBatch | None = k
+                while x is not None and x is not b:
+                    x.accounted = True
+                    x = x.prev
+                return True
+        k = k.next
+    return False
 
 
 def _counted_some(att: Attribution, batch: DropBatch) -> Attribution:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .model import TCP_STATES, unmap
@@ -134,8 +134,11 @@ class DropBatch:
     captured: int | None = None  # set on first use; -1: the capture lost packets then
     # the flow's window before this one, when this one starts at its last drop; and whether
     # this window's count was found to cover every segment captured in it (set on first use)
-    prev: DropBatch | None = None
+    prev: DropBatch | None = field(default=None, repr=False, compare=False)
+    next: DropBatch | None = field(default=None, repr=False, compare=False)
     accounted: bool | None = None
+    # the last window read when this one was last tried
+    tried: DropBatch | None = field(default=None, repr=False, compare=False)
 
     def covers(self, ts: float) -> bool:
         if self.s1:
@@ -241,7 +244,7 @@ class Timeline:
             if q is None:
                 q = deque(maxlen=256)  # a tick's worth each (0.1 s): longer than any row waits
             if q and batch.s0 and q[-1].s1 == batch.s0:
-                batch.prev = q[-1]
+                batch.prev, q[-1].next = q[-1], batch
             q.append(batch)
             self._batches[fkey] = q
             self.counts["drop"] = self.counts.get("drop", 0) + batch.count
@@ -254,7 +257,7 @@ class Timeline:
         """How many drops of this flow reported one by one had a receive timestamp in [s0, s1]."""
         with self._lock:
             q = self._stamps.get((proto, unmap(src), sport, unmap(dst), dport))
-            return sum(1 for s in q if s0 - STAMP_TOL <= s <= s1 + STAMP_TOL) if q else 0
+            return sum(1 for s in q if s0 <= s <= s1) if q else 0
 
     def batch_for(
         self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float

@@ -341,9 +341,9 @@ def _count_drop(saddr: str, daddr: str) -> str:
     return (
         f"\n          @dn{key} = count();"
         f"\n          if (@dt0{key} == 0) {{ @dt0{key} = nsecs; }}"
-        f"\n          @dt1{key} = nsecs;"
+        f"\n          @dt1{key} = max(nsecs);"
         f"\n          if (@ds0{key} == 0) {{ @ds0{key} = $stamp; }}"
-        f"\n          @ds1{key} = $stamp;"
+        f"\n          @ds1{key} = max($stamp);"
         "\n          @dany = 1;"
     )
 

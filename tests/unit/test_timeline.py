@@ -281,19 +281,19 @@ def test_counted_drops_mark_every_segment_only_when_they_account_for_all_capture
     # 3 drops counted in the kernel, receive timestamps 106.000 .. 106.002
     _tick(tracer, 3, 6_000_000_000, 6_002_000_000, 106_000_000_000, 106_002_000_000)
     rows = [_dgram(106.0), _dgram(106.001), _dgram(106.002)]
-    got = [judge(r, udp, tracer.timeline, holder_at, table(), None, lambda b: 3) for r in rows]
+    got = [judge(r, udp, tracer.timeline, holder_at, table(), None, lambda b, lo, hi: 3) for r in rows]
     assert all(g.kernel is not None and g.kernel.verdict == "dropped" for g in got)
     assert all(g.kernel is not None and "counted" in g.kernel.source for g in got)
     # the next tick: 2 more counted (from the last one's timestamp on), but conntui has 3 rows
     # there (one was delivered): none is called dropped
     _tick(tracer, 5, 6_000_000_000, 6_004_000_000, 106_000_000_000, 106_004_000_000)
     later = [_dgram(106.003), _dgram(106.0035), _dgram(106.004)]
-    got = [judge(r, udp, tracer.timeline, holder_at, table(), None, lambda b: 4) for r in later]
+    got = [judge(r, udp, tracer.timeline, holder_at, table(), None, lambda b, lo, hi: 4) for r in later]
     assert all(g.kernel is not None and g.kernel.verdict == "unknown" for g in got), got
     assert "whether it dropped this one is not known" in got[0].notes[-1]
     # a window the capture lost packets in: never matched
     _tick(tracer, 6, 6_000_000_000, 6_006_000_000, 106_000_000_000, 106_006_000_000)
-    lossy = judge(_dgram(106.005), udp, tracer.timeline, holder_at, table(), None, lambda b: -1)
+    lossy = judge(_dgram(106.005), udp, tracer.timeline, holder_at, table(), None, lambda b, lo, hi: -1)
     assert (
         lossy.kernel is not None and lossy.kernel.verdict == "unknown" and "lost packets" in lossy.notes[-1]
     )
@@ -309,3 +309,34 @@ def test_drop_counts_are_read_as_differences_and_garbage_is_counted():
     tracer.feed_line('{"type": "map", "data": {"@dt1": {"x,y": 5}}}')
     tracer.feed_line('{"type": "printf", "data": "DZ 2"}')
     assert tracer.stats["unparsed"] == 1
+
+
+def test_a_count_read_before_its_windows_last_drop_is_settled_with_the_next_window():
+    """The tracer reads a tick's count, then its last timestamp: drops made in between are
+    counted in the next tick but their segments lie in this window. A window that falls
+    short is settled together with the next one (never by a count that may be a neighbour's)."""
+    tracer = _flood_tracer()
+    udp = Attribution(Match.UDP_UNCONNECTED, explain="bound")
+    rows = {  # timestamps of the captured segments of each window (all dropped)
+        1: [106.0 + i * 1e-4 for i in range(10)],  # 106.0000 .. 106.0009
+        2: [106.001 + i * 1e-4 for i in range(10)],  # 106.0010 .. 106.0019
+    }
+    everything = sorted(rows[1] + rows[2])
+
+    def rows_in(b: object, lo: float, hi: float) -> int:
+        return sum(1 for t in everything if lo <= t <= hi)
+
+    # tick 1: 8 of window 1's 10 drops counted, the last timestamp read covers all 10
+    _tick(tracer, 8, 6_000_000_000, 6_000_900_000, 106_000_000_000, 106_000_900_000)
+    got = judge(_dgram(rows[1][0]), udp, tracer.timeline, holder_at, table(), None, rows_in)
+    assert got.kernel is not None and got.kernel.verdict == "unknown"  # 8 < 10: not yet
+    # tick 2: the 2 strays and window 2's 10 (cumulative 20): together they cover both windows
+    _tick(tracer, 20, 6_000_000_000, 6_001_900_000, 106_000_000_000, 106_001_900_000)
+    for t in (rows[1][5], *rows[2]):
+        got = judge(_dgram(t), udp, tracer.timeline, holder_at, table(), None, rows_in)
+        assert got.kernel is not None and got.kernel.verdict == "dropped", (t, got.notes)
+    # one delivered segment in a third window is never hidden by a neighbour's count
+    everything.extend([106.002 + i * 1e-4 for i in range(5)])
+    _tick(tracer, 24, 6_000_000_000, 6_002_400_000, 106_000_000_000, 106_002_400_000)
+    got = judge(_dgram(106.0021), udp, tracer.timeline, holder_at, table(), None, rows_in)
+    assert got.kernel is not None and got.kernel.verdict == "unknown"
