@@ -30,8 +30,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 from ..model import Attribution, Match, Record, Segment, SocketEntry
@@ -68,8 +69,10 @@ class Lane:
         return "[" in self.label and " fd " in self.label
 
 
-@dataclass(frozen=True)
-class Arrow:
+class Arrow(NamedTuple):
+    """One segment (a NamedTuple: a ladder makes thousands, a frozen dataclass costs ~1 µs a
+    field to build)."""
+
     seq: int
     ts: float
     src: int  # lane indices
@@ -193,6 +196,26 @@ class LadderBuilder:
             self.flow.append(rec)
             self.total += 1
 
+    def add_all(self, records: Iterable[Record]) -> None:
+        """``add`` of each record, in one loop (the TUI scans a window of 150,000 rows)."""
+        ports, proto, a, b = self.ports, self.proto, self.a, self.b
+        flow = self.flow
+        n = 0
+        for rec in records:
+            seg = rec.segment
+            if (
+                seg.sport in ports
+                and seg.dport in ports
+                and seg.proto == proto
+                and (
+                    ((seg.src, seg.sport) == a and (seg.dst, seg.dport) == b)
+                    or ((seg.src, seg.sport) == b and (seg.dst, seg.dport) == a)
+                )
+            ):
+                flow.append(rec)
+                n += 1
+        self.total += n
+
     def build(self) -> Ladder:
         return _build(list(self.flow), self.total - len(self.flow), self.selected, self.caveat)
 
@@ -200,8 +223,7 @@ class LadderBuilder:
 def ladder_for(records: Iterable[Record], selected: Record, limit: int = MAX_ARROWS) -> Ladder:
     """The ladder of ``selected``'s 4-tuple over ``records`` (in capture order)."""
     builder = LadderBuilder(selected.segment, limit)
-    for rec in records:
-        builder.add(rec)
+    builder.add_all(records)
     return builder.build()
 
 
@@ -214,6 +236,9 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
     by_tuple: dict[object, list[object]] = {}  # a 4-tuple's socket lanes (keys), oldest first
     socks: dict[object, SocketEntry] = {}
     nat: tuple[str, str] | None = None
+    raw: list[tuple[int, float, int, int, str, str, str, str, bool]] = []  # the arrows, lanes not yet ordered
+    told: dict[int, tuple[str, str, str, str, bool]] = {}
+    keep: list[Attribution] = []
 
     def add_lane(k: object, label: str, left: bool, kind: str) -> int:
         i = index.get(k)
@@ -222,7 +247,15 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
             ladder.lanes.append(Lane(k, label, left, kind))
         return i
 
+    memo: dict[tuple[int, bool], int] = {}  # id(SocketEntry): rows share the table's entries
+
     def sock_lane(sock: SocketEntry, left: bool) -> int:
+        i = memo.get((id(sock), left))
+        if i is None:
+            i = memo[(id(sock), left)] = new_sock_lane(sock, left)
+        return i
+
+    def new_sock_lane(sock: SocketEntry, left: bool) -> int:
         tup = socket_key(sock)
         if sock.state == "TIME_WAIT" and not sock.holders:
             return add_lane(("time_wait", tup), lane_label(sock), left, "time_wait")
@@ -266,54 +299,48 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
             dst = add_lane(("kernel", to_left), "kernel (no socket)", to_left, "kernel")
         else:
             dst = add_lane(("none", to_left), "- (no socket)", to_left, "none")
-        step = _nat_step(att)
-        if step is not None and nat is None:
-            nat = step
-        what = f"{seg.flags or '-'} {seg.payload_len}" if seg.proto == "tcp" else f"udp {seg.payload_len}"
-        what += _tag(att)
-        note = safe(att.notes[0]) if att.notes else ""
-        ladder.arrows.append(
-            Arrow(
-                rec.seq,
-                seg.ts,
-                src,
-                dst,
-                what,
-                str(att.match),
-                note,
-                verdict=_verdict(att),
-                dropped=_dropped(att),
-                nat=step is not None,
-            )
+        if nat is None and att.steps:
+            nat = _nat_step(att)
+        # what an attribution says on an arrow, made once for each (rows share them)
+        said = told.get(id(att))
+        if said is None:
+            note = safe(att.notes[0]) if att.notes else ""
+            said = told[id(att)] = (_tag(att), str(att.match), note, _verdict(att), _dropped(att))
+            keep.append(att)  # (alive until the end: its id is not reused meanwhile)
+        tag, match, note, verdict, dropped = said
+        what = (
+            f"{seg.flags or '-'} {seg.payload_len}{tag}" if seg.proto == "tcp" else f"udp {seg.payload_len}"
         )
+        raw.append((rec.seq, seg.ts, src, dst, what, match, note, verdict, dropped))
     if nat is not None:
         # conntrack rewrites every segment of the connection (both ways), not only those
         # whose look-up had to go through it
         ladder.lanes.append(Lane(("nat",), f"{nat[0]} {nat[1]}", False, "nat"))
-        ladder.arrows = [replace(a, nat=True) for a in ladder.arrows]
-    _name_lanes(ladder, socks, nat)
+    syn = any(r[4].startswith("S ") for r in raw)
+    _name_lanes(ladder, socks, nat, syn)
     # left lanes, the NAT rewrite, right lanes, each side in order of first appearance
     n = len(ladder.lanes)
     order = sorted(
         range(n), key=lambda i: (0 if ladder.lanes[i].left else 1 if ladder.lanes[i].kind == "nat" else 2, i)
     )
-    where = {old: new for new, old in enumerate(order)}
+    where = [0] * n
+    for new, old in enumerate(order):
+        where[old] = new
     ladder.lanes = [ladder.lanes[i] for i in order]
-    ladder.arrows = [_moved(a, where) for a in ladder.arrows]
+    crossed = nat is not None
+    ladder.arrows = [
+        Arrow(q, ts, where[src], where[dst], what, match, note, verdict, dropped, crossed)
+        for q, ts, src, dst, what, match, note, verdict, dropped in raw
+    ]
     return ladder
 
 
-def _moved(a: Arrow, where: dict[int, int]) -> Arrow:
-    return Arrow(
-        a.seq, a.ts, where[a.src], where[a.dst], a.what, a.match, a.note, a.verdict, a.dropped, a.nat
-    )
-
-
-def _name_lanes(ladder: Ladder, socks: dict[object, SocketEntry], nat: tuple[str, str] | None) -> None:
+def _name_lanes(
+    ladder: Ladder, socks: dict[object, SocketEntry], nat: tuple[str, str] | None, syn: bool
+) -> None:
     """Each lane's label as the head shows it: who, which fd, what made it (and where)."""
     spaces = {s.netns for s in socks.values() if s.netns}
     several = len(spaces) > 1
-    syn = any(a.what.startswith("S ") for a in ladder.arrows)
     listener_side = {ln.left for ln in ladder.lanes if ln.kind == "queue" or _is_listener(ln, socks)}
     for i, ln in enumerate(ladder.lanes):
         sock = socks.get(ln.key)
