@@ -40,6 +40,7 @@ from .feed import socket_key
 from .row_text import cut
 from .text import clock, endpoint, holder_text, safe
 
+COPY_NOTE = "the segment of record #"  # crossns.copy_note: a later copy of one segment
 MAX_ARROWS = 5000
 MAX_SVG_ARROWS = 2000  # an SVG taller than this is no picture anyone reads
 LANE_WIDTH = 26
@@ -150,8 +151,10 @@ def _verdict(att: Attribution) -> str:
     return safe(f"kernel: {k.verdict}{reason}{mark}")
 
 
-def _nat_step(att: Attribution) -> tuple[str, str] | None:
-    """(``NAT REDIRECT``, ``:8081 → :9000``) from the conntrack step of a rewritten segment."""
+def _nat_step(att: Attribution) -> tuple[str, str, str] | None:
+    """The NAT lane's label from the conntrack step of a rewritten segment: (``NAT
+    REDIRECT``, ``:8081 → :9000``, ``(conntrack)``) or (``NAT DNAT+SNAT``, ``127.0.0.1:18082
+    →``, ``10.88.0.6:80``)."""
     for step in att.steps:
         if not step.what.startswith("conntrack:"):
             continue
@@ -161,8 +164,8 @@ def _nat_step(att: Attribution) -> tuple[str, str] | None:
         d_addr, _, d_port = dialled.rpartition(":")
         h_addr, _, h_port = here.rpartition(":")
         if kind == "DNAT" and d_addr == h_addr and d_addr:
-            return "NAT REDIRECT", f":{d_port} → :{h_port}"  # to the host's own address: REDIRECT
-        return f"NAT {kind}", f"{dialled} → {here}" if here else dialled
+            return "NAT REDIRECT", f":{d_port} → :{h_port}", "(conntrack)"  # to the host's own address
+        return f"NAT {kind}", f"{dialled} →", here
     return None
 
 
@@ -235,7 +238,7 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
     index: dict[object, int] = {}
     by_tuple: dict[object, list[object]] = {}  # a 4-tuple's socket lanes (keys), oldest first
     socks: dict[object, SocketEntry] = {}
-    nat: tuple[str, str] | None = None
+    nat: tuple[str, str, str] | None = None
     raw: list[tuple[int, float, int, int, str, str, str, str, bool]] = []  # the arrows, lanes not yet ordered
     told: dict[int, tuple[str, str, str, str, bool]] = {}
     keep: list[Attribution] = []
@@ -280,8 +283,12 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
             socks[k] = sock
         return i
 
+    copies = 0
     for rec in flow:
         seg, att = rec.segment, rec.attribution
+        if att.notes and att.notes[-1].startswith(COPY_NOTE):
+            copies += 1  # one segment seen on a second device (a bridge and its port): one arrow
+            continue
         from_left = (seg.src, seg.sport) == left_end
         if _kernel_sent(seg, att):
             src = add_lane(("kernel", from_left), "kernel (no socket)", from_left, "kernel")
@@ -315,7 +322,15 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
     if nat is not None:
         # conntrack rewrites every segment of the connection (both ways), not only those
         # whose look-up had to go through it
-        ladder.lanes.append(Lane(("nat",), f"{nat[0]} {nat[1]}", False, "nat"))
+        ladder.lanes.append(Lane(("nat",), " ".join(nat), False, "nat"))
+    if copies:
+        some = (
+            f"{copies:,} segments seen again on another device are"
+            if copies > 1
+            else "1 segment seen again on another device is"
+        )
+        folded = f"{some} drawn once (one arrow each)"
+        ladder.caveat = f"{ladder.caveat}; {folded}" if ladder.caveat else folded
     syn = any(r[4].startswith("S ") for r in raw)
     _name_lanes(ladder, socks, nat, syn)
     # left lanes, the NAT rewrite, right lanes, each side in order of first appearance
@@ -336,16 +351,22 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
 
 
 def _name_lanes(
-    ladder: Ladder, socks: dict[object, SocketEntry], nat: tuple[str, str] | None, syn: bool
+    ladder: Ladder, socks: dict[object, SocketEntry], nat: tuple[str, str, str] | None, syn: bool
 ) -> None:
-    """Each lane's label as the head shows it: who, which fd, what made it (and where)."""
+    """Each lane's label as the head shows it: who, which fd, what made it, and where: the
+    container (when a lane is in one) and the network namespace (when they differ)."""
     spaces = {s.netns for s in socks.values() if s.netns}
     several = len(spaces) > 1
     listener_side = {ln.left for ln in ladder.lanes if ln.kind == "queue" or _is_listener(ln, socks)}
-    for i, ln in enumerate(ladder.lanes):
+    named: list[tuple[list[str], str, str]] = []  # (who, fd, what made it), container, netns
+    for ln in ladder.lanes:
         sock = socks.get(ln.key)
+        ctr = space = ""
         if ln.kind == "socket" and sock is not None:
             head, tail = split_label(ln.label)
+            tail, found, rest = tail.partition(" (ctr ")
+            if found:
+                ctr = "ctr " + rest.removesuffix(")")
             if sock.state == "LISTEN":
                 role = "listen()"
             elif sock.proto == "udp":
@@ -357,8 +378,7 @@ def _name_lanes(
             else:
                 role = "accept()"
             lines = [head, tail, role]
-            if several:
-                lines.append(f"net:[{sock.netns}]" if sock.netns else "")
+            space = f"net:[{sock.netns}]" if sock.netns and several else ""
         elif ln.kind == "queue":
             lines = ["accept queue", "(no fd yet)", "SYN_RECV → accept()"]
         elif ln.kind == "time_wait":
@@ -366,11 +386,17 @@ def _name_lanes(
         elif ln.kind == "kernel":
             lines = ["kernel", "(no socket)", "RST / ICMP"]
         elif ln.kind == "nat" and nat is not None:
-            lines = [nat[0], nat[1], "(conntrack)"]
+            lines = list(nat)
         else:
             lines = ["-", "(no socket)", "remote or gone"]
-        if several and len(lines) == 3:
-            lines.append("")
+        named.append((lines, ctr, space))
+    any_ctr = any(ctr for _, ctr, _ in named)
+    for i, (lines, ctr, space) in enumerate(named):
+        if any_ctr:
+            lines.append(ctr)
+        if several:
+            lines.append(space)
+        ln = ladder.lanes[i]
         ladder.lanes[i] = Lane(ln.key, ln.label, ln.left, ln.kind, tuple(lines))
 
 
@@ -421,7 +447,7 @@ def lane_lines(lane: Lane) -> tuple[str, ...]:
 
 def ladder_head(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
     """The lines above the arrows: the title, (what is left out), the lane labels on three
-    lines (four when the lanes are in several network namespaces), the rails."""
+    lines (and one for containers, one for network namespaces when they differ), the rails."""
     n = len(ladder.lanes)
     width = TIME_WIDTH + 1 + n * lane_width
     out = [ladder.title, *head_notes(ladder)]

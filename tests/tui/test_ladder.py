@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from conntui.crossns import copy_note
 from conntui.model import (
     Attribution,
+    Container,
     Endpoint,
     Frame,
     Holder,
@@ -283,3 +285,35 @@ def test_hostile_text_is_escaped_in_the_svg() -> None:
     assert any(t == '<script>alert("x")</s…' for t in texts), texts
     assert "<script>" not in svg and "&lt;script&gt;" in svg and "\x1b" not in svg
     assert any("⚠ dropped: <b>&</b>\\x00" in t for t in texts), texts
+
+
+def test_a_container_lane_says_its_container_and_a_copy_on_the_bridge_is_one_arrow() -> None:
+    """A published port (DNAT+SNAT): the client on the host, httpd in a container; each
+    segment captured on the bridge and again on the veth (crossns.copy_note) is one arrow."""
+    web = Container("5f6dc9ff6ca2", "web", "podman")
+    host, ctr = ("10.88.0.1", 45492), ("10.88.0.6", 80)
+    cli = sk("ESTABLISHED", ("127.0.0.1", 45492), ("127.0.0.1", 18082), Holder(10, 3, "curl"), 1, netns=1111)
+    lst = SocketEntry(
+        "tcp", 6, "LISTEN", Endpoint("::", 80), None, inode=2, cookie=2, netns=2222,
+        holders=(Holder(20, 3, "httpd", container=web),),
+    )  # fmt: skip
+    ct = Lookup(
+        "conntrack: 10.88.0.1:45492 → 10.88.0.6:80 (DNAT+SNAT)",
+        "dialled 127.0.0.1:18082; the receiving socket is 10.88.0.6:80 ↔ 10.88.0.1:45492",
+    )
+    syn = Attribution(Match.LISTENER, lst, cli, steps=(ct,))
+    copy = Attribution(
+        Match.LISTENER, lst, cli, notes=(copy_note(0, seg(0, host, ctr, "S")._replace(iface="veth0")),)
+    )
+    flow = [rec(0, seg(0, host, ctr, "S"), syn), rec(1, seg(0.00001, host, ctr, "S"), copy)]
+    ladder = ladder_for(flow, flow[0])
+    assert len(ladder.arrows) == 1 and ladder.arrows[0].seq == 0
+    assert ladder.caveat == "1 segment seen again on another device is drawn once (one arrow each)"
+    assert [ln.lines for ln in ladder.lanes] == [
+        ("curl[10]", "fd 3", "connect()", "", "net:[1111]"),
+        ("NAT DNAT+SNAT", "127.0.0.1:18082 →", "10.88.0.6:80", "", ""),
+        ("httpd[20]", "fd 3", "listen()", "ctr web", "net:[2222]"),
+    ]
+    lines = ladder_lines(ladder)
+    assert lines[1] == "(1 segment seen again on another device is drawn once (one arrow each))"
+    assert "ctr web" in lines[5] and "net:[2222]" in lines[6]
