@@ -317,3 +317,25 @@ def test_a_container_lane_says_its_container_and_a_copy_on_the_bridge_is_one_arr
     lines = ladder_lines(ladder)
     assert lines[1] == "(1 segment seen again on another device is drawn once (one arrow each))"
     assert "ctr web" in lines[5] and "net:[2222]" in lines[6]
+
+
+async def test_the_ladder_follows_a_resized_terminal() -> None:
+    """Resized while open (narrower than its lanes, then wide): the lanes share the new
+    width, the head stays above the arrows, nothing is left of the old layout."""
+    app = make_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("l")
+        await settle(pilot)
+        for size in ((40, 12), (200, 50), (80, 24)):
+            await pilot.resize_terminal(*size)
+            await settle(pilot)
+            assert isinstance(app.screen, LadderScreen)
+            view = app.screen.view
+            lines = screen_lines(app)
+            assert len(lines) == size[1] and all(len(line) <= size[0] for line in lines)
+            rails = [i for i, ch in enumerate(view.head_lines[-1]) if ch == "│"]
+            assert len(rails) == 3 and view._lane_width >= 14
+            # the head's rails are where the arrows' are
+            first = view.line(len(view.head_lines))
+            assert first is not None and all(first[x] in "│▶◀" for x in rails), (first, rails)
