@@ -192,6 +192,7 @@ async def drive(
                 await asyncio.sleep(0.1)
         elapsed = time.perf_counter() - t_start
         segs = engine.session.counters.segments - seg0
+        ladder_cpu = ladder_cost(app)
         frames = clock.frames - frames0
         backlog = engine.session.last_seq - app.feed.last_seq if hasattr(app.feed, "last_seq") else None
         await pilot.press("q")
@@ -201,6 +202,7 @@ async def drive(
         "rate": rate,
         "flows": flows,
         "ladder_segments": sorted(state.get("ladders", [])),  # type: ignore[arg-type]
+        "ladder_cpu_ms": ladder_cpu,
         "segs_per_s": segs / elapsed,
         "fps": frames / elapsed,
         "presses": presses,
@@ -213,6 +215,23 @@ async def drive(
         "rss": rss_mb(),
         "peak": rss_mb(field="VmHWM"),
     }
+
+
+def ladder_cost(app) -> float:  # type: ignore[no-untyped-def]
+    """CPU time (this thread's, not wall time: a loaded machine does not inflate it) to
+    build the ladder of the selected row's connection over the session's window, as ``l``
+    does: the median of 5."""
+    from conntui.tui.ladder import ladder_for
+
+    rec = app.main.segment_list.selected_record
+    if rec is None:
+        return float("nan")
+    times = []
+    for _ in range(5):
+        t0 = time.thread_time()
+        ladder_for(app.engine.session.window(), rec)
+        times.append((time.thread_time() - t0) * 1e3)
+    return sorted(times)[2]
 
 
 def one_run(rate: float, seconds: float, warmup: float, prefill: int, flows: int = 200) -> dict:  # type: ignore[type-arg]
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 tag(r),
                 f"{min(sizes):,}-{max(sizes):,}" if sizes else "—",
+                f"{r['ladder_cpu_ms']:.1f} ms",
                 f"{r['segs_per_s']:,.0f}",
                 f"{r['fps']:.1f}",
                 r["presses"],
@@ -291,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "offered",
                 "ladder: flow size",
+                "ladder build CPU",
                 "stored seg/s",
                 "frames/s",
                 "presses",
