@@ -18,9 +18,9 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -281,13 +281,40 @@ def _count_pcapng(f: IO[bytes], fc: FileCount) -> None:
     """A packet counts as commented when its comment holds the attribution JSON, or names
     an earlier packet (at most 8192 before it) whose comment holds it
     (``conntui-json-ref: frame N``, see conntui/export.py)."""
+    mkey = b'"match":"'
+    matches = fc.matches
+    for pkt in pcapng_packets(f, fc):
+        if pkt.json is None:
+            continue
+        m = pkt.json.find(mkey)
+        if m < 0:
+            continue
+        m += len(mkey)
+        kind = pkt.json[m : pkt.json.find(b'"', m)].decode()
+        fc.commented += 1
+        matches[kind] = matches.get(kind, 0) + 1
+
+
+class Packet(NamedTuple):
+    number: int  # 1-based, in file order
+    ts: float  # seconds (the interface's if_tsresol; µs when it has none)
+    linktype: int
+    data: bytes  # the captured bytes
+    json: bytes | None  # the conntui-json it carries, itself or through a json-ref (else None)
+
+
+def pcapng_packets(f: IO[bytes], fc: FileCount) -> Iterator[Packet]:
+    """Every packet of a pcapng stream (at the start of its section header), with the
+    attribution JSON its comment carries: ``conntui-json: {...}`` itself, or
+    ``conntui-json-ref: frame N`` naming a packet at most 8,192 before it that carries it
+    (conntui/export.py). ``fc.packets`` counts them; a broken file sets ``fc.error``.
+    Independent of conntui's own reader."""
     e = "<"
     jkey = b"conntui-json: {"
     rkey = b"conntui-json-ref: frame "
-    mkey = b'"match":"'
-    matches = fc.matches
-    kinds: dict[int, str] = {}  # frame number → match kind of the JSON it carries
+    jsons: dict[int, bytes] = {}  # frame number → the JSON it carries (the last 8192 frames)
     order: deque[int] = deque()
+    ifaces: list[tuple[int, float]] = []  # per interface id: (linktype, seconds per unit)
     while True:
         h = f.read(8)
         if len(h) < 8:
@@ -299,42 +326,56 @@ def _count_pcapng(f: IO[bytes], fc: FileCount) -> None:
             e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
             btype, blen = struct.unpack(e + "II", h)
             body = bom + f.read(blen - 12)
+            ifaces = []
         else:
             btype, blen = struct.unpack(e + "II", h)
             body = f.read(blen - 8)
         if blen < 12 or len(body) < blen - 8:
             fc.error = "truncated block"
             return
-        if btype == 6:  # enhanced packet block
+        if btype == 1:  # interface description block
+            linktype = struct.unpack_from(e + "H", body, 0)[0]
+            unit = 1e-6
+            opos, end = 8, len(body) - 4
+            while opos + 4 <= end:
+                code, olen = struct.unpack_from(e + "HH", body, opos)
+                if code == 0:
+                    break
+                if code == 9 and olen >= 1:  # if_tsresol
+                    r = body[opos + 4]
+                    unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
+                opos += 4 + olen + (-olen & 3)
+            ifaces.append((linktype, unit))
+        elif btype == 6:  # enhanced packet block
             fc.packets += 1
             number = fc.packets
-            caplen = struct.unpack_from(e + "I", body, 12)[0]
+            iid, hi, lo, caplen = struct.unpack_from(e + "IIII", body, 0)
+            linktype, unit = ifaces[iid] if iid < len(ifaces) else (1, 1e-6)
+            data = body[20 : 20 + caplen]
             opos = 20 + caplen + (-caplen & 3)
             end = len(body) - 4
+            carried: bytes | None = None
             while opos + 4 <= end:
                 code, olen = struct.unpack_from(e + "HH", body, opos)
                 if code == 0:
                     break
                 if code == 1:
                     val = body[opos + 4 : opos + 4 + olen]
-                    kind = None
                     r = val.find(rkey)
                     if r >= 0:
                         target = int(val[r + len(rkey) :].rstrip(b"\0"))
                         if number - target <= 8192:
-                            kind = kinds.get(target)
-                    elif val.find(jkey) >= 0:
-                        m = val.find(mkey)
-                        if m >= 0:
-                            m += len(mkey)
-                            kind = kinds[number] = val[m : val.find(b'"', m)].decode()
+                            carried = jsons.get(target)
+                    else:
+                        j = val.find(jkey)
+                        if j >= 0:
+                            nl = val.find(b"\n", j)
+                            carried = jsons[number] = val[j + len(jkey) - 1 : nl if nl >= 0 else len(val)]
                             order.append(number)
                             while order[0] < number - 8192:
-                                del kinds[order.popleft()]
-                    if kind is not None:
-                        fc.commented += 1
-                        matches[kind] = matches.get(kind, 0) + 1
+                                del jsons[order.popleft()]
                 opos += 4 + olen + (-olen & 3)
+            yield Packet(number, ((hi << 32) | lo) * unit, linktype, data, carried)
         elif btype == 3:  # simple packet block
             fc.packets += 1
 
@@ -357,3 +398,36 @@ def parse_counters(text: str) -> dict[str, int]:
         if m:
             out[key] = int(m.group(1))
     return out
+
+
+# -- smoke assertions -------------------------------------------------------------------
+
+
+class Checks:
+    """What a run must show: in ``--smoke`` mode (CI), every failed check is printed as one
+    line and the benchmark exits 1; a full run prints them too, as warnings, unless
+    ``always`` (a tool that did not start is a failure in either mode).
+
+        checks = Checks("capture", smoke=args.smoke)
+        checks.expect(in_file == offered, f"conntui wrote {in_file} of {offered} packets")
+        return checks.exit_code()
+    """
+
+    def __init__(self, name: str, *, smoke: bool) -> None:
+        self.name = name
+        self.smoke = smoke
+        self.failed: list[str] = []
+        self.warned: list[str] = []
+
+    def expect(self, ok: bool, what: str, *, always: bool = False) -> bool:
+        """Record ``what`` (the failure, said as what happened) unless ``ok``."""
+        if not ok:
+            (self.failed if self.smoke or always else self.warned).append(what)
+        return ok
+
+    def exit_code(self) -> int:
+        for what in self.warned:
+            print(f"   note: {what}")
+        for what in self.failed:
+            print(f"bench/{self.name}.py: FAILED: {what}", flush=True)
+        return 1 if self.failed else 0

@@ -59,21 +59,29 @@ def force_python() -> None:
 
 def build_c() -> str | None:
     """Compile ``udpgen.c`` once into a temp dir; None when no C compiler works."""
-    global _built, _tmpdir
+    global _built
     if _built is not None:
         return _built or None
+    _built = compile_c("udpgen") or ""
+    if not _built:
+        sys.stderr.write("bench: cannot build udpgen.c, falling back to Python\n")
+    return _built or None
+
+
+def compile_c(name: str) -> str | None:
+    """``bench/NAME.c`` compiled with gcc -O2 into this run's temp dir; None (and the
+    compiler's words on stderr) when no compiler works."""
+    global _tmpdir
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        _built = ""
         return None
-    _tmpdir = tempfile.TemporaryDirectory(prefix="conntui-bench-")
-    exe = os.path.join(_tmpdir.name, "udpgen")
-    r = subprocess.run([cc, "-O2", "-o", exe, str(HERE / "udpgen.c")], capture_output=True, text=True)
+    if _tmpdir is None:
+        _tmpdir = tempfile.TemporaryDirectory(prefix="conntui-bench-")
+    exe = os.path.join(_tmpdir.name, name)
+    r = subprocess.run([cc, "-O2", "-o", exe, str(HERE / f"{name}.c")], capture_output=True, text=True)
     if r.returncode != 0:
-        sys.stderr.write(f"bench: cannot build udpgen.c, falling back to Python: {r.stderr.strip()}\n")
-        _built = ""
+        sys.stderr.write(f"bench: cannot build {name}.c: {r.stderr.strip()}\n")
         return None
-    _built = exe
     return exe
 
 

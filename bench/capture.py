@@ -3,9 +3,12 @@
 
 For each offered rate, a paced generator (C ``sendmmsg``, built at run time; Python when no
 compiler) sends 16-byte UDP datagrams to one loopback port for ``--seconds``. The same load
-is captured once by ``conntui --headless -q -i lo -p PORT -w FILE.pcapng`` and once by
-``tcpdump -i lo -w FILE.pcap udp port PORT`` (one after the other by default, so the two
-never compete for the 2 cores; ``--together`` runs them at the same time on the same load).
+is captured by ``conntui --headless -q -i lo -p PORT -w FILE.pcapng``, by the same with its
+TUI (in tmux) and by ``tcpdump -i lo -w FILE.pcap udp port PORT``, all at the same time on one
+generator run (the peers see the same packets; the ratio conntui/tcpdump divides counts of
+that one run). ``--apart`` gives each tool its own generator run instead, one after the
+other, so that they never compete for the 2 cores; then there is no ratio, only each tool's
+received/offered.
 A sink socket bound to the port with a tiny buffer swallows the datagrams (no ICMP).
 
 Reported per tool: received/offered (packets in the written file, counted by an
@@ -22,6 +25,7 @@ ratio conntui/tcpdump.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shlex
@@ -37,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gen
 from _common import (
+    Checks,
     banner,
     conntui_cmd,
     count_capture,
@@ -68,6 +73,7 @@ class Result:
     error: str = ""
     matches: dict[str, int] = field(default_factory=dict)
     drain: float = 0.0
+    run: int = 0  # which generator run it captured (the same number: the same packets)
 
     @property
     def ratio(self) -> float:
@@ -78,13 +84,13 @@ class TuiProcess:
     """``conntui -i lo -p PORT -w FILE`` with its TUI, in a detached 160x48 tmux session: the
     capture thread shares the process (and the GIL) with the screen, as a person runs it."""
 
-    def __init__(self, port: int, out: Path) -> None:
+    def __init__(self, port: int, out: Path, extra: tuple[str, ...] = ()) -> None:
         self.session = f"conntui-bench-{port}"
         env = env_with_repo()
         argv = [
             "env",
             f"PYTHONPATH={env['PYTHONPATH']}",
-            *conntui_cmd("-i", "lo", "-p", str(port), "-w", str(out)),
+            *conntui_cmd("-i", "lo", "-p", str(port), "-w", str(out), *extra),
         ]
         # no redirection: Textual draws on stderr (its output is the pane, read by ``screen``)
         shell = f"exec {shlex.join(argv)}"
@@ -228,8 +234,10 @@ def measure(
             if not running:
                 continue
             sent = _gen.run(rate, seconds, port, procs=procs)
+            run_id = next(_RUNS)
             for res, *_ in running:
                 res.offered, res.offered_rate, res.gen = sent.packets, sent.rate, sent.kind
+                res.run = run_id
             for res, proc, cpu0, out, errf in running:
                 finish(res, proc, cpu0, out, errf)
                 results.append(res)
@@ -237,6 +245,9 @@ def measure(
     finally:
         sink.close()
     return results
+
+
+_RUNS = itertools.count(1)
 
 
 def _free_udp_port() -> int:
@@ -258,7 +269,8 @@ def report(results: list[Result]) -> str:
             other = tools.get("tcpdump")
             ratio = (
                 f"{r.in_file / other.in_file:.3f}"
-                if tool.startswith("conntui") and other and other.in_file
+                # only counts of one generator run divide: the same packets offered to both
+                if tool.startswith("conntui") and other and other.in_file and other.run == r.run
                 else ""
             )
             rows.append(
@@ -302,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", type=float, nargs="+", default=[25_000, 50_000, 100_000, 250_000])
     ap.add_argument("--seconds", type=float, default=4.0, help="load duration per rate (max 60)")
     ap.add_argument("--procs", type=int, default=1, help="generator processes")
-    ap.add_argument("--together", action="store_true", help="run conntui and tcpdump at the same time")
+    ap.add_argument(
+        "--apart",
+        action="store_true",
+        help="one generator run per tool, one after the other (no CPU contention, no ratio)",
+    )
+    ap.add_argument("--together", action="store_true", help=argparse.SUPPRESS)  # the default now
     ap.add_argument("--no-tcpdump", action="store_true")
     ap.add_argument(
         "--no-tui", action="store_true", help="skip conntui with its TUI (in tmux), run headless only"
@@ -332,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         args.procs = max(args.procs, 2)  # one Python sender tops out near 340k/s here
     print(
         f"   generator: {gen}, {args.procs} process(es); {args.seconds:g} s per rate; "
-        f"{'tools together' if args.together else 'tools one after the other, same load'}"
+        + (
+            "tools one after the other, each its own generator run"
+            if args.apart
+            else "tools together, one generator run"
+        )
     )
     if args.max_rate:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
@@ -344,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="conntui-bench-cap-") as d:
         for rate in args.rates:
-            results += measure(rate, args.seconds, tools, args.together, args.procs, Path(d))
+            results += measure(rate, args.seconds, tools, not args.apart, args.procs, Path(d))
             done = [r for r in results if r.rate == rate]
             sys.stderr.write(
                 "   "
@@ -359,7 +380,34 @@ def main(argv: list[str] | None = None) -> int:
                 f"   {r.tool} @ {int(r.rate):,}/s: matches in the file: {kinds}; drained in {r.drain:.1f} s"
             )
     print("   recv/offered = packets in the written file / datagrams the generator sent (lossless = 100%).")
-    return 0
+    return verdict(results, Checks("capture", smoke=args.smoke)).exit_code()
+
+
+def verdict(results: list[Result], checks: Checks) -> Checks:
+    """A tool that did not start or whose file is broken fails any run; in smoke mode (a low
+    rate, which every tool here keeps whole) so does a missing packet or comment, or counters
+    that do not add up (captured + kernel drops = offered)."""
+    for r in results:
+        at = f"{r.tool} at {int(r.rate):,}/s"
+        checks.expect(not r.error, f"{at}: {r.error}", always=True)
+        if r.error:
+            continue
+        checks.expect(r.offered > 0, f"{at}: the generator sent nothing", always=True)
+        checks.expect(r.in_file == r.offered, f"{at}: {r.in_file:,} packets in the file, {r.offered:,} sent")
+        if r.commented is not None:
+            checks.expect(
+                r.commented == r.in_file, f"{at}: {r.commented:,} of {r.in_file:,} packets carry the comment"
+            )
+        if r.captured is not None and r.drops is not None:
+            # the TUI's status bar rounds above 10k ("28.6k"): within its rounding there
+            slack = r.offered // 1000 if r.tool == "conntui-tui" else 0
+            checks.expect(
+                abs(r.captured + r.drops - r.offered) <= slack,
+                f"{at}: captured {r.captured:,} + kernel drops {r.drops:,} != {r.offered:,} sent",
+            )
+        else:
+            checks.expect(False, f"{at}: no captured/dropped counters in its output")
+    return checks
 
 
 if __name__ == "__main__":

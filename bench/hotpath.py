@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _gen  # noqa: E402
 from _common import (  # noqa: E402
+    Checks,
     banner,
     conntui_cmd,
     count_capture,
@@ -145,7 +146,7 @@ def recv_cost(seconds: float) -> tuple[float, float, int]:
     return (busy / n * 1e6 if n else float("nan")), (cpu / n * 1e6 if n else float("nan")), n
 
 
-def ring_cost(frames: list[Frame], tab: SocketTable, pure: bool) -> float:
+def ring_cost(frames: list[Frame], tab: SocketTable, pure: bool, checks: Checks | None = None) -> float:
     """µs a packet for the capture loop from a ring image (conntui.ringimage) to rows in the
     session and blocks in a pcapng: the C fast path, or the Python one (``pure``)."""
     from conntui import fastpath
@@ -167,7 +168,12 @@ def ring_cost(frames: list[Frame], tab: SocketTable, pure: bool) -> float:
         )
         t0 = time.perf_counter()
         eng.run(duration=60, poll=0.001)
-        return (time.perf_counter() - t0) * 1e6 / len(frames)
+        cost = (time.perf_counter() - t0) * 1e6 / len(frames)
+        if checks is not None:
+            path = "Python" if pure else "C fast path"
+            stored = eng.session.counters.segments
+            checks.expect(stored == len(frames), f"ring → rows ({path}): {stored:,} of {len(frames):,} rows")
+        return cost
     finally:
         if was is None:
             os.environ.pop("CONNTUI_PURE", None)
@@ -175,7 +181,7 @@ def ring_cost(frames: list[Frame], tab: SocketTable, pure: bool) -> float:
             os.environ["CONNTUI_PURE"] = was
 
 
-def stages(n: int, live: bool, recv_seconds: float = 2.0) -> None:
+def stages(n: int, live: bool, checks: Checks, recv_seconds: float = 2.0) -> None:
     rows: list[list[object]] = []
     port = 9999
     uframes, utable = udp_frames(n, port)
@@ -205,8 +211,9 @@ def stages(n: int, live: bool, recv_seconds: float = 2.0) -> None:
         e_cost = per_op(eng.process, frames, repeat=1)
         eng_nw = Engine(_NullSource(), StaticTables(tab), Session(window=len(frames) + 10))
         e2_cost = per_op(eng_nw.process, frames, repeat=1)
-        ring_py = ring_cost(frames, tab, pure=True)
-        ring_c = ring_cost(frames, tab, pure=False)
+        ring_py = ring_cost(frames, tab, pure=True, checks=checks)
+        ring_c = ring_cost(frames, tab, pure=False, checks=checks)
+        checks.expect(ring_c == ring_c, "the C fast path is not available (ring → rows not measured)")
         rows.append(
             [
                 label,
@@ -242,6 +249,7 @@ def stages(n: int, live: bool, recv_seconds: float = 2.0) -> None:
     )
     if live and os.geteuid() == 0:
         wall, cpu, k = recv_cost(recv_seconds)
+        checks.expect(k > 0, "LiveCapture.read on lo received nothing while the generator sent")
         print(
             f"   receive: LiveCapture.read on lo at 30k pkt/s: {wall:.2f} µs/frame in read() (wall), "
             f"{cpu:.2f} µs/frame of process CPU ({k:,} frames)"
@@ -588,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.n, args.seconds = 5_000, 1.0
     banner("profile: per-stage costs of the capture pipeline")
-    stages(args.n, live=os.geteuid() == 0, recv_seconds=1.0 if args.smoke else 2.0)
+    checks = Checks("hotpath", smoke=args.smoke)
+    stages(args.n, live=os.geteuid() == 0, checks=checks, recv_seconds=1.0 if args.smoke else 2.0)
     churn(args.n)
     if args.ceiling:
         require_root()
@@ -613,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("   searching the highest lossless rate (conntui alone, 3 s per try):")
                 rate = find_rate(2_000, 100_000, 3.0, Path(d), 6 if not args.smoke else 1) or 2_000
             profile_live(rate, args.seconds, Path(d), args.top)
-    return 0
+    return checks.exit_code()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import banner, count_capture, have, pct, rss_mb, table  # noqa: E402
+from _common import Checks, banner, count_capture, have, pct, rss_mb, table  # noqa: E402
 from _frames import GeneratedSource, socket_table  # noqa: E402
 
 from conntui import fastpath  # noqa: E402
@@ -193,7 +193,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   writer error: {engine.writer_error}")
         if args.keep:
             print(f"   file kept: {path} ({size / 1e6:,.0f} MB)")
-    return 0
+        checks = Checks("memory", smoke=args.smoke)
+        checks.expect(not aborted, f"RSS passed --max-rss {args.max_rss:.0f} MB", always=True)
+        checks.expect(not engine.writer_error, f"writer error: {engine.writer_error}", always=True)
+        checks.expect(not fc.error, f"the file is not readable: {fc.error}", always=True)
+        checks.expect(fc.packets == n, f"{fc.packets:,} packets in the file, {n:,} generated")
+        checks.expect(
+            fc.commented == fc.packets, f"{fc.commented:,} of {fc.packets:,} packets carry the comment"
+        )
+        checks.expect(counters.segments == n, f"the session stored {counters.segments:,} of {n:,} segments")
+    return checks.exit_code()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ UDP on PORT+1) and two clients opening ``--rate`` flows/s in total for ``--secon
 UDP alternately, each sending 1 KB; half close at once (the client socket lives well under a
 millisecond), half hold it 20-50 ms. In the same run:
 
-* ``conntui --headless --json -i lo -p PORT-PORT+1``: for each flow, its 1 KB data segment
+* ``conntui --headless --json -i lo -p PORT-PORT+1`` (default options: its kernel tracer
+  on; ``--no-trace`` runs it without): for each flow, its 1 KB data segment
   (client → server): is the receiver the server's (pid, fd) and the sender the client's?
   (a socket's ``holders`` or, once closed, its remembered ``former_holders``);
 * a psutil poll every 100 ms (``net_connections``): was the flow's socket ever seen with the
@@ -15,7 +16,7 @@ millisecond), half hold it 20-50 ms. In the same run:
   credits to the benchmark's processes rather than "unknown" (it has no per-flow view).
 
     sudo python bench/shortlived.py               # 200 flows/s for 20 s
-    sudo python bench/shortlived.py --smoke       # 2 s
+    sudo python bench/shortlived.py --smoke       # 2 s; exits 1 if a flow is missed or misnamed
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import (  # noqa: E402
+    Checks,
     banner,
     conntui_cmd,
     env_with_repo,
@@ -186,7 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--poll", type=float, default=0.1, help="psutil poll interval (s)")
     ap.add_argument("--no-nethogs", action="store_true")
-    ap.add_argument("--trace", action="store_true", help="run conntui with --trace (bpftrace socket tracer)")
+    ap.add_argument(
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="run conntui with --no-trace (without its default bpftrace socket tracer)",
+    )
+    ap.add_argument("--trace", dest="trace", action="store_true", help=argparse.SUPPRESS)  # the default now
+    ap.set_defaults(trace=True)
     ap.add_argument("--show-misses", type=int, default=5, help="print up to this many conntui misses")
     args = ap.parse_args(argv)
     require_root()
@@ -200,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     port = free_port_range(2)
     env = env_with_repo()
+    checks = Checks("shortlived", smoke=args.smoke)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="conntui-bench-sl-") as d:
         tmp = Path(d)
@@ -222,15 +232,17 @@ def main(argv: list[str] | None = None) -> int:
                     "lo",
                     "-p",
                     f"{port}-{port + 1}",
-                    *(["--trace"] if args.trace else []),
+                    *([] if args.trace else ["--no-trace"]),
                 ),
                 stdout=cout.open("wb"),
                 stderr=cerr.open("wb"),
                 env=env,
             )
             procs.append(conntui)
-            if not wait_for_text(cerr, "listening on", conntui, 30):
-                raise RuntimeError("conntui did not start: " + cerr.read_text(errors="replace")[-400:])
+            if not wait_for_text(cerr, "listening on", conntui, 60):
+                last = cerr.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                checks.expect(False, f"conntui did not start: {last[0]}", always=True)
+                return checks.exit_code()
             poller = subprocess.Popen(
                 [sys.executable, FLOWS, "poll", str(port), str(secs + 1.5), str(args.poll)],
                 stdout=subprocess.PIPE,
@@ -384,11 +396,36 @@ def main(argv: list[str] | None = None) -> int:
             misses = [m for s in allc for m in s.misses]
             for m in misses[: args.show_misses]:
                 print(f"   conntui miss: {m}")
+            verdict(checks, flows, ct, errors, unmatched, args.trace)
         finally:
             for p in reversed(procs):
                 if p.poll() is None:
                     stop(p, signal.SIGTERM, timeout=5)
-    return 0
+    return checks.exit_code()
+
+
+def verdict(
+    checks: Checks, flows: list[Flow], ct: dict[str, Score], errors: int, unmatched: int, trace: bool
+) -> None:
+    """Smoke: flows happened and were whole, conntui captured every data segment, and (with its
+    tracer, the default) named the right pid and fd on both sides of ≥ 99 % of flows (the goal
+    of issue 18; it had 100 % in every full run with the tracer)."""
+    checks.expect(bool(flows), "no flow completed (the clients or the server logged nothing)")
+    checks.expect(
+        errors == 0 and unmatched == 0, f"{errors} client errors, {unmatched} flows the server missed"
+    )
+    n = sum(s.n for s in ct.values())
+    seen = sum(s.seen for s in ct.values())
+    checks.expect(seen == n, f"conntui printed the data segment of {seen:,} of {n:,} flows")
+    if trace and n:
+        for side, what in (
+            ("s_pid", "server pid"),
+            ("s_fd", "server fd"),
+            ("c_pid", "client pid"),
+            ("c_fd", "client fd"),
+        ):
+            right = sum(getattr(s, side) for s in ct.values())
+            checks.expect(right >= 0.99 * n, f"conntui named the right {what} in {right:,} of {n:,} flows")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import banner, env_with_repo, percentile, require_root, table  # noqa: E402
+from _common import Checks, banner, env_with_repo, percentile, require_root, table  # noqa: E402
 
 from conntui.demux import attribute  # noqa: E402
 from conntui.model import Segment  # noqa: E402
@@ -169,6 +169,64 @@ def misses(
     return times, right, exact
 
 
+COLD = {
+    "conntui": (
+        "import json, time\n"
+        "t0 = time.perf_counter()\n"
+        "from conntui.sockets import SocketTableSource\n"
+        "t1 = time.perf_counter()\n"
+        "src = SocketTableSource()\n"
+        "table = src.refresh()\n"
+        "t2 = time.perf_counter()\n"
+        "print(json.dumps({'import': t1 - t0, 'first': t2 - t1, 'n': len(table), 'stats': src.stats}))\n"
+    ),
+    "psutil": (
+        "import json, time\n"
+        "t0 = time.perf_counter()\n"
+        "import psutil\n"
+        "t1 = time.perf_counter()\n"
+        "conns = psutil.net_connections('inet')\n"
+        "t2 = time.perf_counter()\n"
+        "print(json.dumps({'import': t1 - t0, 'first': t2 - t1, 'n': len(conns), 'stats': {}}))\n"
+    ),
+}
+
+
+def cold_firsts(k: int) -> dict[str, list[dict]]:  # type: ignore[type-arg]
+    """The first table in a fresh process (the import apart), ``k`` times each, conntui and
+    psutil taking turns (whoever goes first pays for the kernel's cold /proc entries)."""
+    out: dict[str, list[dict]] = {"conntui": [], "psutil": []}  # type: ignore[type-arg]
+    for i in range(k):
+        order = ["conntui", "psutil"] if i % 2 == 0 else ["psutil", "conntui"]
+        for who in order:
+            r = subprocess.run(
+                [sys.executable, "-c", COLD[who]],
+                capture_output=True,
+                text=True,
+                env=env_with_repo(),
+                check=True,
+            )
+            out[who].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def cold_rows(n: int, runs_of: dict[str, list[dict]]) -> list[list[object]]:  # type: ignore[type-arg]
+    rows: list[list[object]] = []
+    for who, runs in runs_of.items():
+        firsts = [r["first"] * 1e3 for r in runs]
+        imp = statistics.median([r["import"] for r in runs]) * 1e3
+        detail = f"each: {', '.join(f'{x:.0f}' for x in firsts)} ms; import {imp:.0f} ms"
+        if who == "conntui":
+            st = {
+                key: runs[-1]["stats"].get(key, 0) * 1e3
+                for key in ("dump", "scan", "route", "entries", "table")
+            }
+            detail += "; last: " + " + ".join(f"{key} {v:.0f}" for key, v in st.items()) + " ms"
+        med = f"{statistics.median(firsts):.1f} ms"
+        rows.append([n, runs[-1]["n"], f"{who}: first table, fresh process", med, med, detail])
+    return rows
+
+
 def steady(src: SocketTableSource, helper: Helper, seconds: float, every: float = 0.5) -> list[float]:
     """Refresh every ``every`` seconds for ``seconds`` (one new connection between two), as
     the refresher does: the periodic work (each fd link read again once per
@@ -184,7 +242,9 @@ def steady(src: SocketTableSource, helper: Helper, seconds: float, every: float 
     return times
 
 
-def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[list[object]], list[str]]:
+def measure(
+    n: int, repeat: int, k: int, checks: Checks, steady_s: float = 0.0, cold_k: int = 0
+) -> tuple[list[list[object]], list[str]]:
     import psutil
 
     helpers = start_helpers(n)
@@ -192,6 +252,8 @@ def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[li
     notes = []
     rows: list[list[object]] = []
     try:
+        if cold_k:
+            rows += cold_rows(n, cold_firsts(cold_k))
         src = SocketTableSource()
         cold, med, _ = timed(src.refresh, repeat)
         total = len(src.current())
@@ -210,6 +272,13 @@ def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[li
             ]
         )
         held = sum(1 for e in src.current().entries if e.holders)
+        mine = {h.pid for h in helpers}
+        ours = sum(1 for e in src.current().entries if any(x.pid in mine for x in e.holders))
+        checks.expect(
+            ours >= sum(h.sockets for h in helpers),
+            f"N={n:,}: the table names the helpers as holders of {ours:,} sockets, "
+            f"they hold {sum(h.sockets for h in helpers):,}",
+        )
         notes.append(
             f"N={n:,}: conntui table has {total:,} sockets, {held:,} with holders "
             f"({len(helpers)} helper process(es) hold {sum(h.sockets for h in helpers):,})"
@@ -268,6 +337,7 @@ def measure(n: int, repeat: int, k: int, steady_s: float = 0.0) -> tuple[list[li
                     f"{statistics.median(stages['listed']):.0f}; found by: {passes}",
                 ]
             )
+        checks.expect(right == k, f"N={n:,}: {right} of {k} new connections resolved to the right pid and fd")
         rows.append([n, "", "one exact sock_diag look-up", f"{statistics.median(exact):.1f} µs", "", ""])
         if steady_s > 0:
             st = steady(src, helper, steady_s)
@@ -295,23 +365,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--misses", type=int, default=20)
     ap.add_argument(
+        "--cold", type=int, default=3, metavar="K", help="first tables in fresh processes, K each (0: none)"
+    )
+    ap.add_argument(
         "--steady", type=float, default=0.0, metavar="S", help="also refresh every 0.5 s for S s at each N"
     )
     args = ap.parse_args(argv)
     require_root()
     if args.smoke:
-        args.sizes, args.repeat, args.misses = [500], 2, 5
+        args.sizes, args.repeat, args.misses, args.cold = [500], 2, 5, 1
     banner("socket table: full refresh at N loopback TCP sockets, and one miss")
     rows: list[list[object]] = []
     notes: list[str] = []
+    checks = Checks("sockets", smoke=args.smoke)
     for n in args.sizes:
-        r, nn = measure(n, args.repeat, args.misses, args.steady)
+        r, nn = measure(n, args.repeat, args.misses, checks, args.steady, args.cold)
         rows += r
         notes += nn
     print(table(["N", "rows", "what", "median", "cold (1st)", "detail"], rows))
     for note in notes:
         print("   " + note)
-    return 0
+    return checks.exit_code()
 
 
 if __name__ == "__main__":

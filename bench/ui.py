@@ -34,7 +34,7 @@ from pathlib import Path
 os.environ.setdefault("TZ", "UTC")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import banner, env_with_repo, percentile, rss_mb, table  # noqa: E402
+from _common import Checks, banner, env_with_repo, percentile, rss_mb, table  # noqa: E402
 from _frames import GeneratedSource, socket_table  # noqa: E402
 
 from conntui.engine import Engine, StaticTables  # noqa: E402
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         from conntui.tui.app import ConntuiApp  # noqa: F401
     except ImportError as exc:
         print(f"   skipped: the TUI is not available ({exc})")
-        return 0
+        return 1 if args.smoke else 0  # CI installs it: not being able to run is a failure there
     runs = [one_run(args.rate, seconds, warmup, 0)]
     if not args.no_long:
         # 6 s at 20k/s over 10 connections: 12,000 segments each before the first key
@@ -341,7 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         heads += [f"n {tag(r)}", f"p50 {tag(r)}", f"p95 {tag(r)}"]
     print(table(heads, per))
-    return 0
+    checks = Checks("ui", smoke=args.smoke)
+    for r in runs:
+        tag = f"{r['rate']:,.0f}/s" if r["rate"] else "idle"
+        checks.expect(r["presses"] > 0, f"{tag}: no key press was made")
+        checks.expect(
+            r["timeouts"] == 0, f"{tag}: {r['timeouts']} key presses had no effect on screen in 5 s"
+        )
+        checks.expect(r["fps"] > 0, f"{tag}: no frame was drawn")
+        if r["rate"]:
+            checks.expect(r["segs_per_s"] > 0, f"{tag}: the session stored no segment")
+    return checks.exit_code()
 
 
 if __name__ == "__main__":

@@ -164,11 +164,11 @@ typedef struct {
     PyObject *fins, *old_conns;     /* FlowHistory books (pairs) */
     PyObject *challenge, *reuseport; /* Verifier questions */
     PyObject *names;       /* ifindex → interface name */
-    PyObject *ifname_fn;   /* capture._ifname(ifindex) */
+    PyObject *ifname_fn;   /* capture.ifname(ifindex) */
     PyObject *slow;        /* Engine._fast_slow(frame) → stored (bool) */
     PyObject *flush;       /* Engine._fast_flush(records, pending, counts, frames) */
     PyObject *sync;        /* Engine._fast_sync(): the flow cache follows tables.current() */
-    PyObject *session;     /* for _next_seq */
+    PyObject *session;     /* len(session): the next row's number */
     PyObject *linktype;    /* int: LINKTYPE_RAW */
     PyObject *empty;       /* "" */
     /* the last addresses decoded (a flow's two ends, most of the time): packed → str */
@@ -178,8 +178,7 @@ typedef struct {
     int addr_next;
 } FastPath;
 
-static PyObject *s_match, *s_next_seq, *s_attribution, *s_interfaces, *s_by_att, *s_flag_opts,
-    *s_popleft, *s_count, *s_ref_window;
+static PyObject *s_match, *s_attribution, *s_popleft, *s_block_state;
 
 static int member_offset(PyTypeObject *t, const char *name, Py_ssize_t *out) {
     PyObject *d = PyDict_GetItemString(t->tp_dict, name); /* borrowed */
@@ -297,7 +296,7 @@ static int fp_init(FastPath *self, PyObject *args, PyObject *kw) {
 
 /* After any call into Python code the refresher thread may have swapped the socket table
  * (the interpreter can switch threads there): the flow cache must follow it before its
- * answers are used again, as Engine._attribute's FlowCache.get(current()) does per frame. */
+ * answers are used again, as Attributor.attribute's FlowCache.get(current()) does per frame. */
 static int sync_tables(FastPath *self) {
     PyObject *r = PyObject_CallNoArgs(self->sync);
     if (r == NULL) return -1;
@@ -374,11 +373,10 @@ typedef struct {
 } Batch;
 
 static int batch_start(FastPath *self, Batch *b) {
-    PyObject *v = PyObject_GetAttr(self->session, s_next_seq);
-    if (v == NULL) return -1;
-    b->next_seq = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    if (b->next_seq == -1 && PyErr_Occurred()) return -1;
+    /* the session's public length is its row count, so the next row's number */
+    Py_ssize_t n = PyObject_Length(self->session);
+    if (n < 0) return -1;
+    b->next_seq = (long long)n;
     return 0;
 }
 
@@ -737,19 +735,21 @@ typedef struct {
 static int epb_open(Epb *e, PyObject *writer) {
     memset(e, 0, sizeof *e);
     e->last_ifindex = -1;
-    e->interfaces = PyObject_GetAttr(writer, s_interfaces);
-    e->by_att = e->interfaces ? PyObject_GetAttr(writer, s_by_att) : NULL;
-    e->flag_opts = e->by_att ? PyObject_GetAttr(writer, s_flag_opts) : NULL;
-    if (e->flag_opts == NULL) return -1;
-    PyObject *count = PyObject_GetAttr(writer, s_count);
-    PyObject *window = count ? PyObject_GetAttr(writer, s_ref_window) : NULL;
-    if (window != NULL) {
-        e->number = PyLong_AsLongLong(count);
-        e->window = PyLong_AsLongLong(window);
+    /* PcapNgWriter.block_state(): (interfaces, by_att, flag_opts, count, ref_window) */
+    PyObject *state = PyObject_CallMethodNoArgs(writer, s_block_state);
+    if (state == NULL) return -1;
+    if (!PyTuple_Check(state) || PyTuple_GET_SIZE(state) != 5) {
+        Py_DECREF(state);
+        PyErr_SetString(PyExc_TypeError, "block_state() must return a 5-tuple");
+        return -1;
     }
-    Py_XDECREF(count);
-    Py_XDECREF(window);
-    if (window == NULL || PyErr_Occurred()) return -1;
+    e->interfaces = Py_NewRef(PyTuple_GET_ITEM(state, 0));
+    e->by_att = Py_NewRef(PyTuple_GET_ITEM(state, 1));
+    e->flag_opts = Py_NewRef(PyTuple_GET_ITEM(state, 2));
+    e->number = PyLong_AsLongLong(PyTuple_GET_ITEM(state, 3));
+    if (!PyErr_Occurred()) e->window = PyLong_AsLongLong(PyTuple_GET_ITEM(state, 4));
+    Py_DECREF(state);
+    if (PyErr_Occurred()) return -1;
     if (!PyDict_Check(e->interfaces) || !PyDict_Check(e->by_att) || !PyDict_Check(e->flag_opts)) {
         PyErr_SetString(PyExc_TypeError, "not a PcapNgWriter");
         return -1;
@@ -1045,17 +1045,10 @@ static struct PyModuleDef fastpath_module = {
 PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&FastPathType) < 0) return NULL;
     s_match = PyUnicode_InternFromString("match");
-    s_next_seq = PyUnicode_InternFromString("_next_seq");
     s_attribution = PyUnicode_InternFromString("attribution");
-    s_interfaces = PyUnicode_InternFromString("_interfaces");
-    s_by_att = PyUnicode_InternFromString("_by_att");
-    s_flag_opts = PyUnicode_InternFromString("_flag_opts");
     s_popleft = PyUnicode_InternFromString("popleft");
-    s_count = PyUnicode_InternFromString("count");
-    s_ref_window = PyUnicode_InternFromString("_ref_window");
-    if (!s_match || !s_next_seq || !s_attribution || !s_interfaces || !s_by_att || !s_flag_opts ||
-        !s_popleft || !s_count || !s_ref_window)
-        return NULL;
+    s_block_state = PyUnicode_InternFromString("block_state");
+    if (!s_match || !s_attribution || !s_popleft || !s_block_state) return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "FastPath", (PyObject *)&FastPathType) < 0) {

@@ -176,15 +176,14 @@ RETIRE_MS = 1
 
 class _Ring:
     """A TPACKET_V3 receive ring: the kernel fills blocks of packets in shared memory, so a
-    batch costs no system call per packet (``recvmsg`` with a timestamp and the interface
-    name lookup Python does for every AF_PACKET address cost ~5 µs a packet).
+    batch costs no system call per packet (``recvmsg`` and the interface name look-up per
+    AF_PACKET address cost more than the rest of the capture thread; bench/README.md).
 
     With blocks retired after ``RETIRE_MS``, what the ring can hold while the reader is busy
-    (a refresh, a collection, the TUI) is counted in blocks, not bytes: 16 blocks of 1 MiB
-    held 16 ms of a burst (a 50k-datagram burst on ``lo`` lost 19.5k under the TUI). 256
-    blocks of 128 KiB (32 MiB) hold 256 ms at any rate up to ~1,300 packets a millisecond,
-    and lost none of that burst. A block still holds any single frame (64 KiB on ``lo``;
-    the kernel truncates larger ones to fit, keeping their length)."""
+    (a refresh, a collection, the TUI) is counted in blocks, not bytes: many small blocks
+    (256 of 128 KiB, 32 MiB) hold a quarter of a second of a burst, where a few big ones
+    held a few milliseconds and lost packets. A block still holds any single frame (64 KiB
+    on ``lo``; the kernel truncates larger ones to fit, keeping their length)."""
 
     def __init__(self, sock: socket.socket, block_size: int = 1 << 17, blocks: int = 256) -> None:
         import mmap
@@ -222,7 +221,7 @@ class _Ring:
                 proto, ifindex, _hatype, pkttype = unpack_sll(mm, pos + _SLL_AT)
                 name = names.get(ifindex)
                 if name is None:
-                    name = names[ifindex] = _ifname(ifindex)
+                    name = names[ifindex] = ifname(ifindex)
                 frames.append(
                     Frame(
                         sec + nsec * 1e-9,
@@ -244,7 +243,8 @@ class _Ring:
         self.map.close()
 
 
-def _ifname(ifindex: int) -> str:
+def ifname(ifindex: int) -> str:
+    """An interface's name by index (the index as text when it is gone)."""
     try:
         return socket.if_indextoname(ifindex)
     except OSError:

@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="with -w: replace FILE if it exists (else it is an error)"
     )
     p.add_argument(
+        "--pcapng-pib",
+        action="store_true",
+        help="with -w (pcapng): also write each process as a Process Information Block (in a "
+        "Wireshark custom block, as Wireshark's development tree reads it) and the sending "
+        "process's pid in epb_processid_threadid; released Wireshark does not read them yet "
+        "(tshark 4.0 shows each such block as a frame without a packet)",
+    )
+    p.add_argument(
         "-r", "--read", metavar="FILE", help="read a saved pcap/pcapng instead of capturing (no root needed)"
     )
     p.add_argument("-c", "--count", type=int, metavar="COUNT", help="stop after COUNT segments")
@@ -163,6 +171,7 @@ class Options:
     json: bool
     quiet: bool
     overwrite: bool = False
+    pib: bool = False  # --pcapng-pib
     settle: float = 0.5
     trace: bool = True
     lab_note: str = ""
@@ -202,6 +211,8 @@ def parse_options(argv: Sequence[str]) -> Options:
     same = args.read and args.write and os.path.abspath(args.read) == os.path.abspath(args.write)
     if same and not to_stdout:
         raise UsageError("-r and -w name the same file", 2)
+    if args.pcapng_pib and (not args.write or (not to_stdout and args.write.lower().endswith(".pcap"))):
+        raise UsageError("--pcapng-pib writes pcapng blocks: give it -w FILE.pcapng (or -w -)", 2)
     return Options(
         interface=args.interface,
         ports=ports,
@@ -214,6 +225,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         json=args.json,
         quiet=args.quiet or (to_stdout and not (args.headless or args.json)),
         overwrite=args.overwrite,
+        pib=args.pcapng_pib,
         settle=args.settle,
         trace=args.trace,
         lab_note=args.lab_note,
@@ -318,9 +330,9 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     try:
         writer: Writer | None
         if opts.write == STDOUT:
-            writer = open_stdout_writer()
+            writer = open_stdout_writer(pib=opts.pib)
         else:
-            writer = open_writer(opts.write, overwrite=opts.overwrite) if opts.write else None
+            writer = open_writer(opts.write, overwrite=opts.overwrite, pib=opts.pib) if opts.write else None
     except ExportError as exc:
         source.close()
         raise UsageError(str(exc)) from None

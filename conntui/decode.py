@@ -93,6 +93,20 @@ def _addr(family: int, packed: bytes) -> str:
     return text
 
 
+def shared_tables() -> dict[str, object]:
+    """The decoder's shared objects, for its C twin (``fastpath.py``): the address-text cache
+    and its filler, the canonical port ints, the flags texts and the protocol names. The C
+    decoder hands out these very objects, so both paths build identical segments."""
+    return {
+        "addr_cache": _addr_text,
+        "addr_fn": _addr,
+        "u16": _U16_VALUES,
+        "flags_text": _FLAGS_TEXT,
+        "tcp": _TCP,
+        "udp": _UDP,
+    }
+
+
 # Everything a truncated or nonsensical buffer can make the parsers raise.
 _BAD_INPUT = (struct.error, IndexError, ValueError, OSError)
 

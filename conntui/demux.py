@@ -565,6 +565,22 @@ def _pick_text(pick: _Pick, scored: list[tuple[int, SocketEntry]]) -> str:
     return text
 
 
+def _reuseport_chooser(table: SocketTable) -> str:
+    """Who picks a SO_REUSEPORT group's member: the kernel's hash of the 4-tuple, unless a BPF
+    program attached to the group (``SO_ATTACH_REUSEPORT_[CE]BPF``) picks it. Attachments are
+    not visible from outside; loaded ``sk_reuseport`` programs are (``sockets.bpf``)."""
+    sk = table.sk_lookup
+    if sk is not None and sk.reuseport:
+        return (
+            "the kernel hashes the 4-tuple to pick one, unless a BPF program attached to the group "
+            f"picks it: {', '.join(sk.reuseport)} is loaded on this host"
+        )
+    return (
+        "the kernel hashes the 4-tuple to pick one, unless a classic or eBPF program attached to "
+        "the group picks it (not visible from outside)"
+    )
+
+
 def _has_listener(table: SocketTable, proto: str, port: int) -> bool:
     return any(e.state == "LISTEN" for e in table.on_port(proto, port))
 
@@ -576,7 +592,7 @@ def _listener_where(seg: Segment, table: SocketTable, pick: _Pick) -> str:
     if len(group) > 1:
         where = (
             f"one of {len(group)} SO_REUSEPORT listeners on {winner.local} "
-            f"({', '.join(_who(e) for e in group)}; the kernel hashes the 4-tuple to pick one)"
+            f"({', '.join(_who(e) for e in group)}; {_reuseport_chooser(table)})"
         )
     else:
         where = f"the listener on {winner.local} ({_who(winner)})"
@@ -923,7 +939,7 @@ def _udp_receiver(seg: Segment, table: SocketTable, steps: list[Lookup], s_ep: s
         who = (
             f"one of {len(group)} sockets bound to {winner.local} ("
             + ", ".join(_who(e) for e in group)
-            + "; SO_REUSEPORT hashes the sender to pick one, without it the socket bound last wins)"
+            + f"; with SO_REUSEPORT {_reuseport_chooser(table)}, without it the socket bound last wins)"
         )
     else:
         who = f"the socket bound to {winner.local} ({_who(winner)})"

@@ -302,6 +302,42 @@ def _opt(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + _pad4(len(value))
 
 
+# Process information (``--pcapng-pib``). The pcapng draft has no Process Information Block
+# yet: its text (draft-ietf-opsawg-pcapng) defines only the EPB option
+# ``epb_processid_threadid`` (code 8: the pid and tid of the process that originated the
+# packet, 32 bits each, in the section's byte order). Wireshark's development tree (after
+# 4.6) reads and writes the proposed PIB body inside a Wireshark custom block until a block
+# type is assigned: block type 0x00000BAD (a custom block that may be copied), Wireshark's
+# PEN 32622, then an entry that is little-endian whatever the section's order: entry type
+# 3 (process information), entry length, the 32-bit pid and the PIB's options (2 pib_name,
+# 3 pib_path, 4 pib_cmdline, 5 pib_ppid, 6 pib_uid, 7 pib_user, 8 pib_uuid, 9
+# pib_starttime); a packet names its process with ``epb_processid_threadid``, and where
+# several blocks share a pid the last one before the packet is its process. Released
+# Wireshark reads such a file without error but does not use either: tshark 4.0 (Debian 12,
+# tested) shows each custom block as a frame of its own, with no packet, and ignores the
+# option; so with ``pib`` every comment carries its JSON in full (no "frame N" references,
+# whose numbers would differ between the two).
+PIB_BLOCK_TYPE: Final = 0x00000BAD
+PEN_WIRESHARK: Final = 32622
+PIB_ENTRY_TYPE: Final = 3
+OPT_PIB_NAME: Final = 2
+OPT_EPB_PROCESSID_THREADID: Final = 8
+
+
+def pib_block(pid: int, name: str) -> bytes:
+    """A Wireshark custom block carrying the Process Information Block of ``pid``."""
+    opts = _opt(OPT_PIB_NAME, name.encode("utf-8", "surrogateescape")[:0xFFFF]) if name else b""
+    entry = struct.pack("<I", pid & 0xFFFFFFFF) + opts + (struct.pack("<HH", 0, 0) if opts else b"")
+    body = struct.pack("<III", PEN_WIRESHARK, PIB_ENTRY_TYPE, len(entry)) + entry
+    total = 12 + len(body)
+    return struct.pack("<II", PIB_BLOCK_TYPE, total) + body + struct.pack("<I", total)
+
+
+def processid_opt(pid: int, tid: int = 0) -> bytes:
+    """The EPB option ``epb_processid_threadid`` (tid 0: not known)."""
+    return _opt(OPT_EPB_PROCESSID_THREADID, struct.pack("<II", pid & 0xFFFFFFFF, tid & 0xFFFFFFFF))
+
+
 def _epb_flags(pkttype: int) -> int:
     """epb_flags: bits 0-1 direction (1 inbound, 2 outbound), bits 2-4 reception type."""
     if pkttype == PACKET_OUTGOING:
@@ -517,11 +553,25 @@ class PcapNgWriter(Writer):
     _TAIL = struct.Struct("<4xI")  # opt_endofopt + trailing block length
     _EPB = struct.Struct("<IIIIIII")
 
+    def __init__(
+        self, target: Target, *, flush_bytes: int = 1 << 20, overwrite: bool = False, pib: bool = False
+    ) -> None:
+        # ``pib``: also write process information blocks and ``epb_processid_threadid``
+        # (``--pcapng-pib``; see ``pib_block``)
+        self.pib = pib
+        self._pib_written: dict[int, str] = {}  # pid → the name of its last PIB
+        super().__init__(target, flush_bytes=flush_bytes, overwrite=overwrite)
+
     def _start(self) -> None:
         self._interfaces: dict[tuple[int, str, int], int] = {}
         self._comments: dict[tuple[object, ...], list[Any]] = {}
         self._by_att: dict[int, tuple[Attribution, list[Any]]] = {}
-        self._ref_window = REF_WINDOW  # read by the C fast path
+        # read by the C fast path (``block_state``); with ``pib`` every comment carries its
+        # JSON in full: released Wireshark counts each PIB's custom block as a frame, so
+        # "frame N" in a reference would name another frame there than in Wireshark's
+        # development tree. The fast path writes only references, so then every packet comes
+        # to ``write``.
+        self._ref_window = 0 if self.pib else REF_WINDOW
         self._sock_json = _SocketJson()
         self._flag_opts = {
             t: _opt(2, struct.pack("<I", _epb_flags(t)))
@@ -532,6 +582,17 @@ class PcapNgWriter(Writer):
         shb = struct.pack("<IIIHHq", 0x0A0D0D0A, total, 0x1A2B3C4D, 1, 0, -1)
         self._put(shb + opts + self._TAIL.pack(total))
         self.flush()
+
+    def block_state(
+        self,
+    ) -> tuple[
+        dict[tuple[int, str, int], int], dict[int, tuple[Attribution, list[Any]]], dict[int, bytes], int, int
+    ]:
+        """What the C fast path (fastpath.py) builds this file's packet blocks from, as
+        ``write`` does: the interface ids and the comments cached per attribution (both read
+        and updated in place), the packet-type options, the blocks written so far and the
+        window in which a comment is written as a reference to an earlier one."""
+        return self._interfaces, self._by_att, self._flag_opts, self.count, self._ref_window
 
     def _interface(self, linktype: int, iface: str, ifindex: int) -> int:
         opts = b""
@@ -615,13 +676,18 @@ class PcapNgWriter(Writer):
         ts = frame.ts
         ticks = int(ts * 1_000_000 + 0.5) if ts > 0 else 0
         opts = self._flag_opts.get(frame.pkttype, b"")
+        pibs = b""
         if att is not None:
             opts = self._comment_opt(att) + opts
+            if self.pib:
+                pibs, pid_opt = self._process_info(att)
+                opts += pid_opt
         elif frame.comment:
             opts = _opt(1, frame.comment.encode("utf-8", "surrogateescape")) + opts
         total = 36 + caplen + (-caplen & 3) + len(opts)
         block = b"".join(
             (
+                pibs,
                 self._EPB.pack(6, total, iid, ticks >> 32, ticks & 0xFFFFFFFF, caplen, orig),
                 data,
                 _PADS[caplen & 3],
@@ -636,6 +702,25 @@ class PcapNgWriter(Writer):
         except OSError as e:
             raise ExportError(f"cannot write {self.name}: {e.strerror or e}") from None
         self.count += 1
+
+    def _process_info(self, att: Attribution) -> tuple[bytes, bytes]:
+        """(the PIBs a packet of ``att`` needs first, its ``epb_processid_threadid``).
+
+        A PIB for every process holding the sender or receiver socket, written once per
+        pid and again when the pid's name changes (a reused pid); the option names the
+        sender's first holder, the process that originated the packet (the receiver's
+        processes are in the comment: the option has room for one)."""
+        blocks = []
+        for sock in (att.sender, att.receiver):
+            for h in sock.holders if sock is not None else ():
+                if h.pid > 0 and self._pib_written.get(h.pid) != h.process:
+                    if len(self._pib_written) >= 65536:
+                        self._pib_written.clear()
+                    self._pib_written[h.pid] = h.process
+                    blocks.append(pib_block(h.pid, h.process))
+        sender = att.sender.holders if att.sender is not None else ()
+        opt = processid_opt(sender[0].pid) if sender and sender[0].pid > 0 else b""
+        return b"".join(blocks), opt
 
 
 class PcapWriter(Writer):
@@ -674,7 +759,12 @@ class PcapWriter(Writer):
 
 
 def open_writer(
-    target: Target, fmt: str | None = None, *, flush_bytes: int = 1 << 20, overwrite: bool = False
+    target: Target,
+    fmt: str | None = None,
+    *,
+    flush_bytes: int = 1 << 20,
+    overwrite: bool = False,
+    pib: bool = False,
 ) -> Writer:
     """A writer for ``target`` (a path or a binary stream).
 
@@ -683,12 +773,13 @@ def open_writer(
     ``create_private_file`` says: mode 0600, owned by the user behind sudo, never through a
     symbolic link, and an existing file is replaced only with ``overwrite`` (else
     ``ExportExists``). Raises ``ExportError`` when the path cannot be opened for writing.
+    ``pib``: pcapng only, process information blocks too (``PcapNgWriter``).
     """
     if fmt is None:
         path = os.fsdecode(target) if isinstance(target, str | os.PathLike) else ""
         fmt = "pcap" if path.lower().endswith(".pcap") else "pcapng"
     if fmt == "pcapng":
-        return PcapNgWriter(target, flush_bytes=flush_bytes, overwrite=overwrite)
+        return PcapNgWriter(target, flush_bytes=flush_bytes, overwrite=overwrite, pib=pib)
     if fmt == "pcap":
         return PcapWriter(target, flush_bytes=flush_bytes, overwrite=overwrite)
     raise ValueError(f"unknown capture format {fmt!r} (pcap or pcapng)")
@@ -755,7 +846,7 @@ class StdoutWriter(PcapNgWriter):
                 stream.close()
 
 
-def open_stdout_writer(*, flush_bytes: int = 1 << 20) -> StdoutWriter:
+def open_stdout_writer(*, flush_bytes: int = 1 << 20, pib: bool = False) -> StdoutWriter:
     """A pcapng writer on standard output (``-w -``).
 
     The stream gets a private duplicate of fd 1, and fd 1 itself is pointed at standard
@@ -772,7 +863,7 @@ def open_stdout_writer(*, flush_bytes: int = 1 << 20) -> StdoutWriter:
     os.dup2(2, 1)
     stream = _StdoutStream(fd, "wb")
     stream.name = "standard output"  # for messages
-    return StdoutWriter(stream, flush_bytes=flush_bytes)
+    return StdoutWriter(stream, flush_bytes=flush_bytes, pib=pib)
 
 
 # ---------------------------------------------------------------------------------------

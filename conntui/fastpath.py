@@ -1,13 +1,21 @@
 """The capture thread's common case in C (``_fastpath.c``), and when the engine uses it.
 
-At a few hundred thousand packets a second, every Python step per packet counts: reading
-the ring, decoding, the flow-cache hit, the row, the pending queue and the pcapng block
-cost ~10 µs together in Python, and one core then tops out near 100k packets/s. The C
-module does exactly those steps for the common case (a data segment or ACK of a flow whose
-attribution is cached and final) and builds the same objects and file bytes; everything
-else (SYN/FIN/RST, new flows, anything the verifier or the FIN book watches, unusual
-headers) goes through ``Engine.process`` as before. ``tests/unit/test_fastpath.py`` runs
+At a few hundred thousand packets a second, every Python step per packet counts (the
+figures are in bench/README.md). The C module does exactly the capture thread's steps
+(reading the ring, decoding, the flow-cache hit, the row, the pending queue and the pcapng
+block) for the common case (a data segment or ACK of a flow whose attribution is cached
+and final) and builds the same objects and file bytes; everything else (SYN/FIN/RST, new
+flows, anything the verifier or the FIN book watches, unusual headers) goes through
+``Engine.process`` as before. ``tests/unit/test_fastpath.py`` runs
 both paths over the same ring and compares every row and byte.
+
+The contract between the two paths is ``FastShared``: the objects both read and write in
+place (the flow cache's final answers, the flow history's and the verifier's books, the
+session) and the three calls back into the engine, as CPython's ``json`` accelerator takes
+the same public arguments as its Python encoder. The engine makes it (``fast_shared``);
+nothing here reads another module's private attributes, and this module imports neither
+the engine nor the capture (their imports stay one way: engine → capture → export →
+fastpath).
 
 The module is optional: built when a C compiler and the Python headers are present
 (setup.py), and ``CONNTUI_PURE=1`` turns it off (benchmarks compare both).
@@ -16,15 +24,39 @@ The module is optional: built when a C compiler and the Python headers are prese
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
 
-if TYPE_CHECKING:
-    from .engine import Engine
+from .model import Frame, Record, Segment
 
 try:
     from . import _fastpath  # type: ignore[attr-defined]
 except ImportError:  # no compiler at install time: the pure-Python path
     _fastpath = None
+
+
+class FastShared(NamedTuple):
+    """What the C loop shares with ``Engine.process``: every mapping is the very object
+    the Python path uses, read (and, for the session, appended to) in place."""
+
+    answers: Mapping[Any, Any]  # FlowCache.fast: a flow's final attribution
+    fins: Mapping[Any, Any]  # FlowHistory.fins: a flow closing goes the Python way
+    old_conns: Mapping[Any, Any]  # FlowHistory.old_conns: likewise
+    challenge: Mapping[Any, Any]  # Verifier.watched_challenge: likewise
+    reuseport: Mapping[Any, Any]  # Verifier.watched_reuseport: likewise
+    session: Any  # the Session: ``len(session)`` is the next row's number
+    slow: Callable[[Frame], bool]  # a frame for Engine.process; True when it stored a row
+    # rows made, with their pending-queue items, counts by match, frames read
+    flush: Callable[[list[Record], list[tuple[float, Frame, Record | None]], dict[str, int], int], None]
+    sync: Callable[[], None]  # make the flow cache follow the current socket table
+    ifname: Callable[[int], str]  # an interface's name by index (capture.ifname)
+    linktype: int  # the frames' link type (capture.LINKTYPE_RAW)
+
+
+class FastOwner(Protocol):
+    """What ``make`` is given: the engine, or anything that shares its state the same way."""
+
+    def fast_shared(self) -> FastShared: ...
 
 
 def status() -> str:
@@ -51,38 +83,33 @@ def available() -> bool:
 
 def blocks_builder() -> Any | None:
     """``blocks(records, start, writer) → (bytes, written, stop)``: pcapng blocks for rows,
-    built in C (None: write them one by one in Python)."""
+    built in C from ``writer.block_state()`` (None: write them one by one in Python)."""
     return _fastpath.blocks if available() else None
 
 
-def make(engine: Engine, names: dict[int, str]) -> Any | None:
-    """The accelerator wired to ``engine``'s tables, or None when it cannot serve it."""
+def make(owner: FastOwner, names: dict[int, str]) -> Any | None:
+    """The accelerator wired to ``owner``'s shared state (``names``: the ring's interface
+    names by index, filled as frames come), or None when it cannot serve."""
     if not available():
         return None
     from . import decode
-    from .capture import LINKTYPE_RAW, _ifname
-    from .model import Frame, Record, Segment
 
+    shared = owner.fast_shared()
     return _fastpath.FastPath(
         frame_type=Frame,
         segment_type=Segment,
         record_type=Record,
-        addr_cache=decode._addr_text,
-        addr_fn=decode._addr,
-        u16=decode._U16_VALUES,
-        flags_text=decode._FLAGS_TEXT,
-        tcp=decode._TCP,
-        udp=decode._UDP,
-        answers=engine.flow_cache.fast,
-        fins=engine.history._fins,
-        old_conns=engine.history._old_conns,
-        challenge=engine.verifier._challenge,
-        reuseport=engine.verifier._reuseport,
+        **decode.shared_tables(),
+        answers=shared.answers,
+        fins=shared.fins,
+        old_conns=shared.old_conns,
+        challenge=shared.challenge,
+        reuseport=shared.reuseport,
         names=names,
-        ifname_fn=_ifname,
-        slow=engine._fast_slow,
-        flush=engine._fast_flush,
-        sync=engine._fast_sync,
-        session=engine.session,
-        linktype=LINKTYPE_RAW,
+        ifname_fn=shared.ifname,
+        slow=shared.slow,
+        flush=shared.flush,
+        sync=shared.sync,
+        session=shared.session,
+        linktype=shared.linktype,
     )

@@ -9,6 +9,8 @@ saw when each one arrived; this is the engine's memory of it. Every book is boun
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .model import Segment, SocketEntry
 
 LATE_AFTER_CLOSE = 0.2  # seconds after the second FIN: later segments are "late", not the close
@@ -32,6 +34,18 @@ def pair(seg: Segment) -> Pair:
     return (dst, dport, src, sport)
 
 
+class Seen(NamedTuple):
+    """What capture order had shown of a segment's 4-tuple when it came (``observe``)."""
+
+    closed: bool  # the connection was over before it (``note_close``)
+    old_conn: SocketEntry | None  # the old connection a SYN ran into, still the one on the tuple
+    reset_before: bool  # a SYN after a RST on its 4-tuple: the old connection is gone
+    syn_after_close: bool  # a SYN after both FINs of the connection before it
+
+
+_NOTHING = Seen(False, None, False, False)  # (not TCP: no book)
+
+
 class FlowHistory:
     def __init__(self, limit: int = LIMIT) -> None:
         self.limit = limit
@@ -40,6 +54,34 @@ class FlowHistory:
         self._old_conns: dict[Pair, SocketEntry] = {}  # a connection a later SYN ran into
         # whether the last SYN seen came after both FINs of the connection before it
         self.syn_after_close = False
+
+    # The C fast path (fastpath.py) reads these two books in place: a segment whose 4-tuple
+    # is in either goes the Python way. Never replaced, only cleared.
+    @property
+    def fins(self) -> dict[Pair, tuple[int, float]]:
+        """4-tuples with a FIN seen (what of their close, and when the last FIN came)."""
+        return self._fins
+
+    @property
+    def old_conns(self) -> dict[Pair, SocketEntry]:
+        """4-tuples a SYN found an old connection on, until its RST."""
+        return self._old_conns
+
+    def observe(self, seg: Segment) -> Seen:
+        """Book one captured segment (FINs, RSTs, an old connection's RST) and say what
+        its 4-tuple had shown before it: the one call the attributor makes per segment."""
+        if seg.proto != "tcp":
+            return _NOTHING
+        closed = self.note_close(seg)
+        old_conn = self.old_connection(seg)
+        reset_before = False
+        if "R" in seg.flags:
+            if old_conn is not None:
+                self.drop_old_connection(seg)  # its RST: from now on the table's view stands
+            self.note_reset(seg)
+        elif seg.is_syn:
+            reset_before = self.reset_before(seg)
+        return Seen(closed, old_conn, reset_before, seg.is_syn and self.syn_after_close)
 
     def note_close(self, seg: Segment) -> bool:
         """Record FINs; True for a segment after the connection is over, whatever a socket

@@ -21,11 +21,13 @@ Pure: the timeline and the holder look-up are passed in.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from .demux import attribute
 from .model import (
+    PACKET_HOST,
     Attribution,
     Endpoint,
     Holder,
@@ -38,7 +40,7 @@ from .model import (
     endpoint_text,
     unmap,
 )
-from .timeline import KernelEvent, KnownState, Timeline
+from .timeline import DropBatch, KernelEvent, KnownState, Timeline
 
 # (local addr, local port, remote addr, remote port, at) → (holder, when it got the socket)
 HolderAt = Callable[[str, int, str, int, float], tuple[Holder, float] | None]
@@ -48,6 +50,9 @@ _HELD_STATES = frozenset(("ESTABLISHED", "SYN_SENT", "CLOSE_WAIT"))
 # the states a table's view of a connection may be confirmed in (held, or just made)
 _TABLE_STATES = _HELD_STATES | {"SYN_RECV"}
 _STATE_SOURCE = "sock:inet_sock_set_state"
+_COUNTED = "skb:kfree_skb (counted in the kernel)"
+# how many rows conntui captured in a window of counted drops
+RowsIn = Callable[[DropBatch], int]
 # A connection born (or established) this soon before a SYN on its tuple was made by that
 # SYN: the tracer's and the capture's clocks differ by more than a veth round trip.
 _OWN_CHILD_SLACK = 0.005
@@ -143,15 +148,32 @@ def judge(
     holder_at: HolderAt,
     table: SocketTable,
     bound_at: HolderAt | None = None,
+    rows_in: RowsIn | None = None,
+    *,
+    here: bool = True,
 ) -> Attribution:
-    """The row's attribution judged against the kernel's record of that moment."""
+    """The row's attribution judged against the kernel's record of that moment. ``rows_in``
+    counts the rows conntui captured in a window of counted drops (:class:`DropBatch`);
+    ``here``: ``seg`` is the segment as captured (not a view of it in another namespace)."""
     if att.kernel is not None or not timeline.covers(seg.ts):
         return att  # judged already, or the record was not being kept then
     tcp = seg.proto == "tcp"
     events = timeline.events_for(
-        seg.proto, seg.src, seg.sport, seg.dst, seg.dport, seg.ts, seg.seq if tcp else -1
-    )
+        seg.proto, seg.src, seg.sport, seg.dst, seg.dport, seg.ts, seg.seq if tcp else -1,
+        exact=here and seg.pkttype == PACKET_HOST,
+    )  # fmt: skip
     drop, reset, abort = events.get("drop"), events.get("reset"), events.get("abort")
+    counted = None
+    if drop is None and rows_in is not None:
+        batch = timeline.batch_for(seg.proto, seg.src, seg.sport, seg.dst, seg.dport, seg.ts)
+        if batch is not None:
+            if batch.accounted is None:
+                batch.accounted = _accounted(seg, batch, timeline, rows_in)
+            if not batch.accounted:
+                return _counted_some(att, batch)
+            counted = batch
+            drop = KernelEvent("drop", seg.ts, seg.proto, seg.src, seg.sport, seg.dst, seg.dport)
+            drop = drop._replace(reason=batch.reason, state=batch.state)
     new = att
     if tcp:
         new = _judge_tcp_receiver(seg, new, timeline, holder_at, table, drop, reset)
@@ -166,7 +188,15 @@ def judge(
             notes=(*new.notes, f"the kernel sent this RST to abort the socket ({abort.reason})"),
         )
     if drop is not None:
-        return _dropped(seg, att, new, drop)
+        dropped = _dropped(seg, att, new, drop, _COUNTED if counted else "skb:kfree_skb")
+        if counted is None:
+            return dropped
+        note = (
+            f"the kernel counted {counted.count} drops of this flow ({counted.reason}) from "
+            f"{_clock(counted.t0)} to {_clock(counted.t1)}, too many to report one by one: with those "
+            f"it reported, as many as the {counted.captured} segments conntui captured then, so this one too"
+        )
+        return replace(dropped, notes=(*dropped.notes, note))
     if not tcp and new.kernel is None and new.match in (Match.UDP_CONNECTED, Match.UDP_UNCONNECTED):
         # The record covers this moment and the kernel did not drop the datagram: a socket
         # took it, as predicted (UDP publishes no socket for a delivery, only drops).
@@ -240,9 +270,51 @@ def _record_shows_no_socket(seg: Segment, timeline: Timeline) -> bool:
     return known is not None and not known.exists
 
 
-def _dropped(seg: Segment, att: Attribution, new: Attribution, drop: KernelEvent) -> Attribution:
+def _accounted(seg: Segment, batch: DropBatch, timeline: Timeline, rows_in: RowsIn) -> bool:
+    """Whether the drops counted in ``batch``'s window, with those reported one by one there,
+    are as many as the segments of its flow conntui captured there: then each was dropped.
+
+    The window runs from its first drop's receive timestamp to its last's, both included, so
+    it holds every segment whose drop it counted. When it starts at the previous window's
+    last drop, the segment stamped there was that window's, if that window was accounted;
+    otherwise (a drop counted while the previous window was being read) it is left in, which
+    can only make the count fall short, never claim a delivered segment."""
+    captured = batch.captured = rows_in(batch)
+    if not batch.s1 or captured < 0:
+        return False
+    singles = timeline.drops_between(seg.proto, seg.src, seg.sport, seg.dst, seg.dport, batch.s0, batch.s1)
+    boundary = 1 if batch.prev is not None and batch.prev.accounted else 0
+    return batch.count + singles >= captured - boundary
+
+
+def _counted_some(att: Attribution, batch: DropBatch) -> Attribution:
+    """A row in a window where the kernel counted drops of its flow but not which: fewer than
+    conntui captured segments there (some were delivered), or the window or the capture is
+    not exact (no receive timestamps, packets the capture lost)."""
+    if batch.captured is None or batch.captured < 0:
+        why = "the capture lost packets then, so its segments cannot be matched to the count"
+    elif not batch.s1:
+        why = "the packets carried no receive timestamp to match them by"
+    else:
+        why = f"conntui captured {batch.captured} segments of it then, some were delivered"
+    note = (
+        f"the kernel dropped {batch.count} segments of this flow from {_clock(batch.t0)} to "
+        f"{_clock(batch.t1)} ({batch.reason}; counted in the kernel, too many to report one by one); "
+        f"{why}: whether it dropped this one is not known"
+    )
+    verdict = KernelVerdict("unknown", _COUNTED, batch.reason, batch.state)
+    return replace(att, kernel=verdict, agrees=None, notes=(*att.notes, note))
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e6):06d}"
+
+
+def _dropped(
+    seg: Segment, att: Attribution, new: Attribution, drop: KernelEvent, source: str = "skb:kfree_skb"
+) -> Attribution:
     """A segment the kernel dropped: its reason beside the prediction."""
-    verdict = KernelVerdict("dropped", "skb:kfree_skb", drop.reason, drop.state)
+    verdict = KernelVerdict("dropped", source, drop.reason, drop.state)
     if drop.reason == "NO_SOCKET":
         agrees = att.match == Match.NONE
         if new.match != Match.NONE:
@@ -519,10 +591,7 @@ def _reuseport_member(seg: Segment, att: Attribution, table: SocketTable, holder
     receiver, sender, listener = picked
     if (receiver, sender, listener) == (att.receiver, att.sender, att.listener):
         return att
-    note = (
-        f"SO_REUSEPORT: the kernel's hash gave this connection to {member.describe()} "
-        "(its process accept()ed it)"
-    )
+    note = f"SO_REUSEPORT: the kernel gave this connection to {member.describe()} (its process accept()ed it)"
     return replace(
         att,
         receiver=receiver,

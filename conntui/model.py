@@ -321,6 +321,9 @@ class SkLookup:
 
     programs: tuple[str, ...] = ()
     error: str = ""
+    # BPF_PROG_TYPE_SK_REUSEPORT programs loaded on the host (any namespace): one may be
+    # attached to a SO_REUSEPORT group and pick its member instead of the hash
+    reuseport: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

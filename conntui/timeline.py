@@ -23,6 +23,7 @@ Pure and thread-safe (one lock); stdlib only.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -45,6 +46,11 @@ JOIN_AFTER = 0.5
 # A RST the kernel sends to abort a socket may reach the tap before its tracepoint fires; and
 # the clocks are converted once per event (microseconds of error).
 JOIN_BEFORE = 0.005
+# A drop's skb timestamp and its captured segment's are one value, converted to float twice.
+STAMP_TOL = 2e-6
+# Counted drops are looked for among rows still waiting to be handed on for this long after
+# their window (rows wait ``settle`` plus at most the engine's HOLD_MAX).
+BATCH_RECENT = 5.0
 
 
 class StateChange(NamedTuple):
@@ -98,6 +104,43 @@ class KernelEvent(NamedTuple):
     seq: int = -1  # the dropped TCP segment's sequence number (-1: not known / UDP)
     reason: str = ""
     state: str = ""  # the state of the socket the kernel had found ("" for none)
+    # a drop: the skb's receive timestamp (epoch seconds; 0: not set), the very timestamp a
+    # packet socket reports for it, so it names its captured segment exactly
+    stamp: float = 0.0
+
+
+@dataclass(slots=True)
+class DropBatch:
+    """Drops of one flow the kernel counted instead of reporting one by one (a flood: past
+    the tracer's per-flow budget a tick): ``count`` segments of ``src → dst`` dropped for
+    ``reason`` between ``t0`` and ``t1``. Which captured segments they were is not said:
+    ``captured`` (set by the engine on first use) is how many rows of the flow conntui has in
+    that window; only when ``count`` covers them all is each row known to be dropped."""
+
+    proto: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    reason: str
+    state: str
+    count: int
+    t0: float
+    t1: float
+    # the receive timestamps of the window's first and last counted drops (0: not set):
+    # a captured segment is in the window exactly when its timestamp is between them
+    s0: float = 0.0
+    s1: float = 0.0
+    captured: int | None = None  # set on first use; -1: the capture lost packets then
+    # the flow's window before this one, when this one starts at its last drop; and whether
+    # this window's count was found to cover every segment captured in it (set on first use)
+    prev: DropBatch | None = None
+    accounted: bool | None = None
+
+    def covers(self, ts: float) -> bool:
+        if self.s1:
+            return self.s0 - STAMP_TOL <= ts <= self.s1 + STAMP_TOL
+        return self.t0 - JOIN_BEFORE <= ts <= self.t1 + JOIN_BEFORE
 
 
 def _key(laddr: str, lport: int, raddr: str, rport: int) -> TupleKey:
@@ -125,6 +168,9 @@ class Timeline:
         self._resets_in: dict[int, float] = {}  # sk → when it last received a RST
         self._unbound: dict[int, StateChange] = {}  # sk → its SYN_SENT birth, before it had a port
         self._events: OrderedDict[tuple[str, str, int, str, int], deque[KernelEvent]] = OrderedDict()
+        self._batches: OrderedDict[tuple[str, str, int, str, int], deque[DropBatch]] = OrderedDict()
+        # receive timestamps of the drops reported one by one, kept after their join
+        self._stamps: OrderedDict[tuple[str, str, int, str, int], deque[float]] = OrderedDict()
         self.counts: dict[str, int] = {"states": 0, "drop": 0, "reset": 0, "synack": 0}
 
     # -- feeding (the tracer's reader thread) ------------------------------------------------
@@ -181,6 +227,44 @@ class Timeline:
             self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
             while len(self._events) > self.max_keys:
                 self._events.popitem(last=False)
+            if ev.kind == "drop" and ev.stamp:
+                stamps = self._stamps.pop(fkey, None) or deque(maxlen=8192)
+                stamps.append(ev.stamp)
+                self._stamps[fkey] = stamps
+                while len(self._stamps) > self.max_keys:
+                    self._stamps.popitem(last=False)
+
+    def on_drop_batch(self, batch: DropBatch) -> None:
+        fkey = (batch.proto, unmap(batch.src), batch.sport, unmap(batch.dst), batch.dport)
+        with self._lock:
+            q = self._batches.pop(fkey, None)
+            if q is None:
+                q = deque(maxlen=256)  # a tick's worth each (0.1 s): longer than any row waits
+            if q and batch.s0 and q[-1].s1 == batch.s0:
+                batch.prev = q[-1]
+            q.append(batch)
+            self._batches[fkey] = q
+            self.counts["drop"] = self.counts.get("drop", 0) + batch.count
+            while len(self._batches) > self.max_keys:
+                self._batches.popitem(last=False)
+
+    def drops_between(
+        self, proto: str, src: str, sport: int, dst: str, dport: int, s0: float, s1: float
+    ) -> int:
+        """How many drops of this flow reported one by one had a receive timestamp in [s0, s1]."""
+        with self._lock:
+            q = self._stamps.get((proto, unmap(src), sport, unmap(dst), dport))
+            return sum(1 for s in q if s0 - STAMP_TOL <= s <= s1 + STAMP_TOL) if q else 0
+
+    def batch_for(
+        self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float
+    ) -> DropBatch | None:
+        """The kernel's count of this flow's drops whose window holds ``ts``, if any."""
+        with self._lock:
+            q = self._batches.get((proto, unmap(src), sport, unmap(dst), dport))
+            if not q:
+                return None
+            return next((b for b in q if b.covers(ts)), None)
 
     def _expire(self, now: float) -> None:
         states = self._states
@@ -258,19 +342,38 @@ class Timeline:
         return None
 
     def events_for(
-        self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float, seq: int = -1
+        self,
+        proto: str,
+        src: str,
+        sport: int,
+        dst: str,
+        dport: int,
+        ts: float,
+        seq: int = -1,
+        *,
+        exact: bool = False,
     ) -> dict[str, KernelEvent]:
         """What the kernel published about the segment ``src → dst`` captured at ``ts``:
         ``"drop"`` (it dropped it), ``"reset"`` (it answered it with a RST), ``"abort"``
         (this is a RST the kernel sent to abort a socket). Each event serves one segment
         (the first asked about), so N drops name N segments; a TCP drop must carry the
-        segment's sequence number."""
+        segment's sequence number. ``exact``: the segment was captured as it arrived, in the
+        namespace that dropped it, so a drop stamped with a receive timestamp is its own only
+        if the stamps are equal (a copy captured on another device carries another stamp, and
+        is joined by time)."""
         fkey = (proto, unmap(src), sport, unmap(dst), dport)
         found: dict[str, KernelEvent] = {}
         with self._lock:
             q = self._events.get(fkey)
             if not q:
                 return found
+            # a drop whose receive timestamp is this segment's is its own, whatever the order
+            own = next(
+                (ev for ev in q if ev.kind == "drop" and ev.stamp and abs(ev.stamp - ts) <= STAMP_TOL), None
+            )
+            if own is not None:
+                found["drop"] = own
+                q.remove(own)
             for ev in list(q):
                 if ev.kind in found or ev.kind == "synack":
                     continue
@@ -278,6 +381,8 @@ class Timeline:
                     continue
                 if ev.kind == "drop" and seq >= 0 and ev.seq >= 0 and ev.seq != seq:
                     continue
+                if ev.kind == "drop" and ev.stamp and exact:
+                    continue  # another segment's: it names its own exactly
                 found[ev.kind] = ev
                 q.remove(ev)
         return found
@@ -286,7 +391,9 @@ class Timeline:
         """The flows (proto, src, sport, dst, dport) with drops not yet joined to a segment:
         the engine looks for their rows among those the fast path made."""
         with self._lock:
-            return {k for k, q in self._events.items() if any(e.kind == "drop" for e in q)}
+            flows = {k for k, q in self._events.items() if any(e.kind == "drop" for e in q)}
+            recent = time.time() - BATCH_RECENT
+            return flows | {k for k, q in self._batches.items() if q and q[-1].t1 >= recent}
 
     def synack_retransmits(self, src: str, sport: int, dst: str, dport: int, ts: float) -> int:
         """How many SYN-ACK retransmissions the kernel reported on this flow up to ``ts``."""

@@ -102,7 +102,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
 from .model import TCP_STATES, Endpoint, Holder, SocketEntry, unmap
-from .timeline import KernelEvent, Timeline
+from .timeline import DropBatch, KernelEvent, Timeline
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -115,6 +115,11 @@ SYNC_EVERY = 0.02
 
 KIND_NAMES = {"A": "accept", "C": "connect", "B": "bind", "S": "send", "X": "refused"}
 _PROTOS = {6: "tcp", 17: "udp"}
+# Drops: one line each up to DROP_BUDGET a flow a tick (DROP_TICK_MS); past it the kernel
+# counts them (@dn, @dt0, @dt1) and the reader turns each tick's differences into DropBatch.
+DROP_BUDGET = 16
+DROP_TICK_MS = 100
+MAP_KEYS_MAX = 16384  # BPFTRACE_MAP_KEYS_MAX: a full @dn would stop counting new flows
 _MARKER_MOD = 1 << 27  # marker numbers wrap: MARKER_BASE + 2**27 still fits a pid_t
 
 TupleKey = tuple[str, str, int, str, int]
@@ -245,8 +250,20 @@ class KernelLine(NamedTuple):
 _KERNEL_FIELDS = {"T1": 9, "D1": 9, "R1": 8, "r1": 2, "Y1": 5, "P1": 3}
 # the same lines with the network namespace's inode as a last field (what the program prints)
 _KERNEL_FIELDS.update({k[0] + "2": n + 1 for k, n in _KERNEL_FIELDS.items() if k != "P1"})
+_KERNEL_FIELDS["D3"] = 11  # D2 with the dropped skb's receive timestamp (ns) before the namespace
 
-Parsed = Event | Marker | KernelLine | tuple[str, int]
+
+class MapPrint(NamedTuple):
+    """A printed bpftrace map of the drop counts (``@dn``, ``@dt0``, ``@dt1``): keys as text
+    ("reason,proto,sport,dport,state,saddr,daddr,netns") → value."""
+
+    name: str
+    values: dict[str, int]
+
+
+_DROP_MAPS = frozenset({"@dn", "@dt0", "@dt1", "@ds0", "@ds1"})
+
+Parsed = Event | Marker | KernelLine | MapPrint | tuple[str, int]
 
 
 def parse_line(line: bytes | str) -> Parsed | None:
@@ -274,6 +291,13 @@ def parse_line(line: bytes | str) -> Parsed | None:
             parts = data.split()
             if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
                 return Marker(int(parts[1]), int(parts[2]))
+        if data.startswith("DZ ") and data[3:].strip().isdigit():
+            return ("tick", int(data[3:]))
+        return None
+    if kind == "map" and isinstance(data, dict) and len(data) == 1:
+        name, values = next(iter(data.items()))
+        if name in _DROP_MAPS and isinstance(values, dict):
+            return MapPrint(name, {str(k): v for k, v in values.items() if isinstance(v, int)})
         return None
     counts = {"lost_events": ("lost", "events"), "attached_probes": ("probes", "probes")}
     if kind in counts and isinstance(data, dict):
@@ -307,6 +331,21 @@ _EVENT_FMT = "E2 {kind} %d %d %d %d %lu %lu" + " %u" * 14 + " %lu %u %s"
 
 
 _SK_NS = "$sk->__sk_common.skc_net.net->ns.inum"
+
+
+def _count_drop(saddr: str, daddr: str) -> str:
+    """The bpftrace statements that count a drop past the budget in the kernel (``@dn``) with
+    the time of the flow's first and last (``@dt0``, ``@dt1``), keyed by reason, flow, the
+    state of the socket found and the namespace."""
+    key = f"[args->reason, $proto, $sport, $dport, $st, ntop({saddr}), ntop({daddr}), $ns]"
+    return (
+        f"\n          @dn{key} = count();"
+        f"\n          if (@dt0{key} == 0) {{ @dt0{key} = nsecs; }}"
+        f"\n          @dt1{key} = nsecs;"
+        f"\n          if (@ds0{key} == 0) {{ @ds0{key} = $stamp; }}"
+        f"\n          @ds1{key} = $stamp;"
+        "\n          @dany = 1;"
+    )
 
 
 def _printf(kind: str, fd: str, ret: str, lport: str = "$sk->__sk_common.skc_num") -> str:
@@ -464,13 +503,24 @@ tracepoint:skb:kfree_skb
       }
       $sport = (*(uint8 *)$th << 8) | *(uint8 *)($th + 1);
       $dport = (*(uint8 *)($th + 2) << 8) | *(uint8 *)($th + 3);
+      // the receive timestamp a packet socket reports for this skb (0: none): an exact join
+      $stamp = (int64)$skb->tstamp;
+      // one line a drop up to a budget a flow a tick; past it (a flood) counted in the kernel
+      $b = @dbud[$proto, $sport, $dport, $ns];
+      @dbud[$proto, $sport, $dport, $ns] = $b + 1;
       if (args->protocol == 0x0800) {
-        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto, $sport, $dport, $seq, $st,
-               ntop(((struct iphdr *)$ip)->saddr), ntop(((struct iphdr *)$ip)->daddr), nsecs, $ns);
+        if ($b < @DROP_BUDGET@) {
+          printf("D3 %d %d %u %u %ld %d %s %s %lu %ld %u", args->reason, $proto, $sport, $dport, $seq, $st,
+                 ntop(((struct iphdr *)$ip)->saddr), ntop(((struct iphdr *)$ip)->daddr), nsecs, $stamp, $ns);
+        } else {@COUNT4@
+        }
       } else {
-        printf("D2 %d %d %u %u %ld %d %s %s %lu %u", args->reason, $proto, $sport, $dport, $seq, $st,
-               ntop(((struct ipv6hdr *)$ip)->saddr.in6_u.u6_addr8),
-               ntop(((struct ipv6hdr *)$ip)->daddr.in6_u.u6_addr8), nsecs, $ns);
+        if ($b < @DROP_BUDGET@) {
+          printf("D3 %d %d %u %u %ld %d %s %s %lu %ld %u", args->reason, $proto, $sport, $dport, $seq, $st,
+                 ntop(((struct ipv6hdr *)$ip)->saddr.in6_u.u6_addr8),
+                 ntop(((struct ipv6hdr *)$ip)->daddr.in6_u.u6_addr8), nsecs, $stamp, $ns);
+        } else {@COUNT6@
+        }
       }
     }
   }
@@ -528,6 +578,23 @@ tracepoint:tcp:tcp_retransmit_synack
 tracepoint:sched:sched_process_exec
 {
   printf("P1 %d %lu %s", pid, nsecs, comm);
+}
+
+interval:ms:@DROP_TICK_MS@
+{
+  clear(@dbud);
+  if (@dany == 1) {
+    // the counts (never cleared: the reader takes differences, so no drop is lost between
+    // a print and a clear), then the last drop's time: a drop counted after this print falls
+    // in this window and the next one, never in none
+    @dany = 0;
+    print(@dn);
+    print(@dt1);
+    print(@ds1);
+    print(@dt0);
+    print(@ds0);
+    printf("DZ %lu", nsecs);
+  }
 }
 """
 
@@ -615,8 +682,15 @@ def build_script(
     if kernel_record:
         skip = [n for n, name in (drop_reasons or {}).items() if name in _NOT_REFUSALS]
         subs["@DROP_FILTER@"] = "".join(f" && args->reason != {n}" for n in skip)
+        subs["@DROP_BUDGET@"] = str(DROP_BUDGET)
+        subs["@DROP_TICK_MS@"] = str(DROP_TICK_MS)
+        subs["@COUNT4@"] = _count_drop("((struct iphdr *)$ip)->saddr", "((struct iphdr *)$ip)->daddr")
+        subs["@COUNT6@"] = _count_drop(
+            "((struct ipv6hdr *)$ip)->saddr.in6_u.u6_addr8", "((struct ipv6hdr *)$ip)->daddr.in6_u.u6_addr8"
+        )
         script += _KERNEL_RECORD
-    shut = " clear(@shut);" if kernel_record else ""
+    drops = ("@shut", "@dbud", *sorted(_DROP_MAPS), "@dany")
+    shut = "".join(f" clear({m});" for m in drops) if kernel_record else ""
     end = f"\nEND\n{{\n  clear(@cfd); clear(@bfd);{shut}\n}}\n"
     if udp_sends:
         subs["@SEND_ENTER@"] = _with_sock(
@@ -810,6 +884,9 @@ class SocketTracer:
         self._ticker: threading.Thread | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._threads: list[threading.Thread] = []
+        # the drop counts of the tick being printed, and each flow's last (count, t1 nsecs)
+        self._dmaps: dict[str, dict[str, int]] = {}
+        self._dlast: dict[str, tuple[int, int, int]] = {}
         # refused connects: sk → (event, tuple-less C record), joined with the X event
         self._pending_connect: collections.OrderedDict[int, TraceRecord] = collections.OrderedDict()
         self._refused: collections.OrderedDict[int, Event] = collections.OrderedDict()
@@ -894,7 +971,7 @@ class SocketTracer:
         env = dict(os.environ)
         env.update(
             {
-                "BPFTRACE_MAP_KEYS_MAX": "16384",
+                "BPFTRACE_MAP_KEYS_MAX": str(MAP_KEYS_MAX),
                 "BPFTRACE_PERF_RB_PAGES": "1024",  # 4 MiB a CPU: bursts of state changes
                 "BPFTRACE_STRLEN": "32",
             }
@@ -1122,6 +1199,10 @@ class SocketTracer:
                 for tl in (self.timeline, *list(self.timelines.values())):
                     tl.ready_at = now
             self.ready.set()
+        elif isinstance(parsed, MapPrint):
+            self._dmaps[parsed.name] = parsed.values
+        elif parsed[0] == "tick":
+            self._on_drop_tick()
         elif parsed[0] == "lost":
             self.stats["lost"] += parsed[1]
             now = time.time()
@@ -1130,10 +1211,52 @@ class SocketTracer:
         else:
             self.stats[parsed[0]] = parsed[1]
 
+    def _on_drop_tick(self) -> None:
+        """The kernel's drop counts printed this tick (``@dn``, ``@dt1``, ``@dt0``): each flow
+        counted more than at the last tick becomes a :class:`DropBatch` for the difference,
+        its window from the last tick's last drop (or its first) to this one's. Counts never
+        reset, so a drop counted during a print shows in the next tick's difference."""
+        maps, self._dmaps = self._dmaps, {}
+        counts, last, first = maps.get("@dn", {}), maps.get("@dt1", {}), maps.get("@dt0", {})
+        s_last, s_first = maps.get("@ds1", {}), maps.get("@ds0", {})
+        for key, n in counts.items():
+            prev_n, prev_t1, prev_s1 = self._dlast.get(key, (0, 0, 0))
+            t1, s1 = last.get(key, 0), s_last.get(key, 0)
+            if n <= prev_n or not t1:
+                continue
+            self._dlast[key] = (n, t1, s1)
+            s0 = prev_s1 or s_first.get(key, 0)
+            try:
+                reason, proto, sport, dport, st, saddr, daddr, ns = key.split(",")
+                name = _PROTOS.get(int(proto))
+                state = int(st)
+                t0 = prev_t1 or first.get(key, t1)
+                batch = DropBatch(
+                    name or "", saddr, int(sport), daddr, int(dport),
+                    self.drop_reasons.get(int(reason), reason),
+                    TCP_STATES.get(state, "") if state >= 0 else "",
+                    n - prev_n, self._time(str(t0)), self._time(str(t1)),
+                    s0 / 1e9 if s0 > 0 and s1 > 0 else 0.0, s1 / 1e9 if s0 > 0 and s1 > 0 else 0.0,
+                )  # fmt: skip
+            except ValueError:
+                self.stats["unparsed"] += 1
+                continue
+            if name is not None:
+                self.stats["kernel"] += 1
+                self.timeline_for(int(ns)).on_drop_batch(batch)
+        if len(counts) >= MAP_KEYS_MAX:
+            # new flows' drops are no longer counted: the record can no longer prove a delivery
+            now = time.time()
+            for tl in (self.timeline, *list(self.timelines.values())):
+                tl.on_lost(1, now)
+
     def _on_kernel(self, line: KernelLine) -> None:
         """One line of the kernel's record → the timeline of its namespace (see
         ``_KERNEL_RECORD``)."""
         f, kind = line.fields, line.kind
+        stamp = 0
+        if kind == "D3":  # a D2 line with the skb's receive timestamp before the namespace
+            stamp, f, kind = int(f[9]), [*f[:9], f[10]], "D2"
         if kind[1] == "2":  # the namespace's inode last
             kind, tl = kind[0] + "1", self.timeline_for(int(f[-1]))
             f = f[:-1]
@@ -1153,6 +1276,7 @@ class SocketTracer:
                     KernelEvent(
                         "drop", self._time(f[8]), name, f[6], sport, f[7], dport, seq,
                         self.drop_reasons.get(reason, str(reason)), TCP_STATES.get(st, "") if st >= 0 else "",
+                        stamp / 1e9 if stamp > 0 else 0.0,
                     )
                 )  # fmt: skip
         elif kind == "R1":  # reason state reply sport(be) dport(be) saddr daddr nsecs (the RST's way)

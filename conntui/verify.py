@@ -55,6 +55,18 @@ class Verifier:
         self._reuseport: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._next_expire = float("-inf")
 
+    # The C fast path (fastpath.py) reads these two books in place: a segment of a flow in
+    # either goes the Python way (``on_record`` answers it). Never replaced.
+    @property
+    def watched_challenge(self) -> OrderedDict[FlowKey, _Question]:
+        """Flows whose SYN hit an established connection: its challenge ACK is awaited."""
+        return self._challenge
+
+    @property
+    def watched_reuseport(self) -> OrderedDict[FlowKey, _Question]:
+        """Flows whose SO_REUSEPORT pick is checked against the established socket."""
+        return self._reuseport
+
     def _remember(self, book: OrderedDict[FlowKey, _Question], key: FlowKey, q: _Question) -> None:
         book[key] = q
         book.move_to_end(key)
@@ -152,7 +164,8 @@ class Verifier:
 
     def _reuseport_pick(self, rec: Record) -> list[Note]:
         """Once the connection's accepted socket has a holder, name the group member whose
-        process holds it: that is the listener the kernel's hash picked for the SYN."""
+        process holds it: that is the listener the kernel picked for the SYN (by its hash, or a BPF
+        program attached to the group)."""
         receiver = rec.attribution.receiver
         if receiver is None or not receiver.holders:
             return []
@@ -182,7 +195,7 @@ class Verifier:
             return [
                 Note(
                     q.seq,
-                    f"resolved: the kernel's SO_REUSEPORT hash picked {m.describe()} of the "
+                    f"resolved: the kernel picked {m.describe()} of the SO_REUSEPORT group's "
                     f"{len(q.candidates)} listeners: its process accept()ed the connection as {who}{where}",
                     related,
                     m,
@@ -193,7 +206,7 @@ class Verifier:
                 Note(
                     q.seq,
                     f"the connection was accept()ed as {who}, by a process that holds "
-                    f"{len(members)} of the group's listeners: which one the hash picked is not visible",
+                    f"{len(members)} of the group's listeners: which one the kernel picked is not visible",
                     related,
                 )
             ]

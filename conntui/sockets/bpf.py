@@ -6,9 +6,12 @@ unconnected-socket look-up (UDP) and may hand the segment to any socket (``bpf_s
 the socket table alone then only predicts. Links are public: ``BPF_LINK_GET_NEXT_ID`` walks
 them, ``BPF_OBJ_GET_INFO_BY_FD`` says which namespace (by inode) each is attached to.
 
-Not detectable from outside: ``SO_ATTACH_REUSEPORT_CBPF``/``EBPF`` programs on a
-``SO_REUSEPORT`` group (sock_diag does not report them and there is no getsockopt for them),
-which pick the group member instead of the hash.
+A ``SO_REUSEPORT`` group's own program (``SO_ATTACH_REUSEPORT_CBPF``/``EBPF``), which picks
+the member instead of the hash, is not visible on the group: sock_diag does not report it and
+there is no getsockopt for it. What can be seen is that a ``BPF_PROG_TYPE_SK_REUSEPORT``
+program is loaded on the host (``BPF_PROG_GET_NEXT_ID`` walks every loaded program); a classic
+program is converted inside the kernel and never gets an id, so it stays invisible. The demux
+therefore always words the hash's choice as "unless a program picks" and names loaded ones.
 
 Raw ``bpf(2)`` through ctypes (Debian has no pip-installable libbpf binding); every failure
 (no CAP_SYS_ADMIN, old kernel) is reported as a reason, never raised.
@@ -27,12 +30,14 @@ import time
 from ..model import SkLookup
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 0)  # __NR_bpf
+BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_LINK_TYPE_NETNS = 5
 BPF_SK_LOOKUP = 36  # enum bpf_attach_type
+BPF_PROG_TYPE_SK_REUSEPORT = 21
 TTL = 5.0
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -57,15 +62,42 @@ def _info(fd: int, size: int) -> bytes:
     return buf.raw
 
 
-def _prog_name(prog_id: int) -> str:
+def _prog_info(prog_id: int) -> tuple[int, str] | None:
+    """(program type, name) of a loaded program; None when it is gone."""
     try:
         fd = _bpf(BPF_PROG_GET_FD_BY_ID, ctypes.create_string_buffer(struct.pack("=I", prog_id), 128))
     except OSError:
-        return ""
+        return None
     try:
-        return _info(fd, 256)[64:80].split(b"\0", 1)[0].decode(errors="replace")
+        info = _info(fd, 256)
     finally:
         os.close(fd)
+    return struct.unpack_from("=I", info, 0)[0], info[64:80].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _prog_name(prog_id: int) -> str:
+    got = _prog_info(prog_id)
+    return got[1] if got is not None else ""
+
+
+def read_reuseport() -> SkLookup:
+    """The ``sk_reuseport`` programs loaded on the host (``reuseport``), as "program id N 'name'"."""
+    progs: list[str] = []
+    prog_id = 0
+    try:
+        for _ in range(100000):
+            attr = ctypes.create_string_buffer(struct.pack("=I", prog_id), 128)
+            try:
+                _bpf(BPF_PROG_GET_NEXT_ID, attr)
+            except FileNotFoundError:  # ENOENT: no more programs
+                break
+            prog_id = struct.unpack_from("=I", attr.raw, 4)[0]
+            got = _prog_info(prog_id)
+            if got is not None and got[0] == BPF_PROG_TYPE_SK_REUSEPORT:
+                progs.append(f"sk_reuseport program id {prog_id}{f' {got[1]!r}' if got[1] else ''}")
+    except OSError as exc:
+        return SkLookup((), f"BPF programs could not be listed: {exc.strerror or exc}")
+    return SkLookup(reuseport=tuple(progs))
 
 
 def read_sk_lookup(netns_ino: int) -> SkLookup:
@@ -110,6 +142,8 @@ def sk_lookup_for(netns_path: str | None = None, *, now: float | None = None) ->
         if hit is not None and t - hit[0] < TTL:
             return hit[1]
     found = read_sk_lookup(ino)
+    reuseport = read_reuseport()
+    found = SkLookup(found.programs, found.error or reuseport.error, reuseport.reuseport)
     with _lock:
         _cache[ino] = (t, found)
     return found

@@ -40,6 +40,10 @@ ACTIVE_FOR = 30.0
 # ... and those addresses are read again this often (a new namespace's at once).
 ADDRESSES_EVERY = 5.0
 
+# An address no namespace owns makes conntui look for new namespaces at most this often (a
+# container started since the last refresh: its first segments would be called another host's).
+REDISCOVER_EVERY = 0.5
+
 # Directories where runtimes bind-mount namespaces that may hold no process.
 NETNS_DIRS = ("/run/netns", "/run/docker/netns", "/var/run/netns")
 
@@ -126,6 +130,7 @@ class NamespaceTables:
         self._owners: dict[str, tuple[int, ...]] = {}  # address → namespaces owning it
         self._used: dict[int, float] = {}  # namespace → when a segment was last looked up there
         self._addrs: dict[int, tuple[float, set[str]]] = {}  # namespace → (read when, addresses)
+        self._rediscovered = float("-inf")
 
     # -- TableSource ---------------------------------------------------------------------
 
@@ -201,7 +206,43 @@ class NamespaceTables:
         if self.primary.current().is_local(a):
             return self.primary_inode
         owners = self._owners.get(a, ())
+        if not owners and not _loopback(a) and self._rediscover():
+            owners = self._owners.get(a, ())
         return owners[0] if len(owners) == 1 else None
+
+    def _rediscover(self) -> bool:
+        """Look for namespaces made since the last refresh and read their addresses (the
+        capture thread, on an address nobody owns; at most every ``REDISCOVER_EVERY`` s, and
+        never waiting for a refresh in progress). True when one was found."""
+        now = time.monotonic()
+        if now - self._rediscovered < REDISCOVER_EVERY or not self._lock.acquire(blocking=False):
+            return False
+        self._rediscovered = now
+        try:
+            infos = self._discover()
+            infos.pop(self.primary_inode, None)
+            new = {ino: info for ino, info in infos.items() if ino not in self._others}
+            if not new:
+                return False
+            others, errors = dict(self._others), dict(self.errors)
+            owners = {a: list(v) for a, v in self._owners.items()}
+            for ino, info in new.items():
+                try:
+                    src = others[ino] = self._make(info)
+                    addrs = src.addresses()
+                except OSError as exc:
+                    errors[ino] = f"{info.path}: {exc.strerror or exc}"
+                    continue
+                self._addrs[ino] = (now, addrs)
+                for addr in addrs:
+                    if not _loopback(addr):
+                        owners.setdefault(unmap(addr), []).append(ino)
+            self._others, self.errors = others, errors
+            self.infos = {**self.infos, **new}
+            self._owners = {a: tuple(v) for a, v in owners.items()}
+            return True
+        finally:
+            self._lock.release()
 
     def owners(self, addr: str) -> tuple[int, ...]:
         """Every other namespace owning ``addr`` (several: the same private address twice)."""

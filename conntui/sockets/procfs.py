@@ -288,6 +288,7 @@ def _list_fds(
         vanished = False  # a listed fd closed before its link was read
         if previous is None or alive is None:
             out: dict[str, int] = {}
+            prefix = _SOCKET_PREFIX
             for name in names:
                 try:
                     target = readlink(name, dir_fd=dfd)
@@ -295,7 +296,8 @@ def _list_fds(
                     vanished = True
                     continue
                 reads += 1
-                inode = out[name] = _socket_inode(target)
+                # _socket_inode, inlined: every link of every process on a full scan
+                inode = out[name] = _socket_inode(target) if target.startswith(prefix) else 0
                 if inode:
                     added.append((name, inode))
             return _Listing(out, [n for n in names if n in out] if vanished else names, reads, removed, added)
@@ -738,14 +740,22 @@ class HolderScanner:
     def _build(self, states: dict[int, _PidState]) -> dict[int, Holders]:
         by_inode: dict[int, list[Holder]] = {}
         cache: dict[_HolderKey, Holder] = {}
+        old = self._holder_cache
         for pid, st in states.items():
             if not st.sockets:
                 continue
             ctr = self.containers.of(pid, st.starttime, st.comm)
+            name = st.name
             for fd_name, inode in st.fds.items():
                 if not inode:
                     continue
-                holder = self._holder(pid, int(fd_name), st.name, cache, ctr)
+                # self._holder, inlined: a full scan makes one per socket fd (20,000 here)
+                fd = int(fd_name)
+                key = (pid, fd, name, ctr)
+                holder = old.get(key)
+                if holder is None:
+                    holder = Holder(pid, fd, name, ctr)
+                cache[key] = holder
                 lst = by_inode.get(inode)
                 if lst is None:
                     by_inode[inode] = [holder]
@@ -1119,8 +1129,12 @@ class _Find:
 
 def _sorted(holders: list[Holder]) -> tuple[Holder, ...]:
     if len(holders) > 1:
-        holders.sort(key=lambda h: (h.pid, h.fd))
+        holders.sort(key=_pid_fd)
     return tuple(holders)
+
+
+def _pid_fd(h: Holder) -> tuple[int, int]:
+    return (h.pid, h.fd)
 
 
 def scan_holders(proc_root: str = "/proc") -> dict[int, Holders]:

@@ -46,9 +46,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules
+from .. import gcpolicy
+from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules, is_wildcard
 from . import bpf, tproxy
-from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
+from .diag import TCP_LISTEN, DiagSocket, RawSock, entry_from_msg, state_text, to_entry
 from .procfs import HolderScanner
 from .route import RouteInfo
 
@@ -216,6 +217,11 @@ class SocketTableSource:
         """A full snapshot: four sock_diag dumps, one /proc scan, addresses; swapped in."""
         with self._refresh_lock:
             try:
+                if self._refreshed is None:
+                    # the first makes one entry per socket (20,000 objects and more): the
+                    # collector's passes over them were a third of its time (issue 18)
+                    with gcpolicy.paused():
+                        return self._refresh()
                 return self._refresh()
             except BaseException:
                 # half-updated memories would pass stale entries off as current: start afresh
@@ -226,6 +232,8 @@ class SocketTableSource:
 
     def _refresh(self) -> SocketTable:
         t0 = time.perf_counter()
+        # the first refresh: the TPROXY rules (three tools run) are read meanwhile
+        reading_rules = tproxy.prefetch(self._netns_self_path()) if self._refreshed is None else None
         # A message identical byte for byte to one of the last refresh stands for the same
         # entry (most sockets, most of the time: no timer running). The per-message work
         # runs in C (map, compress); Python code runs only for the messages that changed.
@@ -335,8 +343,9 @@ class SocketTableSource:
                 entry = hit if hit is not _NO_ENTRY else old_cache.get(key)
                 if entry is None or entry.holders != hs or entry.former_holders != former:
                     seen = first_seen.setdefault(mkey, now)
-                    raw = parse_msg(proto, msg)
-                    entry = to_entry(raw, hs, former_holders=former, first_seen=seen, netns=self.netns_inode)
+                    entry = entry_from_msg(
+                        proto, msg, hs, former_holders=former, first_seen=seen, netns=self.netns_inode
+                    )
                     extras.append(entry)
                 elif hit is _NO_ENTRY:
                     reused.add(id(entry))  # last time's entry, under a message that changed
@@ -379,6 +388,8 @@ class SocketTableSource:
         self.derived = table is not None
         if table is None:
             table = SocketTable(entries, taken_at=now, local_addrs=self._local_addrs, ifnames=self._ifnames)
+        if reading_rules is not None:
+            reading_rules.join()
         table.tproxy = self._tproxy_rules(table)
         table.sk_lookup = bpf.sk_lookup_for(self._netns_self_path())
         self._refreshed = table
@@ -527,6 +538,16 @@ class SocketTableSource:
         sender = look(seg.src, seg.sport, seg.dst, seg.dport)
         if proto == "tcp" and receiver and receiver[0].state != TCP_LISTEN:
             look(seg.dst, seg.dport, "0.0.0.0" if family == 4 else "::", 0)
+        ports = {seg.dport}
+        if table.tproxy is not None and not table.is_local(seg.dst):
+            # TPROXY (nf_tproxy_get_sock_v4, NF_TPROXY_LOOKUP_LISTENER): a segment for a
+            # non-local address that a rule steers goes to the socket on the rule's on-port,
+            # which may have been bound since the table was read (a SYN too, though the
+            # connection it made is already found on its own tuple).
+            for rule in table.tproxy.matching(seg):
+                on_ip = rule.on_ip if rule.on_ip and not is_wildcard(rule.on_ip) else seg.dst
+                ports.add(rule.port_for(seg))
+                look(on_ip, rule.port_for(seg), seg.src, seg.sport)
         gone: list[SocketEntry] = []
         if prune:
             # The caller knows the connection ended (both FINs, or a RST, were seen): a view
@@ -549,12 +570,13 @@ class SocketTableSource:
                     continue
                 alive = set()
                 for raw in listeners:
-                    if raw.sport == seg.dport:
+                    if raw.sport in ports:
                         found.setdefault(raw.cookie, raw)
                         alive.add(raw.cookie)
                 gone += [
                     e
-                    for e in table.on_port(proto, seg.dport)
+                    for port in ports
+                    for e in table.on_port(proto, port)
                     if e.state == "LISTEN" and e.family == fam and e.cookie not in alive
                 ]
 

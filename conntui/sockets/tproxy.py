@@ -59,6 +59,18 @@ def rules_for(
     return rules
 
 
+def prefetch(netns_path: str | None = None) -> threading.Thread | None:
+    """Start reading the namespace's rules in a thread when none are cached (a cold start:
+    the three tools run while the caller dumps sockets, instead of after); the thread to
+    join, or None when they are cached already."""
+    with _lock:
+        if netns_path in _cache:
+            return None
+    thread = threading.Thread(target=rules_for, args=(netns_path,), name="conntui-tproxy-read", daemon=True)
+    thread.start()
+    return thread
+
+
 def _run(argv: list[str], netns_path: str | None) -> str:
     """``argv``'s stdout, run in the namespace (``nsenter --net``); OSError with a reason."""
     if shutil.which(argv[0]) is None:

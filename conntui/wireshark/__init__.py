@@ -35,6 +35,12 @@ PLUGIN_NAME = "conntui.lua"
 EXTCAP_NAME = "conntui"
 
 
+# said where the launcher goes to the global extcap folder (Wireshark < 4.2)
+GLOBAL_NOTE = (
+    "Wireshark's global extcap folder: this Wireshark has no personal one, so it is there for every user"
+)
+
+
 class WiresharkError(Exception):
     """One line for the user."""
 
@@ -132,7 +138,8 @@ def install(
     launcher = extcap / EXTCAP_NAME
     try:
         _put(launcher, launcher_text(), 0o755)
-        out.write(f"extcap (capture source conntui-any): {launcher}\n")
+        where = "" if own else f" ({GLOBAL_NOTE})"
+        out.write(f"extcap (capture source conntui-any): {launcher}{where}\n")
     except OSError as e:
         hint = "" if own else " (this Wireshark has no personal extcap folder: run it as root)"
         sys.stderr.write(f"{PROG}: cannot write {launcher}: {e.strerror or e}{hint}\n")

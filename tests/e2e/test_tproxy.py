@@ -71,7 +71,8 @@ while time.monotonic() < end:
         else:
             data = s.recv(2048)
             if not data:
-                conns.pop(s).close()
+                conns.pop(s)
+                s.close()
                 continue
             out(data=data.decode(), fd=s.fileno(), peer="%s:%d" % conns[s])
             s.sendall(b"orig " + ("%s:%d" % s.getsockname()).encode())
@@ -117,7 +118,9 @@ def _setup(net: Netns) -> tuple[str, str]:
     return d, c
 
 
-def _read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+def _read_json(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """The daemon's next JSON line; its stdout is unbuffered (``bufsize=0``), so a line
+    select() has seen is never read ahead into a buffer that select() cannot see."""
     assert proc.stdout is not None
     r, _, _ = select.select([proc.stdout], [], [], timeout)
     if not r:
@@ -135,7 +138,7 @@ def _holders(sock: dict[str, Any] | None) -> set[tuple[int, int]]:
 def test_tproxy_udp_and_tcp_name_the_transparent_daemon(netns: Netns) -> None:  # noqa: F811
     d, c = _setup(netns)
     daemon = subprocess.Popen(
-        ["ip", "netns", "exec", d, sys.executable, "-c", DAEMON], stdout=subprocess.PIPE, text=True
+        ["ip", "netns", "exec", d, sys.executable, "-c", DAEMON], stdout=subprocess.PIPE, bufsize=0
     )
     try:
         hello = _read_json(daemon, 10)
@@ -195,6 +198,48 @@ def test_tproxy_udp_and_tcp_name_the_transparent_daemon(netns: Netns) -> None:  
         assert r["receiver"]["inode"] == acc["inode"]
         assert r["receiver"]["local"] == f"{ORIG}:{r['dport']}"
         assert "TPROXY" in r["explain"]
+
+
+def test_tproxy_daemon_started_after_conntui_is_named_from_its_first_datagram(netns: Netns) -> None:  # noqa: F811
+    """The daemon binds after conntui's table was read, and the client sends at once: the
+    first datagram and SYN miss the table, and the miss must find the transparent sockets
+    on the rules' on-ports (the kernel's second look-up), not call the kernel's drop."""
+    d, c = _setup(netns)
+    cap: NsConntui = netns.conntui(d, "--headless", "--json", "-i", "l13d")
+    daemon = subprocess.Popen(
+        ["ip", "netns", "exec", d, sys.executable, "-c", DAEMON], stdout=subprocess.PIPE, bufsize=0
+    )
+    try:
+        hello = _read_json(daemon, 10)
+        pid = hello["pid"]
+        client = subprocess.run(
+            ["ip", "netns", "exec", c, sys.executable, "-c", CLIENT, ORIG, "53", "80"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        sent = json.loads(client.stdout)
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5
+        while len(events) < len(sent["sent"]) + 2 and time.monotonic() < deadline:
+            try:
+                events.append(_read_json(daemon, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+        rows, err, _ = cap.stop(settle=1.0)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert len(events) == len(sent["sent"]) + 2, (events, sent)
+    assert sorted(e["orig"] for e in events if "udp" in e) == [f"{ORIG}:53"] * len(sent["sent"])
+    incoming = [r for r in rows if r["dst"] == ORIG and r["direction"] == "in"]
+    udp = [r for r in incoming if r["proto"] == "udp"]
+    syns = [r for r in incoming if r["proto"] == "tcp" and r["flags"] == "S"]
+    assert len(udp) == len(sent["sent"]) and len(syns) == 1, err
+    for r in udp:
+        assert r["match"] == "udp_unconnected", r["explain"]
+        assert (pid, hello["udp_fd"]) in _holders(r["receiver"]), r
+    assert syns[0]["match"] == "listener", (syns[0]["explain"], syns[0].get("steps"), syns[0].get("notes"))
+    assert (pid, hello["tcp_fd"]) in _holders(syns[0]["receiver"]), syns[0]
+    assert all("TPROXY" in r["explain"] for r in udp + syns)
 
 
 def test_tproxy_rule_without_a_transparent_socket_says_the_kernel_drops(netns: Netns) -> None:  # noqa: F811

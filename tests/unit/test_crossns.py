@@ -115,3 +115,36 @@ def test_namespaces_come_and_go_and_each_address_has_its_owner():
     assert spaces.table(3) is made[3].table and made[3].refreshed == 1
     spaces.refresh()
     assert made[3].refreshed == 2 and made[4].refreshed == 0
+
+
+def test_a_namespace_made_since_the_refresh_is_found_on_its_first_segment(monkeypatch):
+    """A container started after the last refresh: its address is owned by nobody yet, so the
+    first segment to it looks for new namespaces (at most every REDISCOVER_EVERY s) instead
+    of calling it another host's."""
+    from conntui.sockets import namespaces
+
+    host = FakeSource(1, ["192.0.2.2"])
+    found = {1: NamespaceInfo(1, "/proc/1/ns/net", pid=1)}
+    calls = []
+
+    def discover() -> dict[int, NamespaceInfo]:
+        calls.append(1)
+        return dict(found)
+
+    made: dict[int, FakeSource] = {}
+
+    def make(info: NamespaceInfo) -> FakeSource:
+        made[info.inode] = FakeSource(info.inode, ["10.88.0.20"])
+        return made[info.inode]
+
+    clock = [100.0]
+    monkeypatch.setattr(namespaces.time, "monotonic", lambda: clock[0])
+    spaces = NamespaceTables(host, discover=discover, make_source=make)  # type: ignore[arg-type]
+    spaces.refresh()
+    found[7] = NamespaceInfo(7, "/proc/700/ns/net", pid=700)  # podman run, just now
+    assert spaces.owner("10.88.0.20") == 7 and spaces.table(7) is made[7].table
+    n = len(calls)
+    assert spaces.owner("198.51.100.7") is None  # another host: looked for at most every 0.5 s
+    assert spaces.owner("198.51.100.8") is None and len(calls) == n
+    clock[0] += namespaces.REDISCOVER_EVERY
+    assert spaces.owner("198.51.100.7") is None and len(calls) == n + 1

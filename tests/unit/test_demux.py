@@ -789,3 +789,20 @@ def test_data_from_a_queued_connection_means_it_was_accepted_since() -> None:
     assert att.sender is None and "accepted since" in att.sender_explain
     ack = attribute(seg("10.0.0.1:8080", "10.0.0.2:5000", "A", pkttype=4), table(lst, child))
     assert ack.sender is child
+
+
+def test_reuseport_group_names_loaded_sk_reuseport_programs_and_never_claims_the_hash() -> None:
+    """A BPF program attached to the group picks the member; its attachment is invisible, so
+    the hash is never stated as the chooser: loaded sk_reuseport programs are named."""
+    from conntui.model import SkLookup
+
+    plain = attribute(seg(CLIENT, SERVER, "S"), table(*RP))
+    assert "unless a classic or eBPF program attached to the group picks it" in plain.explain
+    t = table(*RP)
+    t.sk_lookup = SkLookup(reuseport=("sk_reuseport program id 7 'steer'",))
+    att = attribute(seg(CLIENT, SERVER, "S"), t)
+    assert att.match is Match.LISTENER and set(att.candidates) == set(RP)
+    assert "sk_reuseport program id 7 'steer' is loaded on this host" in att.explain
+    udp = tuple(sock("0.0.0.0:5353", proto="udp", state="UNCONN", held=("mdns", 70 + i, 4)) for i in range(2))
+    u = attribute(seg(CLIENT, "127.0.0.1:5353", proto="udp"), table(*udp))
+    assert "unless a classic or eBPF program" in u.explain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conntui import cli
+from conntui.wireshark import EXTCAP_NAME, PLUGIN_NAME, install
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -49,3 +51,25 @@ def test_unknown_interface_and_missing_fifo_are_one_line_errors():
     )
     res = run("--capture", "--extcap-interface", "conntui-any")
     assert res.returncode == 2 and res.stderr == "conntui: --capture needs --fifo PATH\n"
+
+
+@pytest.mark.parametrize("personal", [False, True], ids=["wireshark-4.0", "wireshark-4.2"])
+def test_install_says_in_one_line_when_the_launcher_goes_to_the_global_folder(tmp_path, personal):
+    """Up to 4.0 ``tshark -G folders`` lists no personal extcap folder: the launcher goes to
+    the global one, for every user, and the line that says where says so."""
+    folders = {"Personal Lua Plugins": str(tmp_path / "lua"), "Extcap path": str(tmp_path / "global")}
+    if personal:
+        folders["Personal Extcap path"] = str(tmp_path / "mine")
+    out = io.StringIO()
+    assert install(out, folders=folders) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"Lua plugin: {tmp_path / 'lua' / PLUGIN_NAME}"
+    if personal:
+        assert lines[1:] == [f"extcap (capture source conntui-any): {tmp_path / 'mine' / EXTCAP_NAME}"]
+    else:
+        assert lines[1:] == [
+            f"extcap (capture source conntui-any): {tmp_path / 'global' / EXTCAP_NAME} "
+            "(Wireshark's global extcap folder: this Wireshark has no personal one, "
+            "so it is there for every user)"
+        ]
+    assert (tmp_path / ("mine" if personal else "global") / EXTCAP_NAME).exists()

@@ -120,3 +120,38 @@ def test_a_full_collection_waits_for_the_process_to_grow(monkeypatch: pytest.Mon
     policy.tick()
     assert ref() is None
     policy.stop()
+
+
+def test_paused_turns_the_schedule_off_for_the_block_only() -> None:
+    gc.enable()
+    with gcpolicy.paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_policy_started_in_a_paused_block_takes_the_collector_over_as_it_was() -> None:
+    gc.enable()
+    policy = GcPolicy()
+    with gcpolicy.paused():
+        policy.tick()  # the capture loop starts while the first socket table is made
+    assert not gc.isenabled(), "the block's end must not turn the schedule on under a policy"
+    policy.stop()
+    assert gc.isenabled(), "the collector was on before the block: on again when the policy stops"
+
+
+def test_paused_under_a_running_policy_leaves_it_alone() -> None:
+    gc.enable()
+    policy = GcPolicy()
+    policy.tick()
+    with gcpolicy.paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()
+    policy.stop()
+    assert gc.isenabled()
+
+
+def test_paused_when_the_collector_is_off_leaves_it_off() -> None:
+    gc.disable()
+    with gcpolicy.paused():
+        pass
+    assert not gc.isenabled()

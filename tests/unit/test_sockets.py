@@ -130,6 +130,43 @@ def test_state_text(proto: str, state: int, text: str) -> None:
     assert to_entry(parse_msg(proto, pack_diag_msg(state=state))).state == text
 
 
+@pytest.mark.parametrize(
+    "msg",
+    [
+        pack_diag_msg(state=10, sport=8080, rqueue=2, wqueue=7, uid=1000, inode=4242),
+        pack_diag_msg(sport=0x1234, dst="10.0.0.9", dport=443, ifindex=3, cookie=0x55_1122_3344, inode=7),
+        pack_diag_msg(
+            family=AF6, state=10, src="::", sport=80, attrs=[MARK, (diag.INET_DIAG_SKV6ONLY, b"\x01")]
+        ),
+        pack_diag_msg(
+            family=AF6, state=10, src="::", sport=80, attrs=[MARK, (diag.INET_DIAG_SKV6ONLY, b"\x00")]
+        ),
+        pack_diag_msg(family=AF6, src="::ffff:127.0.0.1", sport=80, dst="::ffff:127.0.0.1", dport=40000),
+        pack_diag_msg(state=12, sport=80, dst="127.0.0.1", dport=5555),
+        pack_diag_msg(state=6, sport=80, dst="127.0.0.1", dport=5556, timer=3, expires=60000),
+        pack_diag_msg(state=7, sport=53, attrs=[(diag.INET_DIAG_SOCKOPT, b"\x70\x00")]),
+        pack_diag_msg(state=7, sport=53, attrs=[(diag.INET_DIAG_SOCKOPT, b"\x50\x00"), MARK]),
+        pack_diag_msg(state=7, sport=53, attrs=[(diag.INET_DIAG_SOCKOPT, b"")]),  # empty: not transparent
+        pack_diag_msg(state=1, sport=5000, dst="127.0.0.1", dport=53) + b"\x08\x00",  # truncated attribute
+        pack_diag_msg(state=1, sport=5000, dst="127.0.0.1", dport=0),  # connected to port 0: not a wildcard
+        pack_diag_msg(family=AF6, state=99, src="fe80::1", sport=1),  # a state with no name
+    ],
+)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_entry_from_msg_is_to_entry_of_parse_msg(msg: bytes, proto: str) -> None:
+    """The cold table's one-step entry (issue 18) says exactly what the two steps say."""
+    held = (Holder(10, 3, "srv"),)
+    former = (Holder(11, 4, "old"),)
+    kw = {"former_holders": former, "first_seen": 12.5, "netns": 4026531840}
+    assert diag.entry_from_msg(proto, msg) == to_entry(parse_msg(proto, msg))
+    assert diag.entry_from_msg(proto, msg, held, **kw) == to_entry(parse_msg(proto, msg), held, **kw)  # type: ignore[arg-type]
+
+
+def test_entry_from_msg_rejects_a_short_message() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        diag.entry_from_msg("tcp", bytes(40))
+
+
 def test_unconnected_udp_has_no_remote_but_connected_does() -> None:
     unconn = to_entry(parse_msg("udp", pack_diag_msg(state=7, sport=53)))
     conn = to_entry(parse_msg("udp", pack_diag_msg(state=1, sport=5000, dst="127.0.0.1", dport=53)))
@@ -675,6 +712,10 @@ class FakeDiag:
     def dump_msgs(self, proto: str, family: int) -> list[bytes]:
         return list(self.msgs.get((proto, family), []))
 
+    def dump(self, proto: str, family: int, states: int) -> list[RawSock]:
+        raws = [parse_msg(proto, m) for m in self.msgs.get((proto, family), [])]
+        return [r for r in raws if states & (1 << r.state)]
+
     def lookup_exact(
         self, proto: str, family: int, src: str, sport: int, dst: str, dport: int, *, ifindex: int = 0
     ) -> list[RawSock]:
@@ -807,6 +848,51 @@ def test_resolve_adds_new_socket_with_holders(proc: FakeProc) -> None:
         ("tcp", "127.0.0.1", 80, "0.0.0.0", 0),
     ]
     assert src.resolve(seg) is None  # nothing new the second time
+
+
+def test_resolve_finds_a_transparent_socket_bound_since_the_table_on_the_tproxy_on_port(
+    proc: FakeProc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A datagram for a non-local address that a TPROXY rule steers to port 9000: the
+    daemon's socket was bound after the last refresh, so the miss must look it up on the
+    rule's on-port (the kernel's second look-up), not only on the datagram's own tuple."""
+    from conntui.model import TproxyRules
+    from conntui.sockets import source as source_mod
+    from conntui.sockets.tproxy import parse_iptables_save
+
+    rules = parse_iptables_save(
+        "*mangle\n-A PREROUTING -d 203.0.113.0/24 -p udp -j TPROXY --on-port 9000 --tproxy-mark 0x1/0x1\n"
+        "-A PREROUTING -d 203.0.113.0/24 -p tcp -j TPROXY --on-port 9001 --tproxy-mark 0x1/0x1\nCOMMIT\n",
+        4,
+    )
+    monkeypatch.setattr(source_mod.tproxy, "rules_for", lambda *a, **k: TproxyRules(tuple(rules)))
+    fake, clock = FakeDiag(), Clock()
+    src = make_source(proc, fake, clock)
+    src.refresh()
+    sockopt = [(22, bytes([0x70, 0]))]  # INET_DIAG_SOCKOPT: IP_TRANSPARENT
+    proc.sock(100, 7, 900)
+    proc.sock(100, 8, 901)
+    daemon = pack_diag_msg(state=7, sport=9000, inode=900, cookie=9, src="0.0.0.0", attrs=sockopt)
+    listener = pack_diag_msg(state=10, sport=9001, inode=901, cookie=10, src="0.0.0.0", attrs=sockopt)
+    # what the kernel's own look-up answers for the on-port with the segment's addresses
+    fake.lookups[("udp", "203.0.113.10", 9000, "10.77.0.2", 4444)] = [daemon]
+    fake.lookups[("tcp", "203.0.113.10", 9001, "10.77.0.2", 4445)] = [listener]
+    fake.msgs[("tcp", AF4)] = []
+    clock.now += 1
+    dgram = Segment(0.0, "veth0", "udp", 4, "10.77.0.2", 4444, "203.0.113.10", 53)
+    table = src.resolve(dgram)
+    assert table is not None
+    (entry,) = table.on_port("udp", 9000)
+    assert entry.transparent and entry.holders == (H(100, 7),)
+    syn = Segment(0.0, "veth0", "tcp", 4, "10.77.0.2", 4445, "203.0.113.10", 80, flags="S")
+    table = src.resolve(syn)
+    assert table is not None
+    (entry,) = table.on_port("tcp", 9001)
+    assert entry.transparent and entry.state == "LISTEN" and entry.holders == (H(100, 8),)
+    # a destination no rule steers is not looked up on any other port
+    fake.calls.clear()
+    src.resolve(Segment(0.0, "veth0", "udp", 4, "10.77.0.2", 4444, "198.51.100.1", 53))
+    assert {c[2] for c in fake.calls} <= {53, 4444}
 
 
 def test_refresh_keeps_unchanged_entries_and_updates_new_holders(proc: FakeProc) -> None:

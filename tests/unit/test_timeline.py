@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from conntui.judge import judge
 from conntui.model import Attribution, Endpoint, Holder, Match, Segment, SocketEntry, SocketTable
 from conntui.timeline import KernelEvent, KnownState, Timeline
@@ -232,3 +234,78 @@ def test_a_syn_stamped_just_after_the_child_it_made_still_went_to_the_listener()
     # a SYN that comes when the connection has been up for a while hits it (challenge ACK)
     late = judge(seg(100.0095, "S"), predicted, tl, holder_at, table())
     assert late.match != Match.LISTENER
+
+
+# --------------------------------------------------------------------------- floods: drops counted
+
+
+def _flood_tracer() -> SocketTracer:
+    tracer = SocketTracer(clock_offset=100.0, full_names=False)
+    tracer.drop_reasons = {6: "SOCKET_RCVBUFF"}
+    tracer.netns = 4026531840  # the traced namespace: its lines feed ``timeline``
+    tracer.timeline.ready_at = 0.0
+    return tracer
+
+
+def _tick(tracer: SocketTracer, n: int, t0: int, t1: int, s0: int, s1: int) -> None:
+    key = f"6,17,{CPORT},9,7,{C},{S},4026531840"
+    for name, value in (("@dn", n), ("@dt1", t1), ("@ds1", s1), ("@dt0", t0), ("@ds0", s0)):
+        tracer.feed_line(json.dumps({"type": "map", "data": {name: {key: value}}}))
+    tracer.feed_line('{"type": "printf", "data": "DZ 1"}')
+
+
+def _dgram(ts: float) -> Segment:
+    return Segment(ts, "lo", "udp", 4, C, CPORT, S, 9, "", 3)
+
+
+def test_drops_reported_one_by_one_join_their_own_segment_by_receive_timestamp():
+    """A flood's drops come in any order relative to the rows that ask: the skb's receive
+    timestamp (the one the capture reports) names the segment, not the first row in time."""
+    tracer = _flood_tracer()
+    # dropped: the datagram stamped 105.000200 (nsecs 5.0003 s); the one at 105.000100 was not
+    line = f"D3 6 17 {CPORT} 9 -1 7 {C} {S} 5000300000 105000200000 4026531840"
+    tracer.feed_line(json.dumps({"type": "printf", "data": line}))
+    udp = Attribution(Match.UDP_UNCONNECTED, explain="bound")
+    first = judge(_dgram(105.0001), udp, tracer.timeline, holder_at, table())
+    second = judge(_dgram(105.0002), udp, tracer.timeline, holder_at, table())
+    assert first.kernel is not None and first.kernel.verdict == "delivered"
+    assert second.kernel is not None and (second.kernel.verdict, second.kernel.reason) == (
+        "dropped",
+        "SOCKET_RCVBUFF",
+    )
+
+
+def test_counted_drops_mark_every_segment_only_when_they_account_for_all_captured():
+    tracer = _flood_tracer()
+    udp = Attribution(Match.UDP_UNCONNECTED, explain="bound")
+    # 3 drops counted in the kernel, receive timestamps 106.000 .. 106.002
+    _tick(tracer, 3, 6_000_000_000, 6_002_000_000, 106_000_000_000, 106_002_000_000)
+    rows = [_dgram(106.0), _dgram(106.001), _dgram(106.002)]
+    got = [judge(r, udp, tracer.timeline, holder_at, table(), None, lambda b: 3) for r in rows]
+    assert all(g.kernel is not None and g.kernel.verdict == "dropped" for g in got)
+    assert all(g.kernel is not None and "counted" in g.kernel.source for g in got)
+    # the next tick: 2 more counted (from the last one's timestamp on), but conntui has 3 rows
+    # there (one was delivered): none is called dropped
+    _tick(tracer, 5, 6_000_000_000, 6_004_000_000, 106_000_000_000, 106_004_000_000)
+    later = [_dgram(106.003), _dgram(106.0035), _dgram(106.004)]
+    got = [judge(r, udp, tracer.timeline, holder_at, table(), None, lambda b: 4) for r in later]
+    assert all(g.kernel is not None and g.kernel.verdict == "unknown" for g in got), got
+    assert "whether it dropped this one is not known" in got[0].notes[-1]
+    # a window the capture lost packets in: never matched
+    _tick(tracer, 6, 6_000_000_000, 6_006_000_000, 106_000_000_000, 106_006_000_000)
+    lossy = judge(_dgram(106.005), udp, tracer.timeline, holder_at, table(), None, lambda b: -1)
+    assert (
+        lossy.kernel is not None and lossy.kernel.verdict == "unknown" and "lost packets" in lossy.notes[-1]
+    )
+
+
+def test_drop_counts_are_read_as_differences_and_garbage_is_counted():
+    tracer = _flood_tracer()
+    _tick(tracer, 10, 6_000_000_000, 6_001_000_000, 106_000_000_000, 106_001_000_000)
+    _tick(tracer, 10, 6_000_000_000, 6_001_000_000, 106_000_000_000, 106_001_000_000)  # no change
+    ((batch,),) = tracer.timeline._batches.values()
+    assert batch.count == 10 and batch.reason == "SOCKET_RCVBUFF" and batch.s1 == 106.001
+    tracer.feed_line('{"type": "map", "data": {"@dn": {"x,y": 3}}}')
+    tracer.feed_line('{"type": "map", "data": {"@dt1": {"x,y": 5}}}')
+    tracer.feed_line('{"type": "printf", "data": "DZ 2"}')
+    assert tracer.stats["unparsed"] == 1

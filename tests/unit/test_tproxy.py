@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conntui.demux import attribute
 from conntui.model import Match, SocketTable, TproxyRules
 from conntui.sockets.diag import MSG_SIZE, parse_msg
@@ -150,3 +152,26 @@ def test_a_plain_socket_on_a_removed_address_is_not_called_tproxy() -> None:
     stale = sock(f"{ORIG}:80", f"{CLIENT}:4444", held=("old", 9, 5))  # no IP_TRANSPARENT
     att = attribute(seg(f"{CLIENT}:4444", f"{ORIG}:80", "A"), tp_table(stale, rules=""))
     assert att.match is Match.NOT_LOCAL and "TPROXY" not in att.explain
+
+
+def test_prefetch_reads_once_and_only_when_nothing_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold socket table reads the rules in a thread while it dumps sockets (issue 18);
+    the table's own look-up then finds them cached instead of running the tools again."""
+    from conntui.sockets import tproxy
+
+    calls: list[str | None] = []
+
+    def fake_read(netns_path: str | None = None) -> TproxyRules:
+        calls.append(netns_path)
+        return TproxyRules((), ("read",))
+
+    monkeypatch.setattr(tproxy, "read_rules", fake_read)
+    monkeypatch.setattr(tproxy, "_cache", {})
+    thread = tproxy.prefetch("/proc/1/ns/net")
+    assert thread is not None
+    thread.join(5)
+    assert calls == ["/proc/1/ns/net"]
+    assert tproxy.rules_for("/proc/1/ns/net", busy=lambda: True).errors == ("read",)
+    assert calls == ["/proc/1/ns/net"]  # cached: not read again
+    assert tproxy.prefetch("/proc/1/ns/net") is None
+    assert calls == ["/proc/1/ns/net"]

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -392,3 +393,42 @@ def test_the_writers_container_shows_by_name_or_id(tmp_path):
     write(cut, [None], [damaged])
     (row,) = tshark(cut, *SIDES, "conntui.match")
     assert row == ["1234", "3", "4321", "7", "established"]
+
+
+def block_spans(data: bytes) -> list[tuple[int, int, int]]:
+    """(type, start, end) of each block of a little-endian pcapng file."""
+    spans, pos = [], 0
+    while pos < len(data):
+        btype, total = struct.unpack_from("<II", data, pos)
+        spans.append((btype, pos, pos + total))
+        pos += total
+    return spans
+
+
+def test_a_stream_cut_anywhere_in_a_packet_keeps_the_whole_packets_fields(tmp_path):
+    """``conntui -w - | head -c N | tshark -r -``: the stream ends inside a packet's block
+    (its header, its data, its comment, its trailer). tshark says the input was cut short;
+    the plugin gives every whole packet its pids and fds (references followed) and never
+    errors on the cut one."""
+    path = tmp_path / "known.pcapng"
+    write(path, list(ORDER))
+    data = path.read_bytes()
+    epbs = [(start, end) for btype, start, end in block_spans(data) if btype == 6]
+    assert len(epbs) == len(ORDER)
+    receiver = {EST: ["4321", "7"], NONE: ["", ""]}
+    want = [["1234,1235", "3,9", *receiver[att], ""] for att in ORDER]
+    for k in (1, 2, 4):  # frame 2 (a reference), frame 3 (the 'none' JSON), frame 5 (its reference)
+        start, end = epbs[k]
+        comment_at = data.index(b"conntui: ", start)
+        for cut in (start + 4, start + 40, comment_at + 12, end - 2):
+            proc = subprocess.run(
+                [TSHARK, "-n", "-X", f"lua_script:{PLUGIN}", "-r", "-", "-T", "fields"]
+                + [arg for f in (*SIDES, "conntui.error") for arg in ("-e", f)],
+                input=data[:cut],
+                capture_output=True,
+                timeout=60,
+            )
+            err = proc.stderr.decode(errors="replace")
+            assert "cut short" in err and "Lua" not in err, (k, cut, err)
+            rows = [line.split("\t") for line in proc.stdout.decode().splitlines()]
+            assert rows == want[:k], (k, cut, rows)
