@@ -4,12 +4,18 @@
 The real ``ConntuiApp`` over a real ``Engine`` whose source makes ``--rate`` segments/s
 (raw IPv4 TCP frames of 200 connections, attributed against a socket table that knows them;
 the engine runs in its own thread in this process, as under the TUI). Textual's pilot
-presses keys in a cycle (cursor up, follow, filter open, filter "tcp" applied, filter
-cleared, pause, resume, help, close help, next pane); ``App._display`` is wrapped so that the
-effect's time is the first frame rendered (to terminal bytes) in which the effect holds.
-The peer is the same app with no traffic (0 segments/s). Peak RSS is VmHWM.
+presses keys in a cycle (cursor up, follow, the ladder of the selected row's connection
+opened and closed, filter open, filter "tcp" applied, filter cleared, pause, resume, help,
+close help, next pane); ``App._display`` is wrapped so that the effect's time is the first
+frame rendered (to terminal bytes) in which the effect holds. The peer is the same app with
+no traffic (0 segments/s). Peak RSS is VmHWM.
 
-    python bench/ui.py              # 20,000 segments/s for 20 s, and idle
+A third run sends the same rate over 10 connections, after a 6 s warm-up: each then has over
+10,000 segments in the session's window, and ``l`` opens the ladder of one of them (it scans
+the window, keeps the flow's last ``ladder.MAX_ARROWS`` and says how many it leaves out; the
+table gives the size of the flows it opened).
+
+    python bench/ui.py              # 20,000 segments/s for 20 s (200 and 10 connections), and idle
     python bench/ui.py --smoke      # 3 s each
 """
 
@@ -82,6 +88,7 @@ def send_key(app, key: str) -> None:  # type: ignore[no-untyped-def]
 def steps(app) -> list[tuple[str, str, Callable[[], bool]]]:  # type: ignore[no-untyped-def]
     """(label, key, effect) in a cycle that leaves the app where it started."""
     from conntui.tui.screens.help import HelpScreen
+    from conntui.tui.screens.ladder import LadderScreen
 
     main = app.main
     seg = main.segment_list
@@ -90,9 +97,19 @@ def steps(app) -> list[tuple[str, str, Callable[[], bool]]]:  # type: ignore[no-
     def focus_changed() -> bool:
         return app.focused is not state.get("focus")
 
+    def ladder_shown() -> bool:
+        screen = app.screen
+        if not isinstance(screen, LadderScreen):
+            return False
+        ladder = screen.view.ladder
+        state.setdefault("ladders", []).append(len(ladder.arrows) + ladder.elided)  # type: ignore[union-attr]
+        return True
+
     return [
         ("cursor up", "up", lambda: not seg.following),
         ("follow (end)", "end", lambda: seg.following),
+        ("ladder (l)", "l", ladder_shown),
+        ("close ladder (escape)", "escape", lambda: app.screen is main),
         ("open filter (/)", "slash", lambda: main.filter_input.is_open),
         (
             "apply filter 'tcp' (enter)",
@@ -118,16 +135,22 @@ def steps(app) -> list[tuple[str, str, Callable[[], bool]]]:  # type: ignore[no-
     ], state
 
 
-async def drive(rate: float, seconds: float, warmup: float, prefill: int) -> dict[str, object]:
+async def drive(
+    rate: float, seconds: float, warmup: float, prefill: int, flows: int = 200
+) -> dict[str, object]:
     from conntui.tui.app import ConntuiApp
 
     if rate:
         source = GeneratedSource(
-            int(rate * (seconds + warmup + 30)), rate=rate, batch=1024, stop_after=seconds + warmup + 30
+            int(rate * (seconds + warmup + 30)),
+            flows,
+            rate=rate,
+            batch=1024,
+            stop_after=seconds + warmup + 30,
         )
     else:  # the idle peer: the same kind of rows, all there before the first key
-        source = GeneratedSource(prefill, batch=4096)
-    engine = Engine(source, StaticTables(socket_table(200)), Session())
+        source = GeneratedSource(prefill, flows, batch=4096)
+    engine = Engine(source, StaticTables(socket_table(flows)), Session())
     app = ConntuiApp(engine, iface="lo")
     lat: dict[str, list[float]] = {}
     timeouts = 0
@@ -169,6 +192,7 @@ async def drive(rate: float, seconds: float, warmup: float, prefill: int) -> dic
                 await asyncio.sleep(0.1)
         elapsed = time.perf_counter() - t_start
         segs = engine.session.counters.segments - seg0
+        ladder_cpu = ladder_cost(app)
         frames = clock.frames - frames0
         backlog = engine.session.last_seq - app.feed.last_seq if hasattr(app.feed, "last_seq") else None
         await pilot.press("q")
@@ -176,6 +200,9 @@ async def drive(rate: float, seconds: float, warmup: float, prefill: int) -> dic
     all_lat = [x for v in lat.values() for x in v]
     return {
         "rate": rate,
+        "flows": flows,
+        "ladder_segments": sorted(state.get("ladders", [])),  # type: ignore[arg-type]
+        "ladder_cpu_ms": ladder_cpu,
         "segs_per_s": segs / elapsed,
         "fps": frames / elapsed,
         "presses": presses,
@@ -190,9 +217,26 @@ async def drive(rate: float, seconds: float, warmup: float, prefill: int) -> dic
     }
 
 
-def one_run(rate: float, seconds: float, warmup: float, prefill: int) -> dict:  # type: ignore[type-arg]
+def ladder_cost(app) -> float:  # type: ignore[no-untyped-def]
+    """CPU time (this thread's, not wall time: a loaded machine does not inflate it) to
+    build the ladder of the selected row's connection over the session's window, as ``l``
+    does: the median of 5."""
+    from conntui.tui.ladder import ladder_for
+
+    rec = app.main.segment_list.selected_record
+    if rec is None:
+        return float("nan")
+    times = []
+    for _ in range(5):
+        t0 = time.thread_time()
+        ladder_for(app.engine.session.window(), rec)
+        times.append((time.thread_time() - t0) * 1e3)
+    return sorted(times)[2]
+
+
+def one_run(rate: float, seconds: float, warmup: float, prefill: int, flows: int = 200) -> dict:  # type: ignore[type-arg]
     """One run in a fresh process, so RSS figures are its own."""
-    cmd = [sys.executable, __file__, "--one", json.dumps([rate, seconds, warmup, prefill])]
+    cmd = [sys.executable, __file__, "--one", json.dumps([rate, seconds, warmup, prefill, flows])]
     out = subprocess.run(
         cmd,
         stdout=subprocess.PIPE,
@@ -210,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20_000)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--no-idle", action="store_true", help="skip the idle (0 segments/s) peer run")
+    ap.add_argument(
+        "--no-long",
+        action="store_true",
+        help="skip the run over 10 connections (ladders of 10,000+ segments)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -229,13 +278,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   skipped: the TUI is not available ({exc})")
         return 1 if args.smoke else 0  # CI installs it: not being able to run is a failure there
     runs = [one_run(args.rate, seconds, warmup, 0)]
+    if not args.no_long:
+        # 6 s at 20k/s over 10 connections: 12,000 segments each before the first key
+        runs.append(one_run(args.rate, seconds, max(warmup, 6.0), 0, 10))
     if not args.no_idle:
         runs.append(one_run(0, seconds, 1.0, int(args.rate * 2)))
+
+    def tag(r: dict) -> str:  # type: ignore[type-arg]
+        return f"{r['rate']:,.0f}/s, {r['flows']} conns" if r["rate"] else "idle (peer)"
+
     rows = []
     for r in runs:
+        sizes = r["ladder_segments"]
         rows.append(
             [
-                f"{r['rate']:,.0f}/s" if r["rate"] else "idle (peer)",
+                tag(r),
+                f"{min(sizes):,}-{max(sizes):,}" if sizes else "—",
+                f"{r['ladder_cpu_ms']:.1f} ms",
                 f"{r['segs_per_s']:,.0f}",
                 f"{r['fps']:.1f}",
                 r["presses"],
@@ -251,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         table(
             [
                 "offered",
+                "ladder: flow size",
+                "ladder build CPU",
                 "stored seg/s",
                 "frames/s",
                 "presses",
@@ -278,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         per.append(row)
     heads = ["key"]
     for r in runs:
-        tag = f"{r['rate']:,.0f}/s" if r["rate"] else "idle"
-        heads += [f"n {tag}", f"p50 {tag}", f"p95 {tag}"]
+        heads += [f"n {tag(r)}", f"p50 {tag(r)}", f"p95 {tag(r)}"]
     print(table(heads, per))
     checks = Checks("ui", smoke=args.smoke)
     for r in runs:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with -r: print each connection FILTER matches as a ladder (a sequence diagram of its "
         "segments between sockets); FILTER as in the TUI: 8080, host:10.0.0.1, proc:nginx, match:none",
     )
+    p.add_argument(
+        "--ladder-svg",
+        metavar="OUT.svg",
+        help="with --ladder: also draw those ladders as an SVG picture into OUT.svg (not over an "
+        "existing file unless --overwrite)",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
     p.add_argument("--lab-note", default="", help=argparse.SUPPRESS)  # conntui lab: what to watch
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
@@ -169,6 +176,7 @@ class Options:
     trace: bool = True
     lab_note: str = ""
     ladder: str | None = None
+    ladder_svg: str | None = None
     netns: str | None = None  # the path of the one namespace to capture in (-N)
 
 
@@ -191,6 +199,8 @@ def parse_options(argv: Sequence[str]) -> Options:
             parse_display_filter(args.ladder)
         except FilterError as exc:
             raise UsageError(str(exc), 2) from None
+    if args.ladder_svg is not None and args.ladder is None:
+        raise UsageError("--ladder-svg draws the ladders --ladder FILTER prints: give it --ladder", 2)
     netns = None
     if args.netns is not None:
         if args.read:
@@ -220,6 +230,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         trace=args.trace,
         lab_note=args.lab_note,
         ladder=args.ladder,
+        ladder_svg=args.ladder_svg,
         netns=netns,
     )
 
@@ -463,29 +474,65 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
 
 
 MAX_LADDERS = 20  # connections --ladder prints at most (it says how many more matched)
+LADDER_LOOKBACK = 20_000  # rows kept to find a flow's segments from before FILTER first kept one
 
 
 def run_ladder(opts: Options, engine: Engine, out: IO[str]) -> int:
-    """``-r FILE --ladder FILTER``: the ladder of each connection with a segment FILTER keeps."""
-    from .tui.ladder import flow_key, ladder_for, ladder_lines
+    """``-r FILE --ladder FILTER``: the ladder of each connection with a segment FILTER keeps,
+    as text on ``out`` and, with ``--ladder-svg``, as one SVG picture. The rows stream
+    through: each ladder keeps its flow's last segments (``ladder.MAX_ARROWS``) and says how
+    many it leaves out, so a file of millions of segments needs no more memory than a short
+    one."""
+    from .tui.ladder import LadderBuilder, flow_key, ladder_lines, ladders_svg
 
     flt = parse_display_filter(opts.ladder or "")
+    builders: dict[object, LadderBuilder] = {}
+    more: set[object] = set()  # other flows FILTER keeps (counted up to a bound)
+    recent: deque[Record] = deque(maxlen=LADDER_LOOKBACK)
+
+    def feed(rec: Record) -> None:
+        key = flow_key(rec.segment)
+        builder = builders.get(key)
+        if builder is None and (not flt or flt(rec.segment, rec.attribution)):
+            if len(builders) < MAX_LADDERS:
+                builder = builders[key] = LadderBuilder(rec.segment)
+                for old in recent:
+                    builder.add(old)
+                if len(recent) == recent.maxlen and recent[0].segment.flags != "S":
+                    builder.caveat = (
+                        f"FILTER first kept this connection at row #{rec.seq}; its rows before "
+                        f"#{recent[0].seq} are not searched"
+                    )
+            elif len(more) < 100_000:
+                more.add(key)
+        if builder is not None:
+            builder.add(rec)
+        recent.append(rec)
+
+    engine.on_record = feed
     try:
         engine.run()
     finally:
         engine.close()
-    records = engine.session.window()
-    flows: dict[object, Record] = {}
-    for rec in records:
-        if not flt or flt(rec.segment, rec.attribution):
-            flows.setdefault(flow_key(rec.segment), rec)
-    if not flows:
+    if not builders:
         sys.stderr.write(f"{PROG}: no segment in {opts.read} matches {opts.ladder!r}\n")
         return 1
-    for i, rec in enumerate(list(flows.values())[:MAX_LADDERS]):
-        out.write(("\n" if i else "") + "\n".join(ladder_lines(ladder_for(records, rec))) + "\n")
-    if len(flows) > MAX_LADDERS:
-        sys.stderr.write(f"{PROG}: {len(flows) - MAX_LADDERS} more connections match; narrow the filter\n")
+    ladders = [b.build() for b in builders.values()]
+    for i, ladder in enumerate(ladders):
+        out.write(("\n" if i else "") + "\n".join(ladder_lines(ladder)) + "\n")
+    if more:
+        many = f"{len(more)}" if len(more) < 100_000 else "over 100,000"
+        sys.stderr.write(f"{PROG}: {many} more connections match; narrow the filter\n")
+    if opts.ladder_svg:
+        try:
+            with open(opts.ladder_svg, "w" if opts.overwrite else "x", encoding="utf-8") as f:
+                f.write(ladders_svg(ladders))
+        except FileExistsError:
+            sys.stderr.write(f"{PROG}: {opts.ladder_svg} exists (--overwrite replaces it)\n")
+            return 1
+        except OSError as exc:
+            sys.stderr.write(f"{PROG}: cannot write {opts.ladder_svg}: {exc.strerror or exc}\n")
+            return 1
     return 0
 
 

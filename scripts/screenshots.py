@@ -1,21 +1,34 @@
 #!/usr/bin/env python3
 """Regenerate ``screenshots/``: the real app on real loopback traffic it makes itself.
 
-    sudo /path/to/venv/bin/python scripts/screenshots.py [--frozen]
+    sudo /path/to/venv/bin/python scripts/screenshots.py [--frozen | --labs-only]
 
 As root it starts, for at most a minute, a small TCP server (``demo-server``, port 18080),
 a client that connects to it every few hundred milliseconds (``demo-client``), a listener
 that never accepts (``demo-backlog``, port 18081, so segments wait in its accept queue), a
-UDP server and client (``demo-udp-server``, port 18053) and a connection attempt to a closed
-port (18099) — then captures on ``lo`` with the same engine and app ``sudo conntui -i lo -p ...``
-runs, and saves SVG screenshots (and PNGs when ``rsvg-convert`` is installed: apt-get
-install librsvg2-bin). Without root, or with ``--frozen``, it uses the frozen data of the
-TUI tests instead.
+UDP server and client (``demo-udp-server``, port 18053), a connection attempt to a closed
+port (18099) and, when podman is installed, a busybox ``httpd`` container with port 18082
+published (``demo-web-client`` fetches from it) — then captures on ``lo`` with the same
+engine and app ``sudo conntui -i lo -p ...`` runs (and, for the container, a second app on
+every device: ``-i any -p 18082,80``), and saves SVG screenshots (and PNGs when
+``rsvg-convert`` is installed: apt-get install librsvg2-bin): the main view, details, the
+ladder of a connection, a filter, the sockets, an 80x24 terminal, the help, a container's
+rows and the ladder of one of its connections (through podman's NAT).
+
+It also runs two lab scenarios (``conntui lab stale-client`` and ``redirect``, headless, with
+``-w``) and draws a ladder of each with ``conntui -r FILE --ladder PORT --ladder-svg``:
+``ladder-stale-client.svg`` (the README shows it) and ``ladder-redirect.svg``, with their
+text beside them (``.txt``).
+
+Without root, or with ``--frozen``, it uses the frozen data of the TUI tests instead (no
+container, no lab).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -109,6 +122,20 @@ while time.time() < END:
 """
 
 
+WEB_CLIENT = """
+while time.time() < END:
+    try:  # the container's httpd, through podman's published port (DNAT)
+        c = socket.create_connection(("127.0.0.1", 18082), timeout=2)
+        c.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        while c.recv(4096):
+            pass
+        c.close()
+    except OSError:
+        pass
+    time.sleep(0.6)
+"""
+
+
 def start_actor(name: str, body: str, duration: float) -> subprocess.Popen[bytes]:
     code = f"NAME = {name!r}\nDURATION = {duration}\n" + textwrap.dedent(PRELUDE) + textwrap.dedent(body)
     return subprocess.Popen([sys.executable, "-c", code])
@@ -130,17 +157,24 @@ def to_png(svg: Path) -> None:
         )
 
 
-async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def]
-    from conntui.tui.app import ConntuiApp
-
-    assert isinstance(app, ConntuiApp)
-    saved: list[Path] = []
+def saver(app, saved: list[Path]):  # type: ignore[no-untyped-def]
+    """``save(name)``: the app's screen as ``screenshots/NAME.svg`` (and ``.png``)."""
 
     def save(name: str) -> None:
         path = OUT / f"{name}.svg"
         app.save_screenshot(str(path))
         to_png(path)
         saved.append(path)
+
+    return save
+
+
+async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def]
+    from conntui.tui.app import ConntuiApp
+
+    assert isinstance(app, ConntuiApp)
+    saved: list[Path] = []
+    save = saver(app, saved)
 
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.2 if frozen else 6.0)
@@ -158,7 +192,8 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         # details of a SYN handed to the listener
         await pilot.press("slash", *"match:listener", "enter")
         await pilot.pause(0.3)
-        await pilot.press("end", "enter")
+        # a SYN of a few seconds ago: its connection is over, every row of it settled
+        await pilot.press("end", *(() if frozen else ("up", "up", "up")), "enter")
         await app.workers.wait_for_complete()
         await pilot.pause(0.3)
         save("details")
@@ -193,8 +228,8 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
         save("sockets")
         app.screen.minimize()
         await pilot.pause(0.3)
-        # an 80x24 terminal: the columns that matter most, the rest in the details
         await pilot.press("shift+tab", "shift+tab")
+        # an 80x24 terminal: the columns that matter most, the rest in the details
         await pilot.resize_terminal(80, 24)
         await pilot.pause(0.6)
         save("narrow-80x24")
@@ -207,6 +242,37 @@ async def shoot(app, frozen: bool) -> list[Path]:  # type: ignore[no-untyped-def
     return saved
 
 
+async def shoot_container(app) -> list[Path]:  # type: ignore[no-untyped-def]
+    """The container's rows and the ladder of one of its connections (a capture on every
+    device: the published port's traffic leaves lo for podman's bridge)."""
+    saved: list[Path] = []
+    save = saver(app, saved)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(5.0)
+        # a SYN that httpd's listener took, its connection as a ladder: the client's fd,
+        # podman's DNAT+SNAT between the namespaces, httpd's listener and accepted fd
+        await pilot.press("slash", *"ctr:conntui-demo-web match:listener", "enter")
+        await pilot.pause(0.5)
+        await pilot.press("end", "up", "up", "up")
+        await pilot.pause(0.3)
+        await pilot.press("l")
+        await pilot.pause(0.5)
+        save("ladder-container")
+        await pilot.press("escape")
+        await pilot.pause(0.3)
+        # the rows of the container's httpd (ctr: filter), one selected with its details
+        await pilot.press("escape", "slash", *"ctr:conntui-demo-web", "enter")
+        await pilot.pause(0.5)
+        await pilot.press("space")  # the same rows while the picture is taken
+        await pilot.press("end", "up", "up", "up", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.5)
+        save("container")
+        await pilot.press("space", "q")
+    return saved
+
+
 def frozen_app():  # type: ignore[no-untyped-def]
     os.environ["TZ"] = "UTC"
     time.tzset()
@@ -214,6 +280,14 @@ def frozen_app():  # type: ignore[no-untyped-def]
     from tests.tui.scenario import fixed_clock, make_engine
 
     return ConntuiApp(make_engine(), iface="lo", clock=fixed_clock)
+
+
+def container_app():  # type: ignore[no-untyped-def]
+    from conntui.cli import make_app, make_engine, parse_options
+
+    opts = parse_options(["-i", "any", "-p", "18082,80"])  # the published port, httpd's
+    engine = make_engine(opts)
+    return make_app(opts, engine)
 
 
 def live_app():  # type: ignore[no-untyped-def]
@@ -225,15 +299,83 @@ def live_app():  # type: ignore[no-untyped-def]
     return make_app(opts, engine)
 
 
+def lab_ladder(scenario: str, pick: str, saved: list[Path]) -> None:
+    """``conntui lab SCENARIO`` headless with ``-w``, then the ladder of the connection
+    ``pick`` names in its events, as ``conntui -r FILE --ladder PORT --ladder-svg`` draws it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        pcap = Path(d) / "lab.pcapng"
+        run = [sys.executable, "-m", "conntui", "lab", scenario, "--headless", "--json", "--no-node"]
+        for attempt in range(3):
+            lab = subprocess.run(
+                [*run, "--", "-w", str(pcap), "--overwrite"],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                cwd=ROOT,
+            )
+            if lab.returncode == 0:
+                break
+            # a check failed: on a loaded machine the kernel tracer can attach too late for
+            # the first rows; the picture is of a run whose checks all passed
+            print(f"  ({scenario}, run {attempt + 1}: a check failed; again)")
+        events = [json.loads(x) for x in lab.stdout.splitlines() if x.startswith('{"lab": "event"')]
+        ev = next((e for e in events if e["what"] == "connect" and e.get("role") in (pick, None)), None)
+        if ev is None:
+            print(f"  (no ladder of {scenario}: the lab reported no connect ({lab.stderr.strip()[-200:]}))")
+            return
+        port = ev["local"].rsplit(":", 1)[1]
+        svg = OUT / f"ladder-{scenario}.svg"
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "conntui", "-r", str(pcap)),
+                "--ladder",
+                port,
+                "--ladder-svg",
+                str(svg),
+                "--overwrite",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        if done.returncode != 0:
+            print(f"  (no ladder of {scenario}: {done.stderr.strip()})")
+            return
+        svg.with_suffix(".txt").write_text(done.stdout, encoding="utf-8")
+        to_png(svg)
+        saved.append(svg)
+
+
 def main() -> int:
     frozen = "--frozen" in sys.argv or os.geteuid() != 0
+    if "--labs-only" in sys.argv and not frozen:  # only the two lab ladders
+        saved: list[Path] = []
+        lab_ladder("stale-client", "client-before", saved)
+        lab_ladder("redirect", "client", saved)
+        print("saved", *(str(p.relative_to(ROOT)) for p in saved))
+        return 0
     OUT.mkdir(exist_ok=True)
     actors: list[subprocess.Popen[bytes]] = []
-    try:
+    saved: list[Path] = []
+    with contextlib.ExitStack() as stack:
+        container = False
         if frozen:
             app = frozen_app()
         else:
-            duration = 60.0  # (stopped when the pictures are taken; a loaded machine is slow)
+            duration = 90.0  # (stopped when the pictures are taken; a loaded machine is slow)
+            if shutil.which("podman") and shutil.which("busybox"):
+                from tests.e2e import podkit
+
+                started = stack.enter_context(podkit.containers())
+                web = podkit.run(started, "/bin/httpd", "-f", "-p", "80", "-h", "/www", publish="18082:80")
+                # the screenshots' name for it (podkit's is random)
+                podkit.podman("rename", started[-1], "conntui-demo-web")
+                started[-1] = "conntui-demo-web"
+                podkit.listener_fd(web.pid, 80)
+                container = True
             actors.append(start_actor("demo-server", SERVER, duration))
             actors.append(start_actor("demo-udp-server", UDP_SERVER, duration))
             time.sleep(0.5)
@@ -241,16 +383,24 @@ def main() -> int:
             actors.append(start_actor("demo-backlog", BACKLOG, duration))
             actors.append(start_actor("demo-client", CLIENT, duration))
             actors.append(start_actor("demo-udp-client", UDP_CLIENT, duration))
-        saved = asyncio.run(shoot(app, frozen))
-    finally:
-        for p in actors:
-            p.terminate()
-        for p in actors:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-    what = "frozen test data" if frozen else "live traffic on lo"
+            if container:
+                actors.append(start_actor("demo-web-client", WEB_CLIENT, duration))
+        try:
+            saved += asyncio.run(shoot(app, frozen))
+            if container:
+                saved += asyncio.run(shoot_container(container_app()))
+        finally:
+            for p in actors:
+                p.terminate()
+            for p in actors:
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    if not frozen:
+        lab_ladder("stale-client", "client-before", saved)
+        lab_ladder("redirect", "client", saved)
+    what = "frozen test data" if frozen else "live traffic (and two lab scenarios)"
     print(f"saved {len(saved)} screenshots of {what} in {OUT}:")
     for path in saved:
         print(f"  {path.relative_to(ROOT)}" + (" (+ .png)" if path.with_suffix(".png").exists() else ""))

@@ -1,25 +1,48 @@
-"""The ladder of one connection: its segments as a sequence diagram, in plain text.
+"""The ladder of one connection: its segments as a sequence diagram, in text and in SVG.
 
-Lanes are the sockets the segments went between, as the kernel chose them: the client's
-fd, the listener, the accepted fd, a connection waiting in the accept queue, a TIME_WAIT
-remain, and ``-`` where no local socket sent or received a segment (a remote host, or the
-kernel answering for a closed port). The sockets of the end that sent the first segment
-are on the left. Arrows are the segments in capture order, with flags, length and the
-match. Bounded: a flow with more than ``MAX_ARROWS`` segments shows its last ones and
-says how many it left out. No Textual here (the screen is ``screens/ladder.py``).
+Lanes are what the segments went between, as the kernel chose it:
+
+- a socket a process holds, ``process[pid]`` over ``fd N`` over what made it: ``connect()``,
+  ``listen()`` (the listener that takes the SYNs), ``accept()`` (the connection's own socket);
+- the ``accept queue``: a connection the handshake completed that no accept() has taken
+  yet (segments that reach it have no fd to go to);
+- ``TIME_WAIT``: what the kernel keeps of a closed connection;
+- the ``kernel``: no socket took the segment; the kernel answers a TCP segment with a RST (its
+  RSTs come from this lane) and a UDP datagram with ICMP port unreachable;
+- ``NAT``: when conntrack rewrote the connection (a REDIRECT, a published container port),
+  the rewrite, between the namespaces of the two ends; arrows it rewrote cross it at ``◇``;
+- ``-``: no local socket (a remote host, or a socket gone before conntui saw it).
+
+One socket is one lane, also when a later one reuses its 4-tuple (a stale client, a new
+connection from the same port): sockets are told apart by their cookie. When the lanes live
+in several network namespaces each says which. The end that sent the first segment shown
+is on the left.
+
+Arrows are the segments in capture order, with flags and payload length; after the rails,
+conntui's match (its prediction from the socket table, or the kernel's word where they
+differed) and the kernel's own verdict: ``✓`` when it agrees, ``≠`` when it does not. A
+segment the kernel drops ends in ``✕``. Bounded: a flow of more than ``limit`` segments
+keeps its last ones and says how many it left out, in constant memory however long the
+flow (``LadderBuilder``). No Textual here (the screen is ``screens/ladder.py``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import NamedTuple
+from xml.sax.saxutils import escape
 
-from ..model import Record, Segment, SocketEntry
+from ..model import Attribution, Match, Record, Segment, SocketEntry
 from .feed import socket_key
 from .row_text import cut
 from .text import clock, endpoint, holder_text, safe
 
+COPY_NOTE = "the segment of record #"  # crossns.copy_note: a later copy of one segment
 MAX_ARROWS = 5000
+MAX_SVG_ARROWS = 2000  # an SVG taller than this is no picture anyone reads
 LANE_WIDTH = 26
 TIME_WIDTH = 15
 NOTE_WIDTH = 90  # a note is cut here (the detail pane has it whole)
@@ -36,8 +59,10 @@ def flow_key(seg: Segment) -> FlowKey:
 @dataclass(frozen=True)
 class Lane:
     key: object
-    label: str
+    label: str  # on one line: ``curl[5151] fd 5``, ``accept queue``, ``kernel (no socket)``
     left: bool  # the end that sent the flow's first segment shown
+    kind: str = "socket"  # socket | queue | time_wait | kernel | nat | none
+    lines: tuple[str, ...] = ()  # the label as the head shows it (3 or 4 lines)
 
     @property
     def held(self) -> bool:
@@ -45,8 +70,10 @@ class Lane:
         return "[" in self.label and " fd " in self.label
 
 
-@dataclass(frozen=True)
-class Arrow:
+class Arrow(NamedTuple):
+    """One segment (a NamedTuple: a ladder makes thousands, a frozen dataclass costs ~1 µs a
+    field to build)."""
+
     seq: int
     ts: float
     src: int  # lane indices
@@ -54,6 +81,9 @@ class Arrow:
     what: str  # "S 0", "PA 35"
     match: str
     note: str = ""  # what later segments proved or the kernel will do (the first note)
+    verdict: str = ""  # "kernel: delivered ✓", "kernel: dropped NO_SOCKET ≠", "" (none published)
+    dropped: bool = False  # the kernel drops it (its own word, or what later segments proved)
+    nat: bool = False  # conntrack rewrote it on its way (it crosses the NAT lane)
 
 
 @dataclass
@@ -61,7 +91,8 @@ class Ladder:
     title: str
     lanes: list[Lane] = field(default_factory=list)
     arrows: list[Arrow] = field(default_factory=list)
-    elided: int = 0  # older segments of the flow left out (MAX_ARROWS)
+    elided: int = 0  # older segments of the flow left out (the limit)
+    caveat: str = ""  # what else the ladder may lack (e.g. rows before a look-back)
 
 
 def lane_label(sock: SocketEntry | None) -> str:
@@ -73,6 +104,8 @@ def lane_label(sock: SocketEntry | None) -> str:
         return holder_text(sock.holders[0]) + more
     if sock.state == "TIME_WAIT":
         return "TIME_WAIT (kernel)"
+    if sock.former_holders:
+        return holder_text(sock.former_holders[0]) + " (closed)"
     if sock.state in ("SYN_RECV", "NEW_SYN_RECV"):
         return "request sock (kernel)"
     if sock.state == "ESTABLISHED" and not sock.inode:
@@ -80,56 +113,299 @@ def lane_label(sock: SocketEntry | None) -> str:
     return f"kernel ({sock.state})"
 
 
+def _kernel_sent(seg: Segment, att: Attribution) -> bool:
+    """A RST no socket sent: the kernel answering for a port nothing listens on."""
+    return att.sender is None and "R" in seg.flags
+
+
+def _dropped(att: Attribution) -> bool:
+    k = att.kernel
+    if k is not None and k.verdict == "dropped":
+        return True
+    return any("drops this" in n or n.startswith("dropped") for n in att.notes)
+
+
+_TAGS = (
+    ("challenge ACK", " challenge ACK"),
+    ("the kernel answered with a challenge ACK", " → challenge ACK"),
+    ("a retransmission", " retransmitted"),
+    ("the accept queue is full", " queue full"),
+)
+
+
+def _tag(att: Attribution) -> str:
+    """A word on the arrow for what later segments proved (the note says it whole)."""
+    for note in att.notes:
+        for start, tag in _TAGS:
+            if note.startswith(start):
+                return tag
+    return ""
+
+
+def _verdict(att: Attribution) -> str:
+    k = att.kernel
+    if k is None:
+        return ""
+    reason = f" {k.reason}" if k.reason else ""
+    mark = {True: " ✓", False: " ≠"}.get(att.agrees, "") if att.agrees is not None else ""
+    return safe(f"kernel: {k.verdict}{reason}{mark}")
+
+
+def _nat_step(att: Attribution) -> tuple[str, str, str] | None:
+    """The NAT lane's label from the conntrack step of a rewritten segment: (``NAT
+    REDIRECT``, ``:8081 → :9000``, ``(conntrack)``) or (``NAT DNAT+SNAT``, ``127.0.0.1:18082
+    →``, ``10.88.0.6:80``)."""
+    for step in att.steps:
+        if not step.what.startswith("conntrack:"):
+            continue
+        kind = step.what.rpartition("(")[2].rstrip(")") or "NAT"
+        dialled, _, rest = step.result.removeprefix("dialled ").partition("; the receiving socket is ")
+        here = rest.partition(" ↔ ")[0]
+        d_addr, _, d_port = dialled.rpartition(":")
+        h_addr, _, h_port = here.rpartition(":")
+        if kind == "DNAT" and d_addr == h_addr and d_addr:
+            return "NAT REDIRECT", f":{d_port} → :{h_port}", "(conntrack)"  # to the host's own address
+        return f"NAT {kind}", f"{dialled} →", here
+    return None
+
+
+class LadderBuilder:
+    """The segments of one 4-tuple, fed in capture order; keeps the last ``limit`` of them
+    (constant memory however long the flow) and counts the rest."""
+
+    def __init__(self, selected: Segment, limit: int = MAX_ARROWS) -> None:
+        self.proto = selected.proto
+        self.ports = {selected.sport, selected.dport}
+        self.a, self.b = (selected.src, selected.sport), (selected.dst, selected.dport)
+        self.selected = selected
+        self.flow: deque[Record] = deque(maxlen=max(1, limit))
+        self.total = 0
+        self.caveat = ""
+
+    def wants(self, seg: Segment) -> bool:
+        # the ports first: one set lookup each rules out nearly every other segment
+        return (
+            seg.sport in self.ports
+            and seg.dport in self.ports
+            and seg.proto == self.proto
+            and (
+                ((seg.src, seg.sport) == self.a and (seg.dst, seg.dport) == self.b)
+                or ((seg.src, seg.sport) == self.b and (seg.dst, seg.dport) == self.a)
+            )
+        )
+
+    def add(self, rec: Record) -> None:
+        if self.wants(rec.segment):
+            self.flow.append(rec)
+            self.total += 1
+
+    def add_all(self, records: Iterable[Record]) -> None:
+        """``add`` of each record, in one loop (the TUI scans a window of 150,000 rows)."""
+        ports, proto, a, b = self.ports, self.proto, self.a, self.b
+        flow = self.flow
+        n = 0
+        for rec in records:
+            seg = rec.segment
+            if (
+                seg.sport in ports
+                and seg.dport in ports
+                and seg.proto == proto
+                and (
+                    ((seg.src, seg.sport) == a and (seg.dst, seg.dport) == b)
+                    or ((seg.src, seg.sport) == b and (seg.dst, seg.dport) == a)
+                )
+            ):
+                flow.append(rec)
+                n += 1
+        self.total += n
+
+    def build(self) -> Ladder:
+        return _build(list(self.flow), self.total - len(self.flow), self.selected, self.caveat)
+
+
 def ladder_for(records: Iterable[Record], selected: Record, limit: int = MAX_ARROWS) -> Ladder:
     """The ladder of ``selected``'s 4-tuple over ``records`` (in capture order)."""
-    sel = selected.segment
-    ports = {sel.sport, sel.dport}
-    a, b = (sel.src, sel.sport), (sel.dst, sel.dport)
-    flow = [
-        r
-        for r in records
-        # the ports first: one set lookup each rules out nearly every other segment
-        if (s := r.segment).sport in ports
-        and s.dport in ports
-        and s.proto == sel.proto
-        and (
-            ((s.src, s.sport) == a and (s.dst, s.dport) == b)
-            or ((s.src, s.sport) == b and (s.dst, s.dport) == a)
-        )
-    ]
-    elided = max(0, len(flow) - limit)
-    flow = flow[elided:]
-    seg0 = flow[0].segment if flow else selected.segment
+    builder = LadderBuilder(selected.segment, limit)
+    builder.add_all(records)
+    return builder.build()
+
+
+def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "") -> Ladder:
+    seg0 = flow[0].segment if flow else selected
     left_end = (seg0.src, seg0.sport)
     title = f"{seg0.proto} {endpoint(seg0.src, seg0.sport)} ⇄ {endpoint(seg0.dst, seg0.dport)}"
-    ladder = Ladder(title, elided=elided)
+    ladder = Ladder(title, elided=elided, caveat=caveat)
     index: dict[object, int] = {}
+    by_tuple: dict[object, list[object]] = {}  # a 4-tuple's socket lanes (keys), oldest first
+    socks: dict[object, SocketEntry] = {}
+    nat: tuple[str, str, str] | None = None
+    raw: list[tuple[int, float, int, int, str, str, str, str, bool]] = []  # the arrows, lanes not yet ordered
+    told: dict[int, tuple[str, str, str, str, bool]] = {}
+    keep: list[Attribution] = []
 
-    def lane(sock: SocketEntry | None, left: bool) -> int:
-        k: object = ("none", left) if sock is None else socket_key(sock)
+    def add_lane(k: object, label: str, left: bool, kind: str) -> int:
         i = index.get(k)
         if i is None:
             i = index[k] = len(ladder.lanes)
-            ladder.lanes.append(Lane(k, lane_label(sock), left))
-        elif sock is not None and sock.holders and not ladder.lanes[i].held:
-            # a connection first seen in the accept queue, accept()ed since: named by its fd
-            ladder.lanes[i] = Lane(k, lane_label(sock), ladder.lanes[i].left)
+            ladder.lanes.append(Lane(k, label, left, kind))
         return i
 
+    memo: dict[tuple[int, bool], int] = {}  # id(SocketEntry): rows share the table's entries
+
+    def sock_lane(sock: SocketEntry, left: bool) -> int:
+        i = memo.get((id(sock), left))
+        if i is None:
+            i = memo[(id(sock), left)] = new_sock_lane(sock, left)
+        return i
+
+    def new_sock_lane(sock: SocketEntry, left: bool) -> int:
+        tup = socket_key(sock)
+        if sock.state == "TIME_WAIT" and not sock.holders:
+            return add_lane(("time_wait", tup), lane_label(sock), left, "time_wait")
+        keys = by_tuple.setdefault(tup, [])
+        k: object = ("sock", tup, sock.cookie)
+        if k not in index and keys:
+            # one socket seen with and without its cookie (a file without it, a tracer's
+            # record): the same lane; a different cookie is another socket on the tuple
+            if not sock.cookie:
+                k = keys[-1]
+            elif ("sock", tup, 0) in index:
+                k = ("sock", tup, 0)
+        if k not in index:
+            keys.append(k)
+        i = add_lane(k, lane_label(sock), left, "socket")
+        lane = ladder.lanes[i]
+        if sock.holders and not lane.held:
+            # first seen without an fd (a request sock, closed), named by its fd since
+            ladder.lanes[i] = Lane(k, lane_label(sock), lane.left, "socket")
+        socks.setdefault(k, sock)
+        if sock.holders:
+            socks[k] = sock
+        return i
+
+    copies = 0
     for rec in flow:
         seg, att = rec.segment, rec.attribution
+        if att.notes and att.notes[-1].startswith(COPY_NOTE):
+            copies += 1  # one segment seen on a second device (a bridge and its port): one arrow
+            continue
         from_left = (seg.src, seg.sport) == left_end
-        src = lane(att.sender, from_left)
-        dst = lane(att.receiver, not from_left)
-        what = f"{seg.flags or '-'} {seg.payload_len}" if seg.proto == "tcp" else f"udp {seg.payload_len}"
-        note = safe(att.notes[0]) if att.notes else ""
-        ladder.arrows.append(Arrow(rec.seq, seg.ts, src, dst, what, str(att.match), note))
-    # left lanes first, then right ones, each in order of first appearance
-    order = sorted(range(len(ladder.lanes)), key=lambda i: (not ladder.lanes[i].left, i))
-    where = {old: new for new, old in enumerate(order)}
+        if _kernel_sent(seg, att):
+            src = add_lane(("kernel", from_left), "kernel (no socket)", from_left, "kernel")
+        elif att.sender is None:
+            src = add_lane(("none", from_left), "- (no socket)", from_left, "none")
+        else:
+            src = sock_lane(att.sender, from_left)
+        to_left = not from_left
+        if att.match in (Match.ACCEPT_QUEUE, Match.SYN_RECV):
+            dst = add_lane(("queue", to_left), "accept queue (no fd yet)", to_left, "queue")
+        elif att.receiver is not None:
+            dst = sock_lane(att.receiver, to_left)
+        elif att.match == Match.NONE and "R" not in seg.flags:
+            # nothing takes it: the kernel does, and answers (a RST to nothing is only dropped)
+            dst = add_lane(("kernel", to_left), "kernel (no socket)", to_left, "kernel")
+        else:
+            dst = add_lane(("none", to_left), "- (no socket)", to_left, "none")
+        if nat is None and att.steps:
+            nat = _nat_step(att)
+        # what an attribution says on an arrow, made once for each (rows share them)
+        said = told.get(id(att))
+        if said is None:
+            note = safe(att.notes[0]) if att.notes else ""
+            said = told[id(att)] = (_tag(att), str(att.match), note, _verdict(att), _dropped(att))
+            keep.append(att)  # (alive until the end: its id is not reused meanwhile)
+        tag, match, note, verdict, dropped = said
+        what = (
+            f"{seg.flags or '-'} {seg.payload_len}{tag}" if seg.proto == "tcp" else f"udp {seg.payload_len}"
+        )
+        raw.append((rec.seq, seg.ts, src, dst, what, match, note, verdict, dropped))
+    if nat is not None:
+        # conntrack rewrites every segment of the connection (both ways), not only those
+        # whose look-up had to go through it
+        ladder.lanes.append(Lane(("nat",), " ".join(nat), False, "nat"))
+    if copies:
+        some = (
+            f"{copies:,} segments seen again on another device are"
+            if copies > 1
+            else "1 segment seen again on another device is"
+        )
+        folded = f"{some} drawn once (one arrow each)"
+        ladder.caveat = f"{ladder.caveat}; {folded}" if ladder.caveat else folded
+    syn = any(r[4].startswith("S ") for r in raw)
+    _name_lanes(ladder, socks, nat, syn)
+    # left lanes, the NAT rewrite, right lanes, each side in order of first appearance
+    n = len(ladder.lanes)
+    order = sorted(
+        range(n), key=lambda i: (0 if ladder.lanes[i].left else 1 if ladder.lanes[i].kind == "nat" else 2, i)
+    )
+    where = [0] * n
+    for new, old in enumerate(order):
+        where[old] = new
     ladder.lanes = [ladder.lanes[i] for i in order]
-    ladder.arrows = [replace(a, src=where[a.src], dst=where[a.dst]) for a in ladder.arrows]
+    crossed = nat is not None
+    ladder.arrows = [
+        Arrow(q, ts, where[src], where[dst], what, match, note, verdict, dropped, crossed)
+        for q, ts, src, dst, what, match, note, verdict, dropped in raw
+    ]
     return ladder
+
+
+def _name_lanes(
+    ladder: Ladder, socks: dict[object, SocketEntry], nat: tuple[str, str, str] | None, syn: bool
+) -> None:
+    """Each lane's label as the head shows it: who, which fd, what made it, and where: the
+    container (when a lane is in one) and the network namespace (when they differ)."""
+    spaces = {s.netns for s in socks.values() if s.netns}
+    several = len(spaces) > 1
+    listener_side = {ln.left for ln in ladder.lanes if ln.kind == "queue" or _is_listener(ln, socks)}
+    named: list[tuple[list[str], str, str]] = []  # (who, fd, what made it), container, netns
+    for ln in ladder.lanes:
+        sock = socks.get(ln.key)
+        ctr = space = ""
+        if ln.kind == "socket" and sock is not None:
+            head, tail = split_label(ln.label)
+            tail, found, rest = tail.partition(" (ctr ")
+            if found:
+                ctr = "ctr " + rest.removesuffix(")")
+            if sock.state == "LISTEN":
+                role = "listen()"
+            elif sock.proto == "udp":
+                role = "bind()" if sock.remote is None or not sock.remote.port else "connect()"
+            elif not syn and not listener_side:
+                role = ""
+            elif ln.left not in listener_side:
+                role = "connect()"
+            else:
+                role = "accept()"
+            lines = [head, tail, role]
+            space = f"net:[{sock.netns}]" if sock.netns and several else ""
+        elif ln.kind == "queue":
+            lines = ["accept queue", "(no fd yet)", "SYN_RECV → accept()"]
+        elif ln.kind == "time_wait":
+            lines = ["TIME_WAIT", "(kernel)", "after close()"]
+        elif ln.kind == "kernel":
+            lines = ["kernel", "(no socket)", "RST / ICMP"]
+        elif ln.kind == "nat" and nat is not None:
+            lines = list(nat)
+        else:
+            lines = ["-", "(no socket)", "remote or gone"]
+        named.append((lines, ctr, space))
+    any_ctr = any(ctr for _, ctr, _ in named)
+    for i, (lines, ctr, space) in enumerate(named):
+        if any_ctr:
+            lines.append(ctr)
+        if several:
+            lines.append(space)
+        ln = ladder.lanes[i]
+        ladder.lanes[i] = Lane(ln.key, ln.label, ln.left, ln.kind, tuple(lines))
+
+
+def _is_listener(ln: Lane, socks: dict[object, SocketEntry]) -> bool:
+    sock = socks.get(ln.key)
+    return sock is not None and sock.state == "LISTEN"
+
+
+# -- text -------------------------------------------------------------------------------
 
 
 def _put(line: list[str], x: int, text: str) -> None:
@@ -153,37 +429,64 @@ def split_label(label: str) -> tuple[str, str]:
     return label, ""
 
 
-def ladder_head(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
-    """The lines above the arrows: the title, (what is left out), the lane labels on two
-    lines, the rails."""
-    n = len(ladder.lanes)
-    width = TIME_WIDTH + 1 + n * lane_width
-    out = [ladder.title]
+def head_notes(ladder: Ladder) -> list[str]:
+    out = []
     if ladder.elided:
         out.append(
             f"(the first {ladder.elided:,} segments of this flow are left out; "
             f"the last {len(ladder.arrows):,} follow)"
         )
-    for part in (0, 1):
-        head = [" "] * width
-        for i, ln in enumerate(ladder.lanes):
-            label = cut(split_label(ln.label)[part], lane_width - 1)
-            _put(head, _center(i, lane_width) - len(label) // 2, label)
-        out.append("".join(head).rstrip())
-    out.append("".join(_rail(n, lane_width)).rstrip())
+    if ladder.caveat:
+        out.append(f"({ladder.caveat})")
     return out
 
 
-def _rail(n: int, lane_width: int) -> list[str]:
-    rail = [" "] * (TIME_WIDTH + 1 + n * lane_width)
-    for i in range(n):
-        rail[_center(i, lane_width)] = "│"
+def lane_lines(lane: Lane) -> tuple[str, ...]:
+    return lane.lines or (*split_label(lane.label), "")
+
+
+def ladder_head(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
+    """The lines above the arrows: the title, (what is left out), the lane labels on three
+    lines (and one for containers, one for network namespaces when they differ), the rails."""
+    n = len(ladder.lanes)
+    width = TIME_WIDTH + 1 + n * lane_width
+    out = [ladder.title, *head_notes(ladder)]
+    rows = max((len(lane_lines(ln)) for ln in ladder.lanes), default=2)
+    for part in range(rows):
+        head = [" "] * width
+        for i, ln in enumerate(ladder.lanes):
+            parts = lane_lines(ln)
+            label = cut(parts[part] if part < len(parts) else "", lane_width - 1)
+            _put(head, _center(i, lane_width) - len(label) // 2, label)
+        out.append("".join(head).rstrip())
+    out.append("".join(_rail(ladder, lane_width)).rstrip())
+    return out
+
+
+def _rail(ladder: Ladder, lane_width: int) -> list[str]:
+    rail = [" "] * (TIME_WIDTH + 1 + len(ladder.lanes) * lane_width)
+    for i, ln in enumerate(ladder.lanes):
+        rail[_center(i, lane_width)] = "┊" if ln.kind == "nat" else "│"
     return rail
+
+
+def arrow_tail(a: Arrow) -> str:
+    """What follows the rails: the match, the kernel's verdict, the first note."""
+    verdict = f" · {a.verdict}" if a.verdict else ""
+    note = f"  ⚠ {cut(a.note, NOTE_WIDTH)}" if a.note else ""
+    return a.match + verdict + note
+
+
+def widest_gap(rails: list[float], lo: float, hi: float) -> tuple[float, float]:
+    """The widest stretch between ``lo`` and ``hi`` that no rail crosses (for an arrow's
+    label: over a rail it would hide the rail, or the rail a letter)."""
+    cuts = [lo, *sorted(x for x in rails if lo < x < hi), hi]
+    return max(pairwise(cuts), key=lambda g: g[1] - g[0])
 
 
 def arrow_line(ladder: Ladder, a: Arrow, lane_width: int = LANE_WIDTH) -> str:
     """One segment: its time, an arrow from the sender's lane to the receiver's, the match."""
-    line = _rail(len(ladder.lanes), lane_width)
+    line = _rail(ladder, lane_width)
     _put(line, 0, clock(a.ts))
     x0, x1 = _center(a.src, lane_width), _center(a.dst, lane_width)
     if x0 == x1:  # a segment from a socket to itself (or from nowhere to nowhere)
@@ -192,12 +495,20 @@ def arrow_line(ladder: Ladder, a: Arrow, lane_width: int = LANE_WIDTH) -> str:
         lo, hi = min(x0, x1), max(x0, x1)
         for x in range(lo + 1, hi):
             line[x] = "─"
-        line[hi - 1 if x1 > x0 else lo + 1] = "▶" if x1 > x0 else "◀"
+        if a.nat:
+            for i, ln in enumerate(ladder.lanes):
+                if ln.kind == "nat" and lo < _center(i, lane_width) < hi:
+                    line[_center(i, lane_width)] = "◇"
+        head = "✕" if a.dropped else "▶" if x1 > x0 else "◀"
+        line[hi - 1 if x1 > x0 else lo + 1] = head
         label = f" {a.what} "
-        if len(label) <= hi - lo - 3:
+        gap = widest_gap([_center(i, lane_width) for i in range(len(ladder.lanes))], lo, hi)
+        lo_gap, hi_gap = int(gap[0]), int(gap[1])
+        if len(label) <= hi_gap - lo_gap - 3:
+            _put(line, lo_gap + 1 + (hi_gap - lo_gap - 1 - len(label)) // 2, label)
+        elif len(label) <= hi - lo - 3:  # over a rail rather than not at all
             _put(line, lo + 1 + (hi - lo - 1 - len(label)) // 2, label)
-    note = f"  ⚠ {cut(a.note, NOTE_WIDTH)}" if a.note else ""
-    return "".join(line).rstrip() + "   " + a.match + note
+    return "".join(line).rstrip() + "   " + arrow_tail(a)
 
 
 def ladder_lines(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
@@ -205,16 +516,148 @@ def ladder_lines(ladder: Ladder, lane_width: int = LANE_WIDTH) -> list[str]:
     return ladder_head(ladder, lane_width) + [arrow_line(ladder, a, lane_width) for a in ladder.arrows]
 
 
-def ladder_svg(ladder: Ladder, lane_width: int = LANE_WIDTH) -> str:
-    """The ladder as an SVG picture of its text (rich's terminal export)."""
-    import io
+# -- SVG --------------------------------------------------------------------------------
 
-    from rich.console import Console
-    from rich.text import Text
+_LANE_PX = 180
+_TIME_PX = 118
+_ROW_PX = 22
+_CHAR_PX = 7.2  # the width of one character of the 12 px monospace font
+_KIND_COLOUR = {
+    "socket": "#1f4e79",
+    "queue": "#8a5a00",
+    "time_wait": "#6b6b6b",
+    "kernel": "#b00020",
+    "nat": "#c05800",
+    "none": "#6b6b6b",
+}
 
-    lines = ladder_lines(ladder, lane_width)
-    width = max(40, max(len(line) for line in lines) + 1)
-    console = Console(record=True, width=width, file=io.StringIO(), color_system="truecolor")
-    for line in lines:
-        console.print(Text(line, no_wrap=True, end=""), overflow="ignore", crop=False)
-    return console.export_svg(title="conntui ladder")
+
+def _xml(s: str) -> str:
+    """Text for an SVG element: escaped, and without what XML 1.0 cannot hold."""
+    s = "".join(
+        ch
+        for ch in s
+        if ch in "\t\n" or (ch >= " " and ch not in "\ufffe\uffff" and not "\ud800" <= ch <= "\udfff")
+    )
+    return escape(s, {'"': "&quot;"})
+
+
+def ladder_svg(ladder: Ladder, limit: int = MAX_SVG_ARROWS) -> str:
+    """The ladder as a picture: one rail per lane, one arrow per segment (its last
+    ``limit``, saying how many more it leaves out); every text literal (escaped)."""
+    return ladders_svg([ladder], limit)
+
+
+def ladders_svg(ladders: list[Ladder], limit: int = MAX_SVG_ARROWS) -> str:
+    """Several ladders one under the other in one SVG."""
+    parts: list[str] = []
+    y = 10.0
+    width = 400.0
+    for ladder in ladders:
+        y, w = _draw(ladder, limit, parts, y)
+        width = max(width, w)
+        y += 24
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{y:.0f}" '
+        f'viewBox="0 0 {width:.0f} {y:.0f}" font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" '
+        'font-size="12">\n<title>conntui ladder</title>\n'
+        "<defs>"
+        '<marker id="head" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="context-stroke"/></marker>'
+        "</defs>\n"
+        f'<rect width="{width:.0f}" height="{y:.0f}" fill="#ffffff"/>\n'
+    )
+    return head + "".join(parts) + "</svg>\n"
+
+
+def _draw(ladder: Ladder, limit: int, out: list[str], y: float) -> tuple[float, float]:
+    arrows = ladder.arrows[-limit:] if limit > 0 else []
+    more = len(ladder.arrows) - len(arrows)
+    n = len(ladder.lanes)
+    x_of = [_TIME_PX + 20 + i * _LANE_PX + _LANE_PX / 2 for i in range(n)]
+    right = _TIME_PX + 20 + n * _LANE_PX + 10
+    y += 16
+    out.append(f'<text x="10" y="{y:.0f}" font-weight="bold" font-size="14">{_xml(ladder.title)}</text>\n')
+    elided = ladder.elided + more
+    notes = head_notes(Ladder(ladder.title, elided=elided, caveat=ladder.caveat, arrows=arrows))
+    for note in notes:
+        y += 16
+        out.append(f'<text x="10" y="{y:.0f}" fill="#b00020">{_xml(note)}</text>\n')
+    y += 10
+    rows = max((len(lane_lines(ln)) for ln in ladder.lanes), default=2)
+    box_h = 8 + 15 * rows
+    for x, ln in zip(x_of, ladder.lanes, strict=True):
+        colour = _KIND_COLOUR.get(ln.kind, "#333333")
+        dash = ' stroke-dasharray="6 3"' if ln.kind in ("nat", "kernel", "queue", "time_wait", "none") else ""
+        out.append(
+            f'<rect x="{x - _LANE_PX / 2 + 6:.0f}" y="{y:.0f}" width="{_LANE_PX - 12}" height="{box_h}" '
+            f'rx="5" fill="#f4f6f8" stroke="{colour}"{dash}/>\n'
+        )
+        for j, text in enumerate(lane_lines(ln)):
+            weight = ' font-weight="bold"' if j == 0 else ""
+            fill = colour if j < 2 else "#555555"
+            text = cut(text, int((_LANE_PX - 16) / _CHAR_PX))
+            out.append(
+                f'<text x="{x:.0f}" y="{y + 16 + 15 * j:.0f}" text-anchor="middle" fill="{fill}"{weight}>'
+                f"{_xml(text)}</text>\n"
+            )
+    top = y + box_h
+    bottom = top + 10 + _ROW_PX * max(1, len(arrows))
+    for x, ln in zip(x_of, ladder.lanes, strict=True):
+        colour = _KIND_COLOUR.get(ln.kind, "#333333")
+        dash = ' stroke-dasharray="4 4"' if ln.kind != "socket" else ""
+        out.append(
+            f'<line x1="{x:.0f}" y1="{top:.0f}" x2="{x:.0f}" y2="{bottom:.0f}" stroke="{colour}" '
+            f'stroke-width="1.5"{dash}/>\n'
+        )
+    width = right + _CHAR_PX * (NOTE_WIDTH + 45)
+    ay = top + 10
+    nat_x = [x for x, ln in zip(x_of, ladder.lanes, strict=True) if ln.kind == "nat"]
+    for a in arrows:
+        ay += _ROW_PX
+        line_y = ay - 4
+        out.append(f'<text x="10" y="{ay:.0f}" fill="#555555">{_xml(clock(a.ts))}</text>\n')
+        x0, x1 = x_of[a.src], x_of[a.dst]
+        colour = "#b00020" if a.dropped or ladder.lanes[a.dst].kind == "kernel" else "#222222"
+        if a.match in ("accept_queue", "syn_recv"):
+            colour = "#8a5a00"
+        if x0 == x1:
+            out.append(
+                f'<path d="M{x0:.0f},{line_y - 6:.0f} h24 v10 h-22" fill="none" stroke="{colour}" '
+                f'marker-end="url(#head)"/>\n'
+                f'<text x="{x0 + 30:.0f}" y="{line_y:.0f}" fill="{colour}">{_xml(a.what)}</text>\n'
+            )
+        else:
+            step = 4 if x1 > x0 else -4
+            end = x1 - step * (3 if a.dropped else 1)
+            marker = "" if a.dropped else ' marker-end="url(#head)"'
+            out.append(
+                f'<line x1="{x0 + step:.0f}" y1="{line_y:.0f}" x2="{end:.0f}" y2="{line_y:.0f}" '
+                f'stroke="{colour}" stroke-width="1.5"{marker}/>\n'
+            )
+            if a.dropped:
+                out.append(
+                    f'<text x="{end:.0f}" y="{line_y + 5:.0f}" text-anchor="middle" font-size="15" '
+                    f'font-weight="bold" fill="#b00020">✕</text>\n'
+                )
+            if a.nat:
+                for nx in nat_x:
+                    if min(x0, x1) < nx < max(x0, x1):
+                        out.append(
+                            f'<path d="M{nx - 6:.0f},{line_y:.0f} l6,-6 l6,6 l-6,6 z" fill="#ffffff" '
+                            f'stroke="{_KIND_COLOUR["nat"]}" stroke-width="1.5"/>\n'
+                        )
+            gap = widest_gap(x_of, min(x0, x1), max(x0, x1))
+            out.append(
+                f'<text x="{(gap[0] + gap[1]) / 2:.0f}" y="{line_y - 4:.0f}" text-anchor="middle" '
+                f'fill="{colour}" stroke="#ffffff" stroke-width="3" paint-order="stroke">'
+                f"{_xml(a.what)}</text>\n"
+            )
+        tail = f'<tspan fill="#1f4e79">{_xml(a.match)}</tspan>'
+        if a.verdict:
+            good = a.verdict.endswith("✓")
+            tail += f' · <tspan fill="{"#2e7d32" if good else "#b00020"}">{_xml(a.verdict)}</tspan>'
+        if a.note:
+            tail += f'  <tspan fill="#8a5a00">⚠ {_xml(cut(a.note, NOTE_WIDTH))}</tspan>'
+        out.append(f'<text x="{right:.0f}" y="{ay:.0f}">{tail}</text>\n')
+    return bottom + 6, width

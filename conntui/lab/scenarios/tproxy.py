@@ -82,6 +82,7 @@ def traffic(lab: Lab) -> None:
     nat, nlst = lab.state["nat"], lab.state["nlst"]
     client = lab.actor("client", "client")
     cu = client("udp", host="0.0.0.0", port=0)
+    lab.event("udp_bound", role="client", pid=client.pid, fd=cu["fd"], local=cu.get("local"))
     lab.pause(0.5)
     sent = []
     for port in UDP_PORTS:

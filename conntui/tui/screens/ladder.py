@@ -20,7 +20,16 @@ from textual.screen import Screen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..ladder import LANE_WIDTH, TIME_WIDTH, Ladder, arrow_line, ladder_head, ladder_lines, ladder_svg
+from ..ladder import (
+    LANE_WIDTH,
+    TIME_WIDTH,
+    Ladder,
+    arrow_line,
+    arrow_tail,
+    ladder_head,
+    ladder_lines,
+    ladder_svg,
+)
 from ..widgets.keys_footer import KeysFooter
 
 
@@ -32,8 +41,8 @@ class LadderView(ScrollView, can_focus=True):
     def __init__(self, ladder: Ladder) -> None:
         super().__init__()
         self.ladder = ladder
-        # (elided), lane labels (two lines), rails: the lines that stay at the top
-        self.head = 3 + (1 if ladder.elided else 0)
+        # (what is left out), lane labels, rails: the lines that stay at the top
+        self.head = len(ladder_head(ladder)) - 1
         self.border_title = f"Ladder of {ladder.title}"
         self.head_lines: list[str] = []
         self._drawn: dict[int, str] = {}  # arrow lines made so far (only those shown)
@@ -46,7 +55,7 @@ class LadderView(ScrollView, can_focus=True):
         self._lane_width = lane_width
         self._drawn.clear()
         self.head_lines = ladder_head(self.ladder, lane_width)[1:]  # (the title is the border's)
-        match = max((len(a.match) + (len(a.note) and 94) for a in self.ladder.arrows), default=0)
+        match = max((len(arrow_tail(a)) for a in self.ladder.arrows), default=0)
         width = max(len(line) for line in self.head_lines) + 3 + match + 1
         self.virtual_size = Size(width, len(self.head_lines) + len(self.ladder.arrows))
         self.refresh()
