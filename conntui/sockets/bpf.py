@@ -23,6 +23,7 @@ import platform
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from ..model import SkLookup
 
@@ -68,8 +69,19 @@ def _prog_name(prog_id: int) -> str:
         os.close(fd)
 
 
+# Set by conntui.privsep once capabilities are gone (listing BPF links needs CAP_SYS_ADMIN)
+_privileged_read: Callable[[int], SkLookup] | None = None
+
+
+def set_privileged_read(read: Callable[[int], SkLookup] | None) -> None:
+    global _privileged_read
+    _privileged_read = read
+
+
 def read_sk_lookup(netns_ino: int) -> SkLookup:
     """The sk_lookup programs attached to the namespace with inode ``netns_ino``."""
+    if _privileged_read is not None:
+        return _privileged_read(netns_ino)
     progs: list[str] = []
     link_id = 0
     try:

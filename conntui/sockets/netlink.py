@@ -91,8 +91,25 @@ def run_in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
     return result[0]
 
 
+# Set by conntui.privsep once capabilities are gone: opens what needs them (a socket in
+# another namespace, a conntrack socket) through the privileged helper.
+_privileged_opener: Callable[[int, str | None], socket.socket | None] | None = None
+
+
+def set_privileged_opener(opener: Callable[[int, str | None], socket.socket | None] | None) -> None:
+    """Route :func:`open_netlink` through ``opener`` (it returns None for what conntui may
+    open itself); None: open everything here."""
+    global _privileged_opener
+    _privileged_opener = opener
+
+
 def open_netlink(protocol: int, netns_path: str | None = None) -> socket.socket:
     """A bound netlink socket of ``protocol``, optionally inside another network namespace."""
+    opener = _privileged_opener
+    if opener is not None:
+        sock = opener(protocol, netns_path)
+        if sock is not None:
+            return sock
 
     def make() -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)

@@ -1,0 +1,204 @@
+"""Privilege separation: conntui parses the network with no privileges; a small helper
+keeps what the socket table needs.
+
+``start()`` forks the helper (:mod:`.helper`) first thing, while conntui has one thread;
+conntui then sets up as root (packet ring, netlink sockets, the tracer's bpftrace, the
+``-w`` file, the spool); ``Privsep.drop()`` routes the privileged reads through the
+helper and confines this process for good (:mod:`.sandbox`: no capabilities,
+no_new_privs, seccomp, Landlock). See SECURITY.md, "Privilege separation".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+from . import protocol as P
+from .client import HelperClient, HelperGone, start_helper
+from .sandbox import Confinement, confine
+
+__all__ = ["HelperGone", "Privsep", "start"]
+
+# A test hook, honoured only when set to this exact value: once confined, conntui tries to
+# open an INET socket and to run a program, and prints what the kernel said (test_privsep).
+PROBE_ENV = "CONNTUI_TEST_PROBE_SANDBOX"
+PROBE_VALUE = "report-to-stderr"
+
+
+class _HelperFdDir:
+    """``procfs.FdDir`` read through the helper: one round trip lists, one reads a batch."""
+
+    batch = 256
+
+    def __init__(self, client: HelperClient, pid: int) -> None:
+        self.client = client
+        self.pid = pid
+
+    def names(self) -> list[str]:
+        return [str(fd) for fd in self.client.fds(self.pid)]
+
+    def inode(self, name: str) -> int:
+        got = self.client.inodes(self.pid, [int(name)])[0]
+        if got < 0:
+            raise OSError(-got, os.strerror(-got))
+        return got
+
+    def inodes(self, names: Sequence[str]) -> list[int | None]:
+        if not names:
+            return []
+        got = self.client.inodes(self.pid, [int(n) for n in names])
+        return [i if i >= 0 else None for i in got]
+
+    def close(self) -> None:
+        pass
+
+
+def _fd_reader(client: HelperClient) -> object:
+    from ..sockets import procfs
+
+    class HelperFdReader(procfs.FdReader):
+        """``/proc/PID/fd`` through the helper (the fake trees of tests: directly)."""
+
+        def open(self, proc_root: str, pid: int) -> procfs.FdDir:
+            if proc_root != "/proc":
+                return super().open(proc_root, pid)
+            return _HelperFdDir(client, pid)  # type: ignore[return-value]
+
+        def link_inode(self, proc_root: str, pid: int, fd: int) -> int:
+            if proc_root != "/proc":
+                return super().link_inode(proc_root, pid, fd)
+            got = client.inodes(pid, [fd])[0]
+            if got < 0:
+                raise OSError(-got, os.strerror(-got))
+            return got
+
+        def check(self, proc_root: str, pid: int) -> None:
+            if proc_root != "/proc":
+                super().check(proc_root, pid)
+                return
+            client.access(pid)
+
+    return HelperFdReader()
+
+
+def _ns_fd(netns_path: str) -> int:
+    return os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+class Privsep:
+    """The helper, and the hooks that route privileged reads through it."""
+
+    def __init__(self, client: HelperClient) -> None:
+        self.client = client
+        self.confinement: Confinement | None = None
+
+    @property
+    def helper_pid(self) -> int:
+        return self.client.pid
+
+    def install(self) -> None:
+        """Route every privileged read of the socket table through the helper."""
+        from ..sockets import bpf, netlink, procfs, tproxy
+        from ..sockets.conntrack import NETLINK_NETFILTER
+
+        client = self.client
+        procfs.set_fd_reader(_fd_reader(client))  # type: ignore[arg-type]
+
+        def opener(protocol: int, netns_path: str | None) -> object:
+            if protocol == NETLINK_NETFILTER:
+                if netns_path is None:
+                    return client.conntrack()
+                fd = _ns_fd(netns_path)
+                try:
+                    return client.conntrack(fd)
+                finally:
+                    os.close(fd)
+            if netns_path is None:
+                return None  # route and sock_diag need no privilege in our own namespace
+            fd = _ns_fd(netns_path)
+            try:
+                return client.netlink(protocol, fd)
+            finally:
+                os.close(fd)
+
+        netlink.set_privileged_opener(opener)  # type: ignore[arg-type]
+
+        kinds = {argv: kind for kind, argv in P.RULES_ARGV.items()}
+
+        def run(argv: list[str], netns_path: str | None) -> str:
+            kind = kinds.get(tuple(argv))
+            if kind is None:
+                raise OSError(f"{argv[0]} may not be run by conntui once it has dropped its privileges")
+            if netns_path is None:
+                return client.rules(kind)
+            fd = _ns_fd(netns_path)
+            try:
+                return client.rules(kind, fd)
+            finally:
+                os.close(fd)
+
+        tproxy.set_privileged_run(run)
+
+        def sk_lookup(inode: int) -> object:
+            from ..model import SkLookup
+
+            try:
+                error, progs = client.sk_lookup(inode)
+            except OSError as exc:
+                return SkLookup((), f"BPF links could not be listed: {exc.strerror or exc}")
+            return SkLookup(progs, error)
+
+        bpf.set_privileged_read(sk_lookup)  # type: ignore[arg-type]
+
+    @staticmethod
+    def uninstall() -> None:
+        from ..sockets import bpf, netlink, procfs, tproxy
+
+        procfs.set_fd_reader(None)
+        netlink.set_privileged_opener(None)
+        tproxy.set_privileged_run(None)
+        bpf.set_privileged_read(None)
+
+    def drop(self, writable: Iterable[str], on_lost: Callable[[str], None] | None = None) -> Confinement:
+        """Install the hooks, then confine this process (one thread, for good)."""
+        self.install()
+        self.confinement = confine(writable)
+        self.client.on_lost = on_lost
+        self.client.watch()
+        if os.environ.get(PROBE_ENV) == PROBE_VALUE:
+            probe_sandbox()
+        return self.confinement
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def start() -> Privsep:
+    """Fork the helper (call first, with one thread)."""
+    return Privsep(start_helper())
+
+
+def probe_sandbox() -> None:
+    """The test hook: try what the sandbox forbids, and say on stderr what the kernel said."""
+    import socket
+    import subprocess
+    import sys
+
+    for family, name in ((socket.AF_INET, "AF_INET"), (socket.AF_INET6, "AF_INET6")):
+        try:
+            socket.socket(family, socket.SOCK_STREAM).close()
+            sys.stderr.write(f"conntui-probe: socket {name}: allowed\n")
+        except OSError as exc:
+            sys.stderr.write(f"conntui-probe: socket {name}: {exc.strerror}\n")
+    try:
+        subprocess.run(["/bin/true"], check=False)
+        sys.stderr.write("conntui-probe: exec: allowed\n")
+    except OSError as exc:
+        sys.stderr.write(f"conntui-probe: exec: {exc.strerror}\n")
+    try:
+        with open("/tmp/conntui-probe-write", "w") as f:
+            f.write("x")
+        sys.stderr.write("conntui-probe: write: allowed\n")
+    except OSError as exc:
+        sys.stderr.write(f"conntui-probe: write: {exc.strerror}\n")
+    sys.stderr.flush()
