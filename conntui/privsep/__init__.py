@@ -10,7 +10,9 @@ no_new_privs, seccomp, Landlock). See SECURITY.md, "Privilege separation".
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 from . import protocol as P
@@ -23,6 +25,7 @@ __all__ = ["HelperGone", "Privsep", "start"]
 # open an INET socket and to run a program, and prints what the kernel said (test_privsep).
 PROBE_ENV = "CONNTUI_TEST_PROBE_SANDBOX"
 PROBE_VALUE = "report-to-stderr"
+_PROC_NETNS = re.compile(r"/proc/([1-9][0-9]{0,6})/ns/net")
 
 
 class _HelperFdDir:
@@ -33,12 +36,21 @@ class _HelperFdDir:
     def __init__(self, client: HelperClient, pid: int) -> None:
         self.client = client
         self.pid = pid
+        self._read: dict[int, int] = {}  # fd → what prefetch() read (inode, or -errno)
 
     def names(self) -> list[str]:
         return [str(fd) for fd in self.client.fds(self.pid)]
 
+    def prefetch(self, fds: Iterable[int]) -> None:
+        wanted = list(dict.fromkeys(fds))
+        if wanted:
+            self._read.update(zip(wanted, self.client.inodes(self.pid, wanted), strict=True))
+
     def inode(self, name: str) -> int:
-        got = self.client.inodes(self.pid, [int(name)])[0]
+        fd = int(name)
+        got = self._read.pop(fd, None)
+        if got is None:
+            got = self.client.inodes(self.pid, [fd])[0]
         if got < 0:
             raise OSError(-got, os.strerror(-got))
         return got
@@ -82,7 +94,9 @@ def _fd_reader(client: HelperClient) -> object:
 
 
 def _ns_fd(netns_path: str) -> int:
-    return os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    from ..sockets.netlink import open_netns
+
+    return open_netns(netns_path)
 
 
 class Privsep:
@@ -98,7 +112,7 @@ class Privsep:
 
     def install(self) -> None:
         """Route every privileged read of the socket table through the helper."""
-        from ..sockets import bpf, netlink, procfs, tproxy
+        from ..sockets import bpf, namespaces, netlink, procfs, tproxy
         from ..sockets.conntrack import NETLINK_NETFILTER
 
         client = self.client
@@ -122,6 +136,15 @@ class Privsep:
                 os.close(fd)
 
         netlink.set_privileged_opener(opener)  # type: ignore[arg-type]
+
+        def open_netns(path: str) -> int:
+            m = _PROC_NETNS.fullmatch(path)
+            if m is None:
+                raise PermissionError(errno.EACCES, f"{path}: not readable without privileges")
+            return client.open_netns(int(m.group(1)))
+
+        netlink.set_privileged_netns_opener(open_netns)
+        namespaces.set_privileged_netns_list(client.netns_list)
 
         kinds = {argv: kind for kind, argv in P.RULES_ARGV.items()}
 
@@ -152,10 +175,12 @@ class Privsep:
 
     @staticmethod
     def uninstall() -> None:
-        from ..sockets import bpf, netlink, procfs, tproxy
+        from ..sockets import bpf, namespaces, netlink, procfs, tproxy
 
         procfs.set_fd_reader(None)
         netlink.set_privileged_opener(None)
+        netlink.set_privileged_netns_opener(None)
+        namespaces.set_privileged_netns_list(None)
         tproxy.set_privileged_run(None)
         bpf.set_privileged_read(None)
 

@@ -118,6 +118,18 @@ class HelperClient:
         """Returns when ``/proc/PID/fd`` can be read; OSError otherwise."""
         self.request(P.access_request(pid))
 
+    def netns_list(self) -> dict[int, int]:
+        """pid → the inode of its network namespace, for every process."""
+        body, _ = self.request(P.encode(P.OP_NETNS_LIST))
+        return dict(struct.iter_unpack("=II", body))
+
+    def open_netns(self, pid: int) -> int:
+        """A descriptor of ``/proc/PID/ns/net`` (the helper checked it is one)."""
+        _, fd = self.request(P.open_netns_request(pid))
+        if fd is None:
+            raise OSError(errno.EBADMSG, "the helper sent no namespace")
+        return fd
+
     def netlink(self, protocol: int, ns_fd: int) -> socket.socket:
         """A bound netlink socket made inside the namespace open on ``ns_fd``."""
         _, fd = self.request(P.netlink_request(protocol), ns_fd)

@@ -49,6 +49,8 @@ OP_NETLINK = 5  # a netlink socket (route, sock_diag) inside the namespace of th
 OP_CONNTRACK = 6  # a channel for conntrack GETs (in the namespace of the fd sent, or ours)
 OP_RULES = 7  # iptables-save / ip6tables-save / nft output (in the namespace of the fd sent)
 OP_SK_LOOKUP = 8  # the sk_lookup BPF programs attached to a namespace
+OP_NETNS_LIST = 9  # (pid, network namespace inode) of every process
+OP_OPEN_NETNS = 10  # /proc/PID/ns/net, open, handed back
 
 OPS = {
     OP_PING: "ping",
@@ -59,6 +61,8 @@ OPS = {
     OP_CONNTRACK: "conntrack",
     OP_RULES: "rules",
     OP_SK_LOOKUP: "sk_lookup",
+    OP_NETNS_LIST: "netns_list",
+    OP_OPEN_NETNS: "open_netns",
 }
 
 NETLINK_ROUTE = 0
@@ -84,6 +88,8 @@ _TAKES_FD = {
     OP_CONNTRACK: None,
     OP_RULES: None,
     OP_SK_LOOKUP: False,
+    OP_NETNS_LIST: False,
+    OP_OPEN_NETNS: False,
 }
 
 _U32 = struct.Struct("=I")
@@ -129,6 +135,10 @@ def fds_request(pid: int) -> bytes:
 
 def inodes_request(pid: int, fds: list[int]) -> bytes:
     return encode(OP_INODES, _U32.pack(pid) + struct.pack(f"={len(fds)}I", *fds))
+
+
+def open_netns_request(pid: int) -> bytes:
+    return encode(OP_OPEN_NETNS, _U32.pack(pid))
 
 
 def access_request(pid: int) -> bytes:
@@ -197,7 +207,10 @@ def parse_request(data: bytes, has_fd: bool) -> Request:
     if op == OP_PING:
         _exact(body, 0, name)
         return Request(op)
-    if op in (OP_FDS, OP_ACCESS):
+    if op == OP_NETNS_LIST:
+        _exact(body, 0, name)
+        return Request(op)
+    if op in (OP_FDS, OP_ACCESS, OP_OPEN_NETNS):
         _exact(body, 4, name)
         return Request(op, pid=_pid(body))
     if op == OP_INODES:

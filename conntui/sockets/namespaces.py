@@ -54,6 +54,16 @@ class NamespaceInfo:
     pid: int = 0  # a process in it (the first found), 0 if none
 
 
+# Set by conntui.privsep once capabilities are gone (another process's ns/net may then not
+# be read): pid → network namespace inode, for every process, from the helper
+_privileged_netns_list: Callable[[], dict[int, int]] | None = None
+
+
+def set_privileged_netns_list(read: Callable[[], dict[int, int]] | None) -> None:
+    global _privileged_netns_list
+    _privileged_netns_list = read
+
+
 def _ns_inode(path: str) -> int:
     try:
         return os.stat(path).st_ino
@@ -78,13 +88,22 @@ def discover_namespaces(
             ino = _ns_inode(path)
             if ino and ino not in found:
                 found[ino] = NamespaceInfo(ino, path, name=name)
-    try:
-        pids = [int(p) for p in os.listdir(proc_root) if p.isdigit()]
-    except OSError:
-        pids = []
+    privileged = _privileged_netns_list if proc_root == "/proc" else None
+    inodes: dict[int, int] | None = None
+    if privileged is not None:
+        try:
+            inodes = privileged()
+        except OSError:
+            inodes = {}
+        pids = list(inodes)
+    else:
+        try:
+            pids = [int(p) for p in os.listdir(proc_root) if p.isdigit()]
+        except OSError:
+            pids = []
     for pid in sorted(pids):
         path = f"{proc_root}/{pid}/ns/net"
-        ino = _ns_inode(path)
+        ino = inodes[pid] if inodes is not None else _ns_inode(path)
         if not ino:
             continue
         known = found.get(ino)

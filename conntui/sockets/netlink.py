@@ -103,6 +103,27 @@ def set_privileged_opener(opener: Callable[[int, str | None], socket.socket | No
     _privileged_opener = opener
 
 
+# Set by conntui.privsep: opens a namespace file this process may not (another process's
+# /proc/PID/ns/net, once capabilities are gone)
+_privileged_netns_opener: Callable[[str], int] | None = None
+
+
+def set_privileged_netns_opener(opener: Callable[[str], int] | None) -> None:
+    global _privileged_netns_opener
+    _privileged_netns_opener = opener
+
+
+def open_netns(netns_path: str) -> int:
+    """A descriptor of the namespace file at ``netns_path`` (O_RDONLY, close-on-exec)."""
+    try:
+        return os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        opener = _privileged_netns_opener
+        if opener is None:
+            raise
+        return opener(netns_path)
+
+
 def open_netlink(protocol: int, netns_path: str | None = None) -> socket.socket:
     """A bound netlink socket of ``protocol``, optionally inside another network namespace."""
     opener = _privileged_opener

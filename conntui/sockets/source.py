@@ -49,6 +49,7 @@ from dataclasses import replace
 from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules
 from . import bpf, tproxy
 from .diag import TCP_LISTEN, DiagSocket, RawSock, parse_msg, state_text, to_entry
+from .netlink import open_netns
 from .procfs import HolderScanner
 from .route import RouteInfo
 
@@ -125,7 +126,7 @@ class SocketTableSource:
         # reopen after errors. /proc/self/fd/N names the same namespace for as long as we live.
         self._netns_fd: int | None = None
         if netns_path is not None:
-            self._netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            self._netns_fd = open_netns(netns_path)
             netns_path = f"/proc/self/fd/{self._netns_fd}"
         # the namespace's identity (what ``ls -l /proc/PID/ns/net`` shows), on every entry
         self.netns_inode = _netns_inode(self._netns_fd)

@@ -12,6 +12,7 @@ with it.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -261,3 +262,57 @@ def test_the_tui_in_a_real_terminal_is_confined_too() -> None:
         assert _wait(lambda: not os.path.exists(f"/proc/{pane_pid}") or _zombie(pane_pid), 10)
     finally:
         _tmux("kill-session", "-t", session)
+
+
+def test_once_confined_a_namespace_only_a_process_holds_is_still_found_and_read() -> None:
+    """/proc/PID/ns/net of a root process is out of reach without capabilities (the kernel
+    wants the reader's capabilities to cover the target's): the helper lists and opens them."""
+    sleeper = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 60"])
+    try:
+        own = os.stat("/proc/self/ns/net").st_ino
+        ino = _wait(lambda: (i := os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino) != own and i, 10)
+        _wait(lambda: b"sleep" in Path(f"/proc/{sleeper.pid}/comm").read_bytes(), 10)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a confined conntui, in miniature
+            os.close(r)
+            out: dict[str, Any] = {}
+            try:
+                from conntui import privsep
+                from conntui.sockets.namespaces import discover_namespaces
+                from conntui.sockets.source import SocketTableSource
+
+                priv = privsep.start()
+                priv.drop([])
+                try:
+                    os.stat(f"/proc/{sleeper.pid}/ns/net")
+                    out["direct"] = "allowed"
+                except OSError as exc:
+                    out["direct"] = exc.strerror
+                infos = discover_namespaces()
+                info = infos.get(ino)
+                out["found"] = info is not None and info.pid == sleeper.pid
+                if info is not None:
+                    with SocketTableSource(netns_path=info.path) as src:
+                        out["netns"] = src.netns_inode
+                        out["addrs"] = sorted(src.addresses())
+                priv.close()
+            except BaseException as exc:  # reported to the parent
+                out["error"] = f"{type(exc).__name__}: {exc}"
+            os.write(w, json.dumps(out).encode())
+            os._exit(0)
+        os.close(w)
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        got = json.loads(data)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert "error" not in got, got
+    assert got["direct"] == "Permission denied"
+    assert got["found"] is True
+    assert got["netns"] == ino
+    assert "127.0.0.1" in got["addrs"]

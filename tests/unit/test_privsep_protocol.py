@@ -249,3 +249,21 @@ def test_a_reply_larger_than_a_datagram_is_reassembled_and_a_lying_one_ends_the_
     t.join(5)
     mine.close()
     theirs.close()
+
+
+def test_namespaces_are_listed_and_opened_by_pid(helper: tuple[HelperClient, Helper]) -> None:
+    client, _ = helper
+    own = os.stat("/proc/self/ns/net").st_ino
+    assert client.netns_list()[os.getpid()] == own
+    fd = client.open_netns(os.getpid())
+    try:
+        assert os.fstat(fd).st_ino == own
+    finally:
+        os.close(fd)
+    for pid in (0, P.PID_MAX):
+        with pytest.raises(OSError) as got:
+            client.open_netns(pid)
+        assert got.value.errno == errno.ERANGE
+    with pytest.raises(OSError) as gone:
+        client.open_netns(P.PID_MAX - 1)
+    assert gone.value.errno == errno.ENOENT
