@@ -189,6 +189,9 @@ class HelperClient:
 
     def close(self, timeout: float = 2.0) -> None:
         """End the helper: close our end (it exits on EOF), reap it, kill it if it lingers."""
+        if not self.lost:
+            with contextlib.suppress(OSError):
+                self.request(P.encode(P.OP_BYE))
         self._closing = True
         self.sock.close()
         if self._watcher is not None:

@@ -2,8 +2,8 @@
 
 Forked by :func:`conntui.privsep.client.start_helper` before conntui sets anything up (one
 thread, nothing open but the socket pair), it closes every other descriptor, points its
-standard streams at ``/dev/null``, dies with its parent (``PR_SET_PDEATHSIG``) and serves
-the requests of :mod:`.protocol`, one at a time:
+standard streams at ``/dev/null`` (keeping a copy of stderr for one last line), leaves the
+terminal's process group and serves the requests of :mod:`.protocol`, one at a time:
 
 * ``/proc/PID/fd`` listings and the socket inode behind given fds (numbers only: a link
   that is not a socket reads as 0, so no path of another process leaves the helper);
@@ -17,7 +17,9 @@ the requests of :mod:`.protocol`, one at a time:
 * the sk_lookup programs attached to a namespace (``bpf(2)``).
 
 It never receives packet bytes. A request that does not parse is refused with an errno and
-a reason; the helper goes on. It exits when the other end closes.
+a reason; the helper goes on. It exits when the other end closes: quietly after a goodbye
+(the session ended), else saying in one line that conntui ended abruptly (it crashed or was
+killed, and cannot say so itself).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import select
 import selectors
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -38,7 +41,6 @@ import time
 from ..sockets.netlink import _setns
 from . import protocol as P
 
-PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
@@ -152,6 +154,7 @@ class Helper:
         self.sock = sock
         self.proc_root = proc_root
         self.refused = 0
+        self.bye = False  # the other side said goodbye (else its end closed: it died)
         self._channels: dict[int, _CtChannel] = {}
 
     # -- transport -------------------------------------------------------------------------
@@ -230,6 +233,9 @@ class Helper:
         op = req.op
         if op == P.OP_PING:
             self._reply(0, b"pong")
+        elif op == P.OP_BYE:
+            self.bye = True
+            self._reply(0)
         elif op == P.OP_FDS:
             names = os.listdir(f"{self.proc_root}/{req.pid}/fd")
             fds = [int(n) for n in names if n.isdigit()]
@@ -358,25 +364,47 @@ class Helper:
 def run_helper(sock: socket.socket, parent: int) -> None:
     """The helper's life after fork: nothing inherited but ``sock``; exits with the parent."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
     libc.prctl(PR_SET_NAME, ctypes.c_char_p(HELPER_NAME), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before PDEATHSIG was set
-        os._exit(0)
+    # Ctrl-C, a closed terminal, job control: conntui's to handle (it ends the session and
+    # then closes the helper); the helper leaves the terminal's process group for that.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     # Answers are on the capture thread's path (a demux miss waits for them), and the
     # helper runs only when asked: let the scheduler wake it ahead of busy neighbours.
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, max(-20, os.getpriority(os.PRIO_PROCESS, 0) - HELPER_NICE_BOOST))
+    # Everything inherited is closed but the socket and a copy of stderr (to say, if
+    # conntui dies, that it did: conntui is gone and cannot). The standard streams point
+    # at /dev/null: nothing the helper does reaches the TUI's screen.
     keep = sock.fileno()
+    err = os.dup(2)
     null = os.open(os.devnull, os.O_RDWR)
     for std in (0, 1, 2):
         os.dup2(null, std)
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 1 << 20)
-    with contextlib.suppress(OSError):
-        os.close(null) if null not in (0, 1, 2, keep) else None
+    for fd in _open_fds():
+        if fd > 2 and fd not in (keep, err):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    helper = Helper(sock)
     code = 0
     try:
-        Helper(sock).serve_forever()
-    except BaseException:  # nothing to tell: the other side sees the socket close
+        helper.serve_forever()
+    except BaseException:  # the other side sees the socket close
         code = 1
+    if not helper.bye:  # conntui's end closed without a goodbye: it died
+        line = (
+            f"conntui: the capture process (pid {parent}) ended abruptly; the session is over "
+            "(the file, if any, holds every block written before)\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(err, line.encode())
     os._exit(code)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))

@@ -51,6 +51,7 @@ OP_RULES = 7  # iptables-save / ip6tables-save / nft output (in the namespace of
 OP_SK_LOOKUP = 8  # the sk_lookup BPF programs attached to a namespace
 OP_NETNS_LIST = 9  # (pid, network namespace inode) of every process
 OP_OPEN_NETNS = 10  # /proc/PID/ns/net, open, handed back
+OP_BYE = 11  # the session ended normally: the helper exits without a word
 
 OPS = {
     OP_PING: "ping",
@@ -63,6 +64,7 @@ OPS = {
     OP_SK_LOOKUP: "sk_lookup",
     OP_NETNS_LIST: "netns_list",
     OP_OPEN_NETNS: "open_netns",
+    OP_BYE: "bye",
 }
 
 NETLINK_ROUTE = 0
@@ -90,6 +92,7 @@ _TAKES_FD = {
     OP_SK_LOOKUP: False,
     OP_NETNS_LIST: False,
     OP_OPEN_NETNS: False,
+    OP_BYE: False,
 }
 
 _U32 = struct.Struct("=I")
@@ -207,7 +210,7 @@ def parse_request(data: bytes, has_fd: bool) -> Request:
     if op == OP_PING:
         _exact(body, 0, name)
         return Request(op)
-    if op == OP_NETNS_LIST:
+    if op in (OP_NETNS_LIST, OP_BYE):
         _exact(body, 0, name)
         return Request(op)
     if op in (OP_FDS, OP_ACCESS, OP_OPEN_NETNS):

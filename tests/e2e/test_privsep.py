@@ -217,11 +217,17 @@ def test_a_dead_helper_ends_the_session_with_one_line_and_a_complete_file(
     assert (frames, reader.truncated) == (len(rows), 0)  # every printed segment, read to the end
 
 
-def test_a_killed_conntui_takes_its_helper_along(conntui: Any) -> None:
+def test_a_crashed_conntui_takes_its_helper_along_with_one_line(conntui: Any) -> None:
     c = conntui("--headless", "-i", "lo", "-p", str(free_port()))
     helper = _helper_of(c.proc.pid)
+    assert _wait(lambda: sandbox.status_fields(c.proc.pid)["Seccomp"] == "2", 20)
     os.kill(c.proc.pid, signal.SIGSEGV)
-    c.proc.wait(10)
+    _, err, code = c.wait(timeout=30)  # the helper holds stderr until it has said its line
+    assert code == -signal.SIGSEGV
+    assert [ln for ln in err.splitlines() if "ended abruptly" in ln] == [
+        f"conntui: the capture process (pid {c.proc.pid}) ended abruptly; the session is over "
+        "(the file, if any, holds every block written before)"
+    ], err
     assert _wait(lambda: not os.path.exists(f"/proc/{helper}") or _zombie(helper), 10)
 
 
@@ -316,3 +322,31 @@ def test_once_confined_a_namespace_only_a_process_holds_is_still_found_and_read(
     assert got["found"] is True
     assert got["netns"] == ino
     assert "127.0.0.1" in got["addrs"]
+
+
+def test_ctrl_c_to_the_whole_process_group_ends_the_session_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals every process of its foreground group: the helper
+    ignores it (and leaves the group), conntui ends the session as always."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conntui", "--headless", "-i", "lo", "-p", str(free_port()),
+         "-w", str(tmp_path / "c.pcapng")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        helper = _helper_of(proc.pid)
+        assert _wait(lambda: sandbox.status_fields(proc.pid)["Seccomp"] == "2", 20)  # set up, confined
+        time.sleep(1)
+        assert os.getpgid(helper) != proc.pid
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "privileged helper" not in text and "Traceback" not in text, text
+    assert _wait(lambda: not os.path.exists(f"/proc/{helper}") or _zombie(helper), 10)

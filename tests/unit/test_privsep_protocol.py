@@ -33,6 +33,9 @@ def _ct(seq: int = 7) -> bytes:
 
 def test_well_formed_requests_parse() -> None:
     assert P.parse_request(P.encode(P.OP_PING), False).op == P.OP_PING
+    assert P.parse_request(P.encode(P.OP_BYE), False).op == P.OP_BYE
+    assert P.parse_request(P.encode(P.OP_NETNS_LIST), False).op == P.OP_NETNS_LIST
+    assert P.parse_request(P.open_netns_request(7), False).pid == 7
     assert P.parse_request(P.fds_request(42), False).pid == 42
     req = P.parse_request(P.inodes_request(42, [0, 1, 1000]), False)
     assert (req.pid, req.fds) == (42, (0, 1, 1000))
@@ -69,6 +72,9 @@ def test_well_formed_requests_parse() -> None:
         (P.sk_lookup_request(0), False, errno.ERANGE),
         (P.sk_lookup_request(1 << 32), False, errno.ERANGE),
         (P.encode(P.OP_CONNTRACK, b"\0"), False, errno.EINVAL),
+        (P.encode(P.OP_BYE, b"\0"), False, errno.EINVAL),
+        (P.encode(P.OP_NETNS_LIST), True, errno.EBADF),
+        (P.open_netns_request(0), False, errno.ERANGE),
     ],
 )
 def test_malformed_oversized_and_out_of_range_requests_are_refused(
