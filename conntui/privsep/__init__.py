@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from . import protocol as P
@@ -25,6 +26,8 @@ __all__ = ["HelperGone", "Privsep", "start"]
 # open an INET socket and to run a program, and prints what the kernel said (test_privsep).
 PROBE_ENV = "CONNTUI_TEST_PROBE_SANDBOX"
 PROBE_VALUE = "report-to-stderr"
+# listings read ahead for a scan are used for this long (the scan reads them right away)
+LISTING_TTL = 0.5
 _PROC_NETNS = re.compile(r"/proc/([1-9][0-9]{0,6})/ns/net")
 
 
@@ -33,13 +36,19 @@ class _HelperFdDir:
 
     batch = 256
 
-    def __init__(self, client: HelperClient, pid: int) -> None:
+    def __init__(self, client: HelperClient, pid: int, listing: list[int] | int | None = None) -> None:
         self.client = client
         self.pid = pid
         self._read: dict[int, int] = {}  # fd → what prefetch() read (inode, or -errno)
+        self._listing = listing  # what prefetch_listings() read: fds, or an errno
 
     def names(self) -> list[str]:
-        return [str(fd) for fd in self.client.fds(self.pid)]
+        listing, self._listing = self._listing, None
+        if isinstance(listing, int):
+            raise OSError(listing, os.strerror(listing))
+        if listing is None:
+            listing = self.client.fds(self.pid)
+        return [str(fd) for fd in listing]
 
     def prefetch(self, fds: Iterable[int]) -> None:
         wanted = list(dict.fromkeys(fds))
@@ -71,10 +80,28 @@ def _fd_reader(client: HelperClient) -> object:
     class HelperFdReader(procfs.FdReader):
         """``/proc/PID/fd`` through the helper (the fake trees of tests: directly)."""
 
+        def __init__(self) -> None:
+            self._listings: dict[int, list[int] | int] = {}
+            self._listed_at = 0.0
+
         def open(self, proc_root: str, pid: int) -> procfs.FdDir:
             if proc_root != "/proc":
                 return super().open(proc_root, pid)
-            return _HelperFdDir(client, pid)  # type: ignore[return-value]
+            listing = self._listings.pop(pid, None)
+            if listing is not None and time.monotonic() - self._listed_at > LISTING_TTL:
+                listing = None  # a scan long over: its pid may have been reused since
+            if listing == errno.EACCES or listing == errno.EPERM:
+                raise PermissionError(listing, os.strerror(listing))
+            return _HelperFdDir(client, pid, listing)  # type: ignore[return-value]
+
+        def prefetch_listings(self, proc_root: str, pids: Sequence[int]) -> None:
+            if proc_root != "/proc":
+                return
+            try:
+                self._listed_at = time.monotonic()
+                self._listings = client.fds_many(list(pids))
+            except OSError:
+                self._listings = {}  # one at a time, then
 
         def link_inode(self, proc_root: str, pid: int, fd: int) -> int:
             if proc_root != "/proc":

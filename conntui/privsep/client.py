@@ -104,6 +104,23 @@ class HelperClient:
         body, _ = self.request(P.fds_request(pid))
         return list(struct.unpack(f"={len(body) // 4}I", body))
 
+    def fds_many(self, pids: list[int]) -> dict[int, list[int] | int]:
+        """pid → its fd numbers (as :meth:`fds`), or an errno, for many processes."""
+        out: dict[int, list[int] | int] = {}
+        step = P.MAX_FDS_PER_REQUEST
+        for i in range(0, len(pids), step):
+            body, _ = self.request(P.fds_many_request(pids[i : i + step]))
+            at = 0
+            while at + 8 <= len(body):
+                pid, n = struct.unpack_from("=Ii", body, at)
+                at += 8
+                if n < 0:
+                    out[pid] = -n
+                    continue
+                out[pid] = list(struct.unpack_from(f"={n}I", body, at))
+                at += 4 * n
+        return out
+
     def inodes(self, pid: int, fds: list[int]) -> list[int]:
         """The socket inode behind each fd (0: not a socket, -errno: unreadable)."""
         out: list[int] = []

@@ -240,6 +240,8 @@ class Helper:
             names = os.listdir(f"{self.proc_root}/{req.pid}/fd")
             fds = [int(n) for n in names if n.isdigit()]
             self._reply(0, struct.pack(f"={len(fds)}I", *fds))
+        elif op == P.OP_FDS_MANY:
+            self._reply(0, self._fds_many(req.fds))
         elif op == P.OP_INODES:
             self._reply(0, self._inodes(req.pid, req.fds))
         elif op == P.OP_ACCESS:
@@ -282,6 +284,20 @@ class Helper:
             found = read_sk_lookup(req.inode)
             text = found.error + "\0" + "\n".join(found.programs)
             self._reply(0, text.encode("utf-8", "replace")[: 1 << 16])
+
+    def _fds_many(self, pids: tuple[int, ...]) -> bytes:
+        """For each pid: (pid, count or -errno), then its fd numbers."""
+        out = bytearray()
+        for pid in pids:
+            try:
+                fds = [int(n) for n in os.listdir(f"{self.proc_root}/{pid}/fd") if n.isdigit()]
+            except OSError as exc:
+                out += struct.pack("=Ii", pid, -(exc.errno or errno.EIO))
+                continue
+            out += struct.pack(f"=Ii{len(fds)}I", pid, len(fds), *fds)
+            if len(out) > P.MAX_REPLY:
+                raise OSError(errno.E2BIG, "listings larger than a reply")
+        return bytes(out)
 
     def _netns_list(self) -> bytes:
         out = bytearray()

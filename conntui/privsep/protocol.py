@@ -52,6 +52,7 @@ OP_SK_LOOKUP = 8  # the sk_lookup BPF programs attached to a namespace
 OP_NETNS_LIST = 9  # (pid, network namespace inode) of every process
 OP_OPEN_NETNS = 10  # /proc/PID/ns/net, open, handed back
 OP_BYE = 11  # the session ended normally: the helper exits without a word
+OP_FDS_MANY = 12  # OP_FDS for many processes at once
 
 OPS = {
     OP_PING: "ping",
@@ -65,6 +66,7 @@ OPS = {
     OP_NETNS_LIST: "netns_list",
     OP_OPEN_NETNS: "open_netns",
     OP_BYE: "bye",
+    OP_FDS_MANY: "fds_many",
 }
 
 NETLINK_ROUTE = 0
@@ -93,6 +95,7 @@ _TAKES_FD = {
     OP_NETNS_LIST: False,
     OP_OPEN_NETNS: False,
     OP_BYE: False,
+    OP_FDS_MANY: False,
 }
 
 _U32 = struct.Struct("=I")
@@ -138,6 +141,10 @@ def fds_request(pid: int) -> bytes:
 
 def inodes_request(pid: int, fds: list[int]) -> bytes:
     return encode(OP_INODES, _U32.pack(pid) + struct.pack(f"={len(fds)}I", *fds))
+
+
+def fds_many_request(pids: list[int]) -> bytes:
+    return encode(OP_FDS_MANY, struct.pack(f"={len(pids)}I", *pids))
 
 
 def open_netns_request(pid: int) -> bytes:
@@ -216,6 +223,13 @@ def parse_request(data: bytes, has_fd: bool) -> Request:
     if op in (OP_FDS, OP_ACCESS, OP_OPEN_NETNS):
         _exact(body, 4, name)
         return Request(op, pid=_pid(body))
+    if op == OP_FDS_MANY:
+        if not body or len(body) % 4:
+            raise Refused(errno.EINVAL, f"{name}: body of {len(body)} bytes")
+        pids = struct.unpack(f"={len(body) // 4}I", body)
+        if any(not 1 <= p < PID_MAX for p in pids):
+            raise Refused(errno.ERANGE, f"{name}: pid out of range")
+        return Request(op, fds=pids)
     if op == OP_INODES:
         if len(body) < 8 or len(body) % 4:
             raise Refused(errno.EINVAL, f"{name}: body of {len(body)} bytes")

@@ -75,6 +75,9 @@ def test_well_formed_requests_parse() -> None:
         (P.encode(P.OP_BYE, b"\0"), False, errno.EINVAL),
         (P.encode(P.OP_NETNS_LIST), True, errno.EBADF),
         (P.open_netns_request(0), False, errno.ERANGE),
+        (P.encode(P.OP_FDS_MANY), False, errno.EINVAL),  # no pid
+        (P.fds_many_request([1, 0]), False, errno.ERANGE),
+        (P.encode(P.OP_FDS_MANY, b"\1\0\0\0\2"), False, errno.EINVAL),
     ],
 )
 def test_malformed_oversized_and_out_of_range_requests_are_refused(
@@ -165,6 +168,8 @@ def test_the_helper_answers_what_proc_says(helper: tuple[HelperClient, Helper]) 
         closed = max(listed) + 100
         assert client.inodes(os.getpid(), [closed]) == [-errno.ENOENT]
         client.access(os.getpid())
+        many = client.fds_many([os.getpid(), P.PID_MAX - 1, os.getpid()])
+        assert a.fileno() in many[os.getpid()] and many[P.PID_MAX - 1] == errno.ENOENT  # type: ignore[operator]
         with pytest.raises(OSError) as gone:
             client.fds(P.PID_MAX - 1)  # no such process
         assert gone.value.errno == errno.ENOENT
