@@ -367,7 +367,10 @@ def _make_engine(opts: Options, notes: list[str], session: Session | None, priv:
         session = Session(window=HEADLESS_WINDOW)
     elif session is None:
         # The TUI exports the whole session: rows that leave the window go to a disk spool.
-        session = Session(spool=PcapngSpool())
+        spool = PcapngSpool()
+        if priv is not None:
+            spool.detach()  # written through its descriptor: no path to allow, none to remove
+        session = Session(spool=spool)
     # With libpcap the kernel filter already holds the ports: checking every segment again
     # in Python is pure cost (the engine still checks the datagram an ICMP error quotes).
     in_kernel = source.live and bool(opts.ports) and libpcap_available()
@@ -411,9 +414,6 @@ def _confine(opts: Options, engine: Engine, priv: Privsep) -> None:
     """Drop this process's privileges for good, now that everything is open; the helper
     keeps what the socket table needs. A helper that dies ends the session cleanly."""
     writable = [os.path.abspath(opts.write)] if opts.write and opts.write != STDOUT else []
-    spool = getattr(engine.session, "spool", None)
-    if spool is not None and getattr(spool, "path", None):
-        writable.append(spool.path)
     if not opts.headless:
         from .tui import dissect
 

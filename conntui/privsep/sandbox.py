@@ -23,7 +23,7 @@ root's powers. :func:`confine` refuses to run with other threads alive.
   tested (``tests/unit/test_sandbox.py``).
 * **Landlock** (Linux 5.13+, when the kernel has it enabled): file-system writes — writing,
   truncating, creating, removing, renaming, linking, executing — only to the paths given
-  (the ``-w`` file, the spool file, ``/dev/null``). Reading stays allowed. Where Landlock is
+  (the ``-w`` file, ``/dev/null``). Reading stays allowed. Where Landlock is
   missing, :func:`confine` says so in its result; the rest still applies.
 
 Stdlib (ctypes) only. x86_64 and aarch64.

@@ -179,3 +179,33 @@ def test_every_jump_of_the_filter_lands_inside_it(arch: str) -> None:
         if code & 0x07 == 0x05:  # BPF_JMP
             assert i + 1 + max(jt, jf) < len(prog)
     assert prog[-1][0] == 0x06  # ends with a return
+
+
+def test_a_detached_spool_works_for_a_confined_process_and_leaves_nothing(tmp_path: Path) -> None:
+    """The TUI's spool is unlinked before the drop: Landlock then needs no rule for it (and
+    could not let conntui remove it at the end)."""
+    from conntui.export import PcapngSpool
+    from conntui.model import Attribution, Match
+    from conntui.session import Session
+
+    from .test_session import real_frame
+
+    spool = PcapngSpool(str(tmp_path))
+    spool.detach()
+    assert os.listdir(tmp_path) == []
+
+    def body() -> dict[str, Any]:
+        from conntui.decode import decode_frame
+
+        s = Session(window=2, spool=spool)
+        for i in range(6):
+            f = real_frame(i)
+            s.append(f, decode_frame(f), Attribution(Match.UNKNOWN, explain=f"row {i}"))
+        back = [r.attribution.explain for r in s.all_records()]
+        s.close()
+        return {"back": back, "spooled": spool.count}
+
+    got = _in_confined_child(body)
+    assert got["spooled"] == 4
+    assert got["back"] == [f"row {i}" for i in range(6)]
+    assert os.listdir(tmp_path) == []
