@@ -10,6 +10,7 @@ no_new_privs, seccomp, Landlock). See SECURITY.md, "Privilege separation".
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -53,7 +54,9 @@ class _HelperFdDir:
     def prefetch(self, fds: Iterable[int]) -> None:
         wanted = list(dict.fromkeys(fds))
         if wanted:
-            self._read.update(zip(wanted, self.client.inodes(self.pid, wanted), strict=True))
+            # the helper gone (its watcher ends the session): nothing read ahead
+            with contextlib.suppress(OSError):
+                self._read.update(zip(wanted, self.client.inodes(self.pid, wanted), strict=True))
 
     def inode(self, name: str) -> int:
         fd = int(name)
@@ -65,9 +68,13 @@ class _HelperFdDir:
         return got
 
     def inodes(self, names: Sequence[str]) -> list[int | None]:
+        """As ``procfs.FdDir.inodes``: never raises (an unanswered link reads as closed)."""
         if not names:
             return []
-        got = self.client.inodes(self.pid, [int(n) for n in names])
+        try:
+            got = self.client.inodes(self.pid, [int(n) for n in names])
+        except OSError:  # the helper is gone (its watcher ends the session)
+            return [None] * len(names)
         return [i if i >= 0 else None for i in got]
 
     def close(self) -> None:

@@ -278,3 +278,29 @@ def test_namespaces_are_listed_and_opened_by_pid(helper: tuple[HelperClient, Hel
     with pytest.raises(OSError) as gone:
         client.open_netns(P.PID_MAX - 1)
     assert gone.value.errno == errno.ENOENT
+
+
+def test_with_the_helper_gone_holder_searches_find_nothing_and_raise_nothing() -> None:
+    """The capture thread's look-ups must not crash when the helper dies (its watcher ends
+    the session): every read through it is then 'not found'."""
+    from conntui import privsep
+    from conntui.sockets import procfs
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.close()  # the helper, gone
+    client = HelperClient(mine, 0)
+    lost: list[str] = []
+    client.on_lost = lost.append
+    a, b = socket.socketpair()
+    try:
+        procfs.set_fd_reader(privsep._fd_reader(client))  # type: ignore[arg-type]
+        scanner = procfs.HolderScanner("/proc")
+        wanted = os.fstat(a.fileno()).st_ino
+        assert scanner.find_holders({wanted}, [os.getpid()]) == {}
+        assert scanner.denied_for(os.getuid()) == ()
+        assert len(lost) == 1
+    finally:
+        procfs.set_fd_reader(None)
+        a.close()
+        b.close()
+        mine.close()
