@@ -59,6 +59,8 @@ def run(mode: str, holder: Helper, k: int) -> dict[str, Any]:
         refreshes.append((time.perf_counter() - t0) * 1e6)
     stages: dict[str, list[float]] = {}
     times, right, _exact = misses(src, holder, k, stages)
+    if priv is not None:
+        priv.close()  # the goodbye: the helper leaves quietly
     return {
         "resolve": times,
         "holders": [s * 1e6 for s in stages.get("holders", [])],

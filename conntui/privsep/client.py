@@ -21,11 +21,14 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from . import protocol as P
 
 __all__ = ["HelperClient", "HelperGone", "start_helper"]
+
+SPIN = 0.0003  # seconds a request polls for its answer before it sleeps
 
 
 class HelperGone(OSError):
@@ -59,7 +62,7 @@ class HelperClient:
                     self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
                 else:
                     self.sock.send(data)
-                first, anc, _flags, _ = self.sock.recvmsg(P.CHUNK, socket.CMSG_SPACE(4))
+                first, anc = self._first_reply()
             except OSError as exc:
                 self._gone(f"the privileged helper (pid {self.pid}) stopped answering: {exc.strerror or exc}")
                 raise HelperGone(errno.EPIPE, self.lost) from None
@@ -95,6 +98,20 @@ class HelperClient:
                 os.close(got_fd)
             raise OSError(status, body.decode("utf-8", "replace") or os.strerror(status))
         return body, got_fd
+
+    def _first_reply(self) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+        """The reply's first datagram. Polled for a moment before sleeping: the helper
+        answers in tens of µs, and a process that sleeps for that long on a busy machine
+        may wait a scheduler slice (milliseconds) to run again."""
+        deadline = time.perf_counter() + SPIN
+        while time.perf_counter() < deadline:
+            try:
+                first, anc, _flags, _ = self.sock.recvmsg(P.CHUNK, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue
+            return first, anc
+        first, anc, _flags, _ = self.sock.recvmsg(P.CHUNK, socket.CMSG_SPACE(4))
+        return first, anc
 
     def ping(self) -> bool:
         return self.request(P.encode(P.OP_PING))[0] == b"pong"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gc
 import os
 import select
 import selectors
@@ -315,6 +316,12 @@ class Helper:
 
     def _inodes(self, pid: int, fds: tuple[int, ...]) -> bytes:
         out: list[int] = []
+        if len(fds) == 1:  # the common probe: one link, no directory to open
+            try:
+                out.append(_socket_inode(os.readlink(f"{self.proc_root}/{pid}/fd/{fds[0]}")))
+            except OSError as exc:
+                out.append(-(exc.errno or errno.EIO))
+            return struct.pack("=q", out[0])
         try:
             dfd = os.open(f"{self.proc_root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -379,6 +386,9 @@ class Helper:
 
 def run_helper(sock: socket.socket, parent: int) -> None:
     """The helper's life after fork: nothing inherited but ``sock``; exits with the parent."""
+    # Everything conntui had imported came along with fork(): keep the garbage collector off
+    # it (it would walk, and copy page by page, the whole inherited heap at every full pass).
+    gc.freeze()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_NAME, ctypes.c_char_p(HELPER_NAME), 0, 0, 0)
     # Ctrl-C, a closed terminal, job control: conntui's to handle (it ends the session and
