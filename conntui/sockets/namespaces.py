@@ -24,6 +24,7 @@ descriptor keeps the namespace itself readable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -184,7 +185,14 @@ class NamespaceTables:
             src = others.get(ino)
             try:
                 if src is None:
-                    src = others[ino] = self._make(info)
+                    src = self._make(info)
+                    if src.netns_inode != ino:
+                        # /proc/PID/ns/net names the namespace PID is in when opened: it
+                        # moved (`ip netns exec` joins one, then runs the program) since
+                        # discovery, so this source reads another namespace
+                        src.close()
+                        raise OSError(errno.EAGAIN, f"pid {info.pid} left the namespace before it was opened")
+                    others[ino] = src
                 # Every namespace's addresses (cheap: one rtnetlink dump) say where segments
                 # go; its sockets are dumped only while segments go there (a sock_diag dump
                 # walks the kernel's hash tables, which all namespaces share).
