@@ -6,10 +6,10 @@ it opens after the table's snapshot, ``SocketTableSource.resolve(segment)`` find
 sockets and their holders, as the capture thread does on a demux miss. Run twice, each in
 a forked process:
 
-* **direct**: conntui as root reads ``/proc/PID/fd`` itself (``--no-privsep``);
+* **direct**: conntui as root reads ``/proc/PID/fd`` itself (the default, ``--no-privsep``);
 * **helper**: the helper is forked, the snapshot taken, then the process confines itself
   (no capabilities, seccomp, Landlock) and every ``/proc/PID/fd`` read is a round trip to
-  the helper, as in a default live capture.
+  the helper, as in a live capture with ``--privsep``.
 
 Reported: the holder search of each resolve() (``resolve_stats["holders"]``: the part the
 helper changes) and the whole resolve(), p50/p95/p99 in µs; the right-holder count (must be

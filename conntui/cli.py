@@ -139,13 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with -r: print each connection FILTER matches as a ladder (a sequence diagram of its "
         "segments between sockets); FILTER as in the TUI: 8080, host:10.0.0.1, proc:nginx, match:none",
     )
-    p.add_argument(
-        "--no-privsep",
+    privsep = p.add_mutually_exclusive_group()
+    privsep.add_argument(
+        "--privsep",
         dest="privsep",
-        action="store_false",
-        help="keep root's privileges in the process that parses packets (by default it drops them "
-        "after set-up and a small helper process keeps what the socket table needs; SECURITY.md)",
+        action="store_true",
+        help="live capture: once set up, the process that parses packets drops every privilege "
+        "(no capabilities, no_new_privs, seccomp, Landlock) and a small helper process keeps what "
+        "the socket table needs (SECURITY.md)",
     )
+    privsep.add_argument("--no-privsep", dest="privsep", action="store_false", help="the default (for now)")
+    p.set_defaults(privsep=False)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
     p.add_argument("--lab-note", default="", help=argparse.SUPPRESS)  # conntui lab: what to watch
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
@@ -170,7 +174,7 @@ class Options:
     lab_note: str = ""
     ladder: str | None = None
     netns: str | None = None  # the path of the one namespace to capture in (-N)
-    # drop privileges after set-up (live capture; the CLI's default, off for in-process tests)
+    # drop privileges after set-up (live capture, --privsep)
     privsep: bool = False
 
 

@@ -108,7 +108,7 @@ def test_headless_capture_is_confined_and_still_names_another_users_process(
 ) -> None:
     port = free_port()
     out = tmp_path / "s.pcapng"
-    c = conntui("--headless", "--json", "-i", "lo", "-p", str(port), "-w", str(out))
+    c = conntui("--privsep", "--headless", "--json", "-i", "lo", "-p", str(port), "-w", str(out))
     _assert_confined(c.proc.pid)
     helper = _helper_of(c.proc.pid)
     nobody = _nobody_listener(port)
@@ -151,7 +151,7 @@ def test_headless_capture_is_confined_and_still_names_another_users_process(
 
 def test_the_parser_may_not_open_an_inet_socket_exec_or_write_elsewhere(conntui: Any, tmp_path: Path) -> None:
     c = conntui(
-        "--headless", "-i", "lo", "-p", str(free_port()), "-w", str(tmp_path / "x.pcapng"),
+        "--privsep", "--headless", "-i", "lo", "-p", str(free_port()), "-w", str(tmp_path / "x.pcapng"),
         env={PROBE_ENV: PROBE_VALUE},
     )  # fmt: skip
     _assert_confined(c.proc.pid)
@@ -168,13 +168,13 @@ def test_the_parser_may_not_open_an_inet_socket_exec_or_write_elsewhere(conntui:
 
 
 def test_without_the_hook_nothing_is_probed(conntui: Any) -> None:
-    c = conntui("--headless", "-i", "lo", "-p", str(free_port()), env={PROBE_ENV: "1"})
+    c = conntui("--privsep", "--headless", "-i", "lo", "-p", str(free_port()), env={PROBE_ENV: "1"})
     _, err, code = c.stop()
     assert code == 0 and "conntui-probe" not in err, err
 
 
-def test_no_privsep_keeps_the_old_process(conntui: Any) -> None:
-    c = conntui("--headless", "-i", "lo", "-p", str(free_port()), "--no-privsep")
+def test_without_privsep_conntui_keeps_its_privileges(conntui: Any) -> None:
+    c = conntui("--headless", "-i", "lo", "-p", str(free_port()))
     st = sandbox.status_fields(c.proc.pid)
     assert int(st["CapEff"], 16) != 0 and st["Seccomp"] == "0"
     assert _children(c.proc.pid, "conntui-priv") == []
@@ -187,7 +187,9 @@ def test_a_dead_helper_ends_the_session_with_one_line_and_a_complete_file(
 ) -> None:
     port = free_port()
     out = tmp_path / "s.pcapng"
-    c = conntui("--headless", "--json", "-i", "lo", "-p", str(port), "-w", str(out), "--settle", "0")
+    c = conntui(
+        "--privsep", "--headless", "--json", "-i", "lo", "-p", str(port), "-w", str(out), "--settle", "0"
+    )
     helper = _helper_of(c.proc.pid)
     srv = socket.socket()
     srv.bind(("127.0.0.1", port))
@@ -218,7 +220,7 @@ def test_a_dead_helper_ends_the_session_with_one_line_and_a_complete_file(
 
 
 def test_a_crashed_conntui_takes_its_helper_along_with_one_line(conntui: Any) -> None:
-    c = conntui("--headless", "-i", "lo", "-p", str(free_port()))
+    c = conntui("--privsep", "--headless", "-i", "lo", "-p", str(free_port()))
     helper = _helper_of(c.proc.pid)
     assert _wait(lambda: sandbox.status_fields(c.proc.pid)["Seccomp"] == "2", 20)
     os.kill(c.proc.pid, signal.SIGSEGV)
@@ -246,7 +248,8 @@ def _tmux(*args: str) -> str:
 def test_the_tui_in_a_real_terminal_is_confined_too() -> None:
     port = free_port()
     session = f"conntui-privsep-{os.getpid()}"
-    cmd = f"cd {shlex.quote(str(REPO))} && exec {shlex.quote(sys.executable)} -m conntui -i lo -p {port}"
+    py = shlex.quote(sys.executable)
+    cmd = f"cd {shlex.quote(str(REPO))} && exec {py} -m conntui --privsep -i lo -p {port}"
     _tmux(
         "new-session",
         "-d",
@@ -328,7 +331,7 @@ def test_ctrl_c_to_the_whole_process_group_ends_the_session_cleanly(tmp_path: Pa
     """A terminal's Ctrl-C signals every process of its foreground group: the helper
     ignores it (and leaves the group), conntui ends the session as always."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "conntui", "--headless", "-i", "lo", "-p", str(free_port()),
+        [sys.executable, "-m", "conntui", "--privsep", "--headless", "-i", "lo", "-p", str(free_port()),
          "-w", str(tmp_path / "c.pcapng")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
