@@ -19,7 +19,18 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["capture", "manyflow", "sockets", "shortlived", "memory", "ui", "hotpath", "truth", "namespaces"]
+BENCHES = [
+    "capture",
+    "manyflow",
+    "sockets",
+    "shortlived",
+    "memory",
+    "ui",
+    "hotpath",
+    "truth",
+    "namespaces",
+    "privsep",
+]
 # truth.py's smoke asserts that every tool started, rows came and the programs logged their
 # truth; its false-statement count is printed, not asserted, in CI: the full run had 0 in
 # 34,162 rows, but one smoke run in six under a loaded machine had 2 (issue 11 note)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import sys
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .session import Counters, Session
 from .sockets.namespaces import NamespaceTables
 
 if TYPE_CHECKING:
+    from .privsep import Privsep
     from .tui.app import ConntuiApp
 
 PROG = "conntui"
@@ -152,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --ladder: also draw those ladders as an SVG picture into OUT.svg (not over an "
         "existing file unless --overwrite)",
     )
+    privsep = p.add_mutually_exclusive_group()
+    privsep.add_argument(
+        "--privsep",
+        dest="privsep",
+        action="store_true",
+        help="live capture: once set up, the process that parses packets drops every privilege "
+        "(no capabilities, no_new_privs, seccomp, Landlock) and a small helper process keeps what "
+        "the socket table needs (SECURITY.md)",
+    )
+    privsep.add_argument("--no-privsep", dest="privsep", action="store_false", help="the default (for now)")
+    p.set_defaults(privsep=False)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
     p.add_argument("--lab-note", default="", help=argparse.SUPPRESS)  # conntui lab: what to watch
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")
@@ -178,6 +191,8 @@ class Options:
     ladder: str | None = None
     ladder_svg: str | None = None
     netns: str | None = None  # the path of the one namespace to capture in (-N)
+    # drop privileges after set-up (live capture, --privsep)
+    privsep: bool = False
 
 
 def parse_options(argv: Sequence[str]) -> Options:
@@ -232,6 +247,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         ladder=args.ladder,
         ladder_svg=args.ladder_svg,
         netns=netns,
+        privsep=args.privsep and not args.read,
     )
 
 
@@ -321,9 +337,43 @@ def make_tables(live: bool, *, one_namespace: bool = False) -> TableSource:
     return tables
 
 
+# the helper of each engine set up with privilege separation (see make_engine)
+_PRIVSEP: weakref.WeakKeyDictionary[Engine, Privsep] = weakref.WeakKeyDictionary()
+# why the helper of an engine went away mid-session (one line), once it has
+_HELPER_LOST: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def privsep_of(engine: Engine) -> Privsep | None:
+    return _PRIVSEP.get(engine)
+
+
 def make_engine(opts: Options, notes: list[str] | None = None, session: Session | None = None) -> Engine:
-    """Everything the capture needs, opened in the order that gives the clearest error."""
+    """Everything the capture needs, opened in the order that gives the clearest error.
+
+    With ``opts.privsep`` (a live capture run from the command line), the privileged helper
+    is forked first, while this process has one thread; once everything is open, this
+    process drops its privileges for good (:mod:`conntui.privsep`)."""
     notes = notes if notes is not None else []
+    priv: Privsep | None = None
+    if opts.privsep and not opts.read:
+        from . import privsep
+
+        try:
+            priv = privsep.start()
+        except OSError as exc:
+            raise UsageError(f"cannot start the privileged helper: {exc.strerror or exc}") from None
+    try:
+        engine = _make_engine(opts, notes, session, priv)
+    except BaseException:
+        if priv is not None:
+            priv.close()
+        raise
+    if priv is not None:
+        _PRIVSEP[engine] = priv
+    return engine
+
+
+def _make_engine(opts: Options, notes: list[str], session: Session | None, priv: Privsep | None) -> Engine:
     if opts.netns is not None:
         enter_netns(opts.netns)
     source = make_source(opts, notes)
@@ -344,7 +394,10 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
         session = Session(window=HEADLESS_WINDOW)
     elif session is None:
         # The TUI exports the whole session: rows that leave the window go to a disk spool.
-        session = Session(spool=PcapngSpool())
+        spool = PcapngSpool()
+        if priv is not None:
+            spool.detach()  # written through its descriptor: no path to allow, none to remove
+        session = Session(spool=spool)
     # With libpcap the kernel filter already holds the ports: checking every segment again
     # in Python is pure cost (the engine still checks the datagram an ICMP error quotes).
     in_kernel = source.live and bool(opts.ports) and libpcap_available()
@@ -353,16 +406,14 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
         from .tracer import SocketTracer
 
         # every namespace's record when the tables cover every namespace (containers)
-        tracer = SocketTracer.start(all_namespaces=isinstance(tables, NamespaceTables))
+        tracer = SocketTracer.start(
+            all_namespaces=isinstance(tables, NamespaceTables), defer_threads=priv is not None
+        )
         if tracer is None:
             notes.append(
                 f"no kernel tracer ({SocketTracer.why_not}): rows are predictions from the socket table "
                 "only, without the kernel's verdicts, and short connections may be unknown"
             )
-        elif opts.headless and not tracer.wait_ready(10.0):
-            # Headless output is read by scripts: start capturing once the probes are attached
-            # (a second or two). The TUI opens at once; rows before then say so.
-            notes.append("the kernel tracer is still attaching: the first rows are predictions only")
     engine = Engine(
         source,
         tables,
@@ -375,7 +426,35 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     )
     if opts.trace and source.live and tracer is None:
         engine.tracer_unavailable = SocketTracer.why_not or "the kernel tracer did not start"
+    if priv is not None:
+        _confine(opts, engine, priv)
+    if tracer is not None:
+        tracer.resume()  # its reader threads start confined (a no-op unless deferred)
+        if opts.headless and not tracer.wait_ready(10.0):
+            # Headless output is read by scripts: start capturing once the probes are attached
+            # (a second or two). The TUI opens at once; rows before then say so.
+            notes.append("the kernel tracer is still attaching: the first rows are predictions only")
     return engine
+
+
+def _confine(opts: Options, engine: Engine, priv: Privsep) -> None:
+    """Drop this process's privileges for good, now that everything is open; the helper
+    keeps what the socket table needs. A helper that dies ends the session cleanly."""
+    writable = [os.path.abspath(opts.write)] if opts.write and opts.write != STDOUT else []
+    if not opts.headless:
+        from .tui import dissect
+
+        dissect.preload()  # scapy's import runs ldconfig: not once confined
+
+    def lost(why: str) -> None:
+        _HELPER_LOST[engine] = why
+        engine.request_stop()
+
+    try:
+        priv.drop(writable, on_lost=lost)
+    except OSError as exc:
+        engine.close()
+        raise UsageError(f"cannot drop privileges: {exc.strerror or exc}") from None
 
 
 def make_app(opts: Options, engine: Engine) -> ConntuiApp:
@@ -464,6 +543,7 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
         with contextlib.suppress(BrokenPipeError):
             out.flush()
         print_counters(engine.session.counters, sys.stderr)
+        code = _end_helper(engine) or code
         if engine.writer_error:
             if not reported:
                 sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
@@ -536,6 +616,19 @@ def run_ladder(opts: Options, engine: Engine, out: IO[str]) -> int:
     return 0
 
 
+def _end_helper(engine: Engine) -> int:
+    """Stop the privileged helper; 1 (after one line) if it had died mid-session."""
+    priv = _PRIVSEP.pop(engine, None)
+    if priv is None:
+        return 0
+    lost = _HELPER_LOST.get(engine)
+    priv.close()
+    if lost:
+        sys.stderr.write(f"{PROG}: {lost}: the session ended (the file, if any, is complete)\n")
+        return 1
+    return 0
+
+
 def _is_terminal(stream: IO[str]) -> bool:
     try:
         return stream.isatty()
@@ -587,8 +680,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = make_app(opts, engine)
     except ImportError as exc:
         engine.close()
+        _end_helper(engine)
         sys.stderr.write(f"{PROG}: the TUI is not available ({exc}); use --headless\n")
         return 1
+    priv = privsep_of(engine)
+    if priv is not None:
+        # the helper died: end the app as `q` does (the -w file is completed)
+
+        def lost(why: str) -> None:
+            _HELPER_LOST[engine] = why
+            engine.request_stop()
+            with contextlib.suppress(Exception):
+                app.call_from_thread(app.exit)
+
+        priv.client.on_lost = lost
     # SIGTERM / SIGHUP (a closed terminal) end the app like `q`: the -w file is completed.
     previous = {
         s: signal.signal(s, lambda signum, frame: app.exit()) for s in (signal.SIGTERM, signal.SIGHUP)
@@ -599,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
         engine.stop()
+    if _end_helper(engine):
+        return 1
     if engine.writer_error:
         sys.stderr.write(f"{PROG}: {engine.writer_error}\n")
         return 1

@@ -1228,6 +1228,13 @@ class PcapngSpool:
         self.count = 0
         self._closed = False
 
+    def detach(self) -> None:
+        """Unlink the file now; it is read back through ``/proc/self/fd`` and vanishes
+        with conntui (nothing to remove at the end, which a confined conntui may not)."""
+        fd = self._stream.fileno()
+        os.unlink(self.path)
+        self.path = f"/proc/self/fd/{fd}"
+
     def add(self, rec: Record) -> None:
         with self._lock:
             if self._closed:

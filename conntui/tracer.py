@@ -887,6 +887,7 @@ class SocketTracer:
         # the drop counts of the tick being printed, and each flow's last (count, t1 nsecs)
         self._dmaps: dict[str, dict[str, int]] = {}
         self._dlast: dict[str, tuple[int, int, int]] = {}
+        self._deferred: list[tuple[Callable[[], None], str]] = []
         # refused connects: sk → (event, tuple-less C record), joined with the X event
         self._pending_connect: collections.OrderedDict[int, TraceRecord] = collections.OrderedDict()
         self._refused: collections.OrderedDict[int, Event] = collections.OrderedDict()
@@ -933,13 +934,15 @@ class SocketTracer:
         attach_timeout: float = 30.0,
         memory: TraceMemory | None = None,
         all_namespaces: bool = False,
+        defer_threads: bool = False,
     ) -> SocketTracer | None:
         """Start bpftrace for the namespace at ``netns_path`` (default: conntui's own).
 
         Returns at once (``ready`` is set once the probes are attached, usually 1-3 s
         later) unless ``wait`` > 0: then waits that long for ``ready``. ``None`` when the
         tracer cannot run here or failed within ``wait``; ``SocketTracer.why_not`` says
-        why in one line. Never raises.
+        why in one line. Never raises. ``defer_threads``: bpftrace is started, its readers
+        only by :meth:`resume` (conntui confines itself in between, with one thread).
         """
         try:
             reason = cls.unavailable(netns_path, bpftrace=bpftrace, mount_tracefs=mount_tracefs)
@@ -957,7 +960,7 @@ class SocketTracer:
                 udp_sends=udp_sends,
                 drop_reasons=tracer.drop_reasons,
             )
-            tracer._spawn(bpftrace, attach_timeout)
+            tracer._spawn(bpftrace, attach_timeout, defer_threads=defer_threads and wait <= 0)
         except Exception as e:  # never raise: the tracer is optional
             cls.why_not = f"kernel tracer: {e}"
             return None
@@ -967,7 +970,7 @@ class SocketTracer:
             return None
         return tracer
 
-    def _spawn(self, bpftrace: str, attach_timeout: float) -> None:
+    def _spawn(self, bpftrace: str, attach_timeout: float, *, defer_threads: bool = False) -> None:
         env = dict(os.environ)
         env.update(
             {
@@ -986,11 +989,18 @@ class SocketTracer:
             close_fds=True,
         )
         _live.add(self)
-        for target, name in (
+        self._deferred = [
             (self._read_stdout, "conntui-tracer"),
             (self._read_stderr, "conntui-tracer-err"),
             (lambda: self._await_attach(attach_timeout), "conntui-tracer-attach"),
-        ):
+        ]
+        if not defer_threads:
+            self.resume()
+
+    def resume(self) -> None:
+        """Start the threads that read bpftrace (once; ``start(defer_threads=True)``)."""
+        deferred, self._deferred = self._deferred, []
+        for target, name in deferred:
             th = threading.Thread(target=target, name=name, daemon=True)
             th.start()
             self._threads.append(th)

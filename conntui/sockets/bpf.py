@@ -26,6 +26,7 @@ import platform
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from ..model import SkLookup
 
@@ -100,8 +101,19 @@ def read_reuseport() -> SkLookup:
     return SkLookup(reuseport=tuple(progs))
 
 
+# Set by conntui.privsep once capabilities are gone (listing BPF links needs CAP_SYS_ADMIN)
+_privileged_read: Callable[[int], SkLookup] | None = None
+
+
+def set_privileged_read(read: Callable[[int], SkLookup] | None) -> None:
+    global _privileged_read
+    _privileged_read = read
+
+
 def read_sk_lookup(netns_ino: int) -> SkLookup:
     """The sk_lookup programs attached to the namespace with inode ``netns_ino``."""
+    if _privileged_read is not None:
+        return _privileged_read(netns_ino)
     progs: list[str] = []
     link_id = 0
     try:
@@ -142,8 +154,9 @@ def sk_lookup_for(netns_path: str | None = None, *, now: float | None = None) ->
         if hit is not None and t - hit[0] < TTL:
             return hit[1]
     found = read_sk_lookup(ino)
-    reuseport = read_reuseport()
-    found = SkLookup(found.programs, found.error or reuseport.error, reuseport.reuseport)
+    if _privileged_read is None:  # confined (privsep): bpf(2) is the helper's; not listed then
+        reuseport = read_reuseport()
+        found = SkLookup(found.programs, found.error or reuseport.error, reuseport.reuseport)
     with _lock:
         _cache[ino] = (t, found)
     return found

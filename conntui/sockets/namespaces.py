@@ -24,6 +24,7 @@ descriptor keeps the namespace itself readable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -58,6 +59,16 @@ class NamespaceInfo:
     pid: int = 0  # a process in it (the first found), 0 if none
 
 
+# Set by conntui.privsep once capabilities are gone (another process's ns/net may then not
+# be read): pid → network namespace inode, for every process, from the helper
+_privileged_netns_list: Callable[[], dict[int, int]] | None = None
+
+
+def set_privileged_netns_list(read: Callable[[], dict[int, int]] | None) -> None:
+    global _privileged_netns_list
+    _privileged_netns_list = read
+
+
 def _ns_inode(path: str) -> int:
     try:
         return os.stat(path).st_ino
@@ -82,13 +93,22 @@ def discover_namespaces(
             ino = _ns_inode(path)
             if ino and ino not in found:
                 found[ino] = NamespaceInfo(ino, path, name=name)
-    try:
-        pids = [int(p) for p in os.listdir(proc_root) if p.isdigit()]
-    except OSError:
-        pids = []
+    privileged = _privileged_netns_list if proc_root == "/proc" else None
+    inodes: dict[int, int] | None = None
+    if privileged is not None:
+        try:
+            inodes = privileged()
+        except OSError:
+            inodes = {}
+        pids = list(inodes)
+    else:
+        try:
+            pids = [int(p) for p in os.listdir(proc_root) if p.isdigit()]
+        except OSError:
+            pids = []
     for pid in sorted(pids):
         path = f"{proc_root}/{pid}/ns/net"
-        ino = _ns_inode(path)
+        ino = inodes[pid] if inodes is not None else _ns_inode(path)
         if not ino:
             continue
         known = found.get(ino)
@@ -170,7 +190,14 @@ class NamespaceTables:
             src = others.get(ino)
             try:
                 if src is None:
-                    src = others[ino] = self._make(info)
+                    src = self._make(info)
+                    if src.netns_inode != ino:
+                        # /proc/PID/ns/net names the namespace PID is in when opened: it
+                        # moved (`ip netns exec` joins one, then runs the program) since
+                        # discovery, so this source reads another namespace
+                        src.close()
+                        raise OSError(errno.EAGAIN, f"pid {info.pid} left the namespace before it was opened")
+                    others[ino] = src
                 # Every namespace's addresses (cheap: one rtnetlink dump) say where segments
                 # go; its sockets are dumped only while segments go there (a sock_diag dump
                 # walks the kernel's hash tables, which all namespaces share).

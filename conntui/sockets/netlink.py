@@ -91,8 +91,46 @@ def run_in_netns(netns_path: str | None, fn: Callable[[], T]) -> T:
     return result[0]
 
 
+# Set by conntui.privsep once capabilities are gone: opens what needs them (a socket in
+# another namespace, a conntrack socket) through the privileged helper.
+_privileged_opener: Callable[[int, str | None], socket.socket | None] | None = None
+
+
+def set_privileged_opener(opener: Callable[[int, str | None], socket.socket | None] | None) -> None:
+    """Route :func:`open_netlink` through ``opener`` (it returns None for what conntui may
+    open itself); None: open everything here."""
+    global _privileged_opener
+    _privileged_opener = opener
+
+
+# Set by conntui.privsep: opens a namespace file this process may not (another process's
+# /proc/PID/ns/net, once capabilities are gone)
+_privileged_netns_opener: Callable[[str], int] | None = None
+
+
+def set_privileged_netns_opener(opener: Callable[[str], int] | None) -> None:
+    global _privileged_netns_opener
+    _privileged_netns_opener = opener
+
+
+def open_netns(netns_path: str) -> int:
+    """A descriptor of the namespace file at ``netns_path`` (O_RDONLY, close-on-exec)."""
+    try:
+        return os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        opener = _privileged_netns_opener
+        if opener is None:
+            raise
+        return opener(netns_path)
+
+
 def open_netlink(protocol: int, netns_path: str | None = None) -> socket.socket:
     """A bound netlink socket of ``protocol``, optionally inside another network namespace."""
+    opener = _privileged_opener
+    if opener is not None:
+        sock = opener(protocol, netns_path)
+        if sock is not None:
+            return sock
 
     def make() -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)

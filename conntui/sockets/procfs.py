@@ -217,6 +217,71 @@ def _socket_inode(target: str) -> int:
     return 0
 
 
+class FdDir:
+    """One process's ``/proc/PID/fd``, open: its fd names, and the socket behind each."""
+
+    __slots__ = ("dfd",)
+    batch = 1  # links worth reading per call (a round trip through the helper reads many)
+
+    def __init__(self, proc_root: str, pid: int) -> None:
+        self.dfd = os.open(f"{proc_root}/{pid}/fd", _DIR_FLAGS)
+
+    def names(self) -> list[str]:
+        return os.listdir(self.dfd)
+
+    def inode(self, name: str) -> int:
+        """The socket inode ``name`` links to (0: not a socket); OSError when closed."""
+        return _socket_inode(os.readlink(name, dir_fd=self.dfd))
+
+    def inodes(self, names: Sequence[str]) -> list[int | None]:
+        """:meth:`inode` of each name, None for those closed meanwhile."""
+        readlink, dfd = os.readlink, self.dfd
+        out: list[int | None] = []
+        for name in names:
+            try:
+                out.append(_socket_inode(readlink(name, dir_fd=dfd)))
+            except OSError:
+                out.append(None)
+        return out
+
+    def prefetch(self, fds: Iterable[int]) -> None:
+        """Read these links now, in one go, where that is cheaper than one at a time
+        (through the helper); :meth:`inode` then answers from what was read."""
+
+    def close(self) -> None:
+        os.close(self.dfd)
+
+
+class FdReader:
+    """How ``/proc/PID/fd`` is read: directly here; through the privileged helper once
+    conntui has dropped its capabilities (``conntui.privsep``: :func:`set_fd_reader`)."""
+
+    def open(self, proc_root: str, pid: int) -> FdDir:
+        """OSError (PermissionError: may not be read) as ``open(2)`` says."""
+        return FdDir(proc_root, pid)
+
+    def link_inode(self, proc_root: str, pid: int, fd: int) -> int:
+        return _socket_inode(os.readlink(f"{proc_root}/{pid}/fd/{fd}"))
+
+    def check(self, proc_root: str, pid: int) -> None:
+        """Returns when ``/proc/PID/fd`` can be read; PermissionError when it may not."""
+        os.close(os.open(f"{proc_root}/{pid}/fd", _DIR_FLAGS))
+
+    def prefetch_listings(self, proc_root: str, pids: Sequence[int]) -> None:
+        """A scan is about to list these processes' fds: list them all now where that is
+        cheaper in one go (through the helper); the next :meth:`open` of each uses it."""
+
+
+_DIRECT = FdReader()
+_reader = _DIRECT
+
+
+def set_fd_reader(reader: FdReader | None) -> None:
+    """Read every ``/proc/PID/fd`` through ``reader`` from now on (None: directly)."""
+    global _reader
+    _reader = reader if reader is not None else _DIRECT
+
+
 def read_fds(
     proc_root: str,
     pid: int,
@@ -271,33 +336,28 @@ def _list_fds(
     listing) makes the common "same names" case one list comparison; ``gone`` (a superset
     of the sockets closed since, small) spares checking every socket against ``alive``."""
     try:
-        dfd = os.open(f"{proc_root}/{pid}/fd", _DIR_FLAGS)
+        fdir = _reader.open(proc_root, pid)
     except PermissionError:
         return _DENIED
     except OSError:
         return None
     try:
         try:
-            names = os.listdir(dfd)
+            names = fdir.names()
         except OSError:
             return None
-        readlink = os.readlink
         removed: list[tuple[str, int]] = []
         added: list[tuple[str, int]] = []
         reads = 0
         vanished = False  # a listed fd closed before its link was read
         if previous is None or alive is None:
             out: dict[str, int] = {}
-            prefix = _SOCKET_PREFIX
-            for name in names:
-                try:
-                    target = readlink(name, dir_fd=dfd)
-                except OSError:
+            for name, got in zip(names, fdir.inodes(names), strict=True):
+                if got is None:
                     vanished = True
                     continue
                 reads += 1
-                # _socket_inode, inlined: every link of every process on a full scan
-                inode = out[name] = _socket_inode(target) if target.startswith(prefix) else 0
+                inode = out[name] = got
                 if inode:
                     added.append((name, inode))
             return _Listing(out, [n for n in names if n in out] if vanished else names, reads, removed, added)
@@ -323,11 +383,9 @@ def _list_fds(
             to_read += name_set - previous.keys()
         if dead:
             to_read += [n for n, i in previous.items() if i in dead and n in name_set]
-        for name in to_read:
+        for name, got in zip(to_read, fdir.inodes(to_read), strict=True):
             old = out.get(name)
-            try:
-                target = readlink(name, dir_fd=dfd)
-            except OSError:  # closed meanwhile
+            if got is None:  # closed meanwhile
                 vanished = True
                 if old is not None:
                     del out[name]
@@ -335,7 +393,7 @@ def _list_fds(
                         removed.append((name, old))
                 continue
             reads += 1
-            inode = _socket_inode(target)
+            inode = got
             if inode != old:
                 if old:
                     removed.append((name, old))
@@ -344,7 +402,7 @@ def _list_fds(
             out[name] = inode
         return _Listing(out, [n for n in names if n in out] if vanished else names, reads, removed, added)
     finally:
-        os.close(dfd)
+        fdir.close()
 
 
 def _owner(proc_root: str, pid: int) -> int:
@@ -495,7 +553,7 @@ class HolderScanner:
             if _owner(self.proc_root, pid) != uid:
                 continue
             try:
-                os.close(os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS))
+                _reader.check(self.proc_root, pid)
             except PermissionError:
                 pids.append(pid)
             except OSError:
@@ -594,7 +652,9 @@ class HolderScanner:
         removed: list[tuple[int, int, int]] = []  # (inode, pid, fd)
         added: list[tuple[int, Holder]] = []
         reads = 0
-        for pid in list_pids(root):
+        pids = list_pids(root)
+        _reader.prefetch_listings(root, pids)
+        for pid in pids:
             stat = read_stat(root, pid)
             if stat is None:
                 continue
@@ -681,21 +741,19 @@ class HolderScanner:
         if not names:
             return st, 0
         try:
-            dfd = os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS)
+            fdir = _reader.open(self.proc_root, pid)
         except OSError:
             return st, 0
         fds = st.fds
         changes: dict[str, int | None] = {}
         try:
-            for name in names:
-                try:
-                    inode: int | None = _socket_inode(os.readlink(name, dir_fd=dfd))
-                except OSError:
-                    inode = None  # closed since the listing
+            for name, inode in zip(names, fdir.inodes(names), strict=True):  # None: closed since the listing
                 if inode != fds.get(name):
                     changes[name] = inode
+        except OSError:
+            return st, 0
         finally:
-            os.close(dfd)
+            fdir.close()
         if not changes:
             return st, len(names)
         fds = dict(fds)
@@ -986,7 +1044,7 @@ class HolderScanner:
         """Whether ``pid``'s ``fd`` is, right now, the socket ``inode`` (one link read)."""
         f.reads += 1
         try:
-            return _socket_inode(os.readlink(f"{self.proc_root}/{pid}/fd/{fd}")) == inode
+            return _reader.link_inode(self.proc_root, pid, fd) == inode
         except OSError:
             return False
 
@@ -1007,14 +1065,20 @@ class HolderScanner:
         opened = self._opened.get(pid, {})
         freed = self._freed.get(pid, ())
         try:
-            dfd = os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS)
+            fdir = _reader.open(self.proc_root, pid)
         except OSError:
             return
         hits: list[tuple[int, int]] = []
         left = set(f.missing)
         reads = 0
+        if fdir.batch > 1:  # the likely numbers in one round trip, not one each
+            likely = itertools.chain(
+                sorted(freed), st.free[:_PROBE_MAX], range(st.top, st.top + _PROBE_GAP + len(left))
+            )
+            fdir.prefetch(
+                list(itertools.islice((n for n in likely if n not in opened or n in freed), _PROBE_MAX))
+            )
         try:
-            readlink = os.readlink
             regions: tuple[tuple[Iterable[int], int], ...] = (
                 (sorted(freed), len(freed)),
                 (st.free, _PROBE_GAP),
@@ -1029,7 +1093,7 @@ class HolderScanner:
                         return
                     reads += 1
                     try:
-                        inode = _socket_inode(readlink(str(fd), dir_fd=dfd))
+                        inode = fdir.inode(str(fd))
                     except OSError:
                         gap += 1
                         if gap >= patience:
@@ -1041,7 +1105,7 @@ class HolderScanner:
                         hits.append((fd, inode))
                         left.discard(inode)
         finally:
-            os.close(dfd)
+            fdir.close()
             f.reads += reads
             self._take(f, pid, hits, "probe")
 
@@ -1051,7 +1115,7 @@ class HolderScanner:
         or ``all`` (new ones first, then files, then sockets). Stops once every inode has a
         holder."""
         try:
-            dfd = os.open(f"{self.proc_root}/{pid}/fd", _DIR_FLAGS)
+            fdir = _reader.open(self.proc_root, pid)
         except OSError:
             return
         hits: list[tuple[int, int]] = []
@@ -1061,7 +1125,7 @@ class HolderScanner:
                 names = [n for n, inode in known.items() if not inode]
             else:
                 try:
-                    names = os.listdir(dfd)
+                    names = fdir.names()
                 except OSError:
                     return
                 f.listed += 1
@@ -1072,22 +1136,26 @@ class HolderScanner:
                         names.sort(key=lambda n: (n in known, known.get(n, 0) != 0, -int(n)))
             left = set(f.missing)
             wanted = f.wanted
-            for name in names:
-                f.reads += 1
-                try:
-                    inode = _socket_inode(os.readlink(name, dir_fd=dfd))
-                except OSError:
-                    continue
-                if inode in wanted:
-                    hits.append((int(name), inode))
-                    left.discard(inode)
-                    if not left:
-                        break  # every inode has a holder: stop reading links
+            step = fdir.batch
+            done = False
+            for at in range(0, len(names), step):
+                part = names[at : at + step]
+                got = fdir.inodes(part) if step > 1 else [_inode_or_none(fdir, part[0])]
+                for name, inode in zip(part, got, strict=True):
+                    f.reads += 1
+                    if inode is not None and inode in wanted:
+                        hits.append((int(name), inode))
+                        left.discard(inode)
+                        if not left:
+                            done = True  # every inode has a holder: stop reading links
+                            break
+                if done:
+                    break
             else:
                 if known is None or which == "all":
                     f.full.add(pid)
         finally:
-            os.close(dfd)
+            fdir.close()
             self._take(f, pid, hits, how)
 
     def _co_holders(self, f: _Find) -> None:
@@ -1105,6 +1173,13 @@ class HolderScanner:
                 if self._links_to(f, pid, fd, inode):
                     hits.append((fd, inode))
             self._take(f, pid, hits, f.how)
+
+
+def _inode_or_none(fdir: FdDir, name: str) -> int | None:
+    try:
+        return fdir.inode(name)
+    except OSError:
+        return None
 
 
 @dataclass(slots=True)

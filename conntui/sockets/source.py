@@ -50,6 +50,7 @@ from .. import gcpolicy
 from ..model import Endpoint, Holder, Segment, SocketEntry, SocketTable, TproxyRules, is_wildcard
 from . import bpf, tproxy
 from .diag import TCP_LISTEN, DiagSocket, RawSock, entry_from_msg, state_text, to_entry
+from .netlink import open_netns
 from .procfs import HolderScanner
 from .route import RouteInfo
 
@@ -126,7 +127,7 @@ class SocketTableSource:
         # reopen after errors. /proc/self/fd/N names the same namespace for as long as we live.
         self._netns_fd: int | None = None
         if netns_path is not None:
-            self._netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            self._netns_fd = open_netns(netns_path)
             netns_path = f"/proc/self/fd/{self._netns_fd}"
         # the namespace's identity (what ``ls -l /proc/PID/ns/net`` shows), on every entry
         self.netns_inode = _netns_inode(self._netns_fd)

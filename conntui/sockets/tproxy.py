@@ -71,8 +71,19 @@ def prefetch(netns_path: str | None = None) -> threading.Thread | None:
     return thread
 
 
+# Set by conntui.privsep once conntui may not run programs: (argv, netns_path) → stdout
+_privileged_run: Callable[[list[str], str | None], str] | None = None
+
+
+def set_privileged_run(run: Callable[[list[str], str | None], str] | None) -> None:
+    global _privileged_run
+    _privileged_run = run
+
+
 def _run(argv: list[str], netns_path: str | None) -> str:
     """``argv``'s stdout, run in the namespace (``nsenter --net``); OSError with a reason."""
+    if _privileged_run is not None:
+        return _privileged_run(argv, netns_path)
     if shutil.which(argv[0]) is None:
         raise OSError(f"{argv[0]} is not installed")
     if netns_path:

@@ -54,3 +54,15 @@ def dissect(frame: Frame) -> list[str]:
     if len(lines) > MAX_LINES:
         lines = [*lines[:MAX_LINES], f"… {len(lines) - MAX_LINES} more lines"]
     return lines
+
+
+def preload() -> None:
+    """Import what :func:`dissect` uses now: scapy's import runs ``ldconfig`` and reads the
+    routes, which conntui may no longer do once it has dropped its privileges."""
+    try:
+        import scapy.layers.inet
+        import scapy.layers.inet6
+        import scapy.layers.l2
+        import scapy.packet  # noqa: F401
+    except Exception:  # dissect() says so when a frame is opened
+        return

@@ -176,8 +176,10 @@ def conntui() -> Iterator[Any]:
     made: list[Conntui] = []
 
     def start(*args: str, ready: bool = True, env: dict[str, str] | None = None) -> Conntui:
-        c = Conntui(*args, ready=ready, env=env)
-        made.append(c)
+        c = Conntui(*args, ready=False, env=env)
+        made.append(c)  # killed at the end even when it never says it is ready
+        if ready:
+            c._wait_ready()
         return c
 
     yield start

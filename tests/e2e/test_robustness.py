@@ -124,9 +124,11 @@ class Run:
 def runs() -> Iterator[Any]:
     made: list[Run] = []
 
-    def start(*args: str, **kw: Any) -> Run:
-        r = Run(*args, **kw)
-        made.append(r)
+    def start(*args: str, ready: bool = True, **kw: Any) -> Run:
+        r = Run(*args, ready=False, **kw)
+        made.append(r)  # killed at the end even when it never says it is listening
+        if ready:
+            r.wait_for(b"listening on", 20)
         return r
 
     yield start
