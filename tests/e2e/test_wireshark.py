@@ -352,7 +352,22 @@ def test_remote_capture_through_sshdump_runs_conntui_as_the_remote_command(tmp_p
     fields = ["tcp.srcport", *SIDES, "conntui.match"]
     with private_sshd(tmp_path) as (ssh_port, key, reap):
         remote = shlex.join(
-            [sys.executable, "-m", "conntui", "-w", "-", "-i", "lo", "-p", str(port), "--duration", "120"]
+            # -P: the session starts in the user's home, which may hold a "conntui" directory
+            # (the clone, in CI's fresh root): it must not shadow the installed package
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "conntui",
+                "-w",
+                "-",
+                "-i",
+                "lo",
+                "-p",
+                str(port),
+                "--duration",
+                "120",
+            ]
         )
         prefs = {
             "remotehost": "127.0.0.1",
