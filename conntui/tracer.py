@@ -1236,6 +1236,8 @@ class SocketTracer:
                 continue
             self._dlast[key] = (n, t1, s1)
             s0 = prev_s1 or s_first.get(key, 0)
+            if abs(s1 / 1e9 - self._time(str(t1))) > 1.0:
+                s0 = s1 = 0  # not receive times (see _on_kernel): the window cannot be matched
             try:
                 reason, proto, sport, dport, st, saddr, daddr, ns = key.split(",")
                 name = _PROTOS.get(int(proto))
@@ -1267,6 +1269,10 @@ class SocketTracer:
         stamp = 0
         if kind == "D3":  # a D2 line with the skb's receive timestamp before the namespace
             stamp, f, kind = int(f[9]), [*f[:9], f[10]], "D2"
+            if abs(stamp / 1e9 - self._time(f[8])) > 1.0:
+                # not a receive time: a locally sent TCP segment keeps its departure time on
+                # CLOCK_MONOTONIC (EDT), and the packet socket then stamps it itself
+                stamp = 0
         if kind[1] == "2":  # the namespace's inode last
             kind, tl = kind[0] + "1", self.timeline_for(int(f[-1]))
             f = f[:-1]

@@ -61,12 +61,16 @@ def _wait(cond: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 
 def _confined(pid: int) -> list[dict[str, str]]:
-    """Every thread's CapEff/CapPrm/NoNewPrivs/Seccomp."""
-    return [
-        {k: st[k] for k in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")}
-        for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-        for st in [sandbox.status_fields(pid, tid)]
-    ]
+    """Every thread's CapEff/CapPrm/NoNewPrivs/Seccomp (a thread that ends while they are
+    read, such as a table refresh's short-lived helper thread, is left out)."""
+    out = []
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        try:
+            st = sandbox.status_fields(pid, tid)
+        except FileNotFoundError:
+            continue
+        out.append({k: st[k] for k in ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")})
+    return out
 
 
 def _assert_confined(pid: int) -> None:

@@ -340,3 +340,14 @@ def test_a_count_read_before_its_windows_last_drop_is_settled_with_the_next_wind
     _tick(tracer, 24, 6_000_000_000, 6_002_400_000, 106_000_000_000, 106_002_400_000)
     got = judge(_dgram(106.0021), udp, tracer.timeline, holder_at, table(), None, rows_in)
     assert got.kernel is not None and got.kernel.verdict == "unknown"
+
+
+def test_a_drop_stamped_on_another_clock_is_joined_by_time():
+    """A locally sent TCP segment keeps its departure time on CLOCK_MONOTONIC (EDT) in the
+    skb: that is no receive time, so the drop is joined by time, not by stamp."""
+    tracer = _flood_tracer()
+    line = f"D3 3 6 {CPORT} 9 7 -1 {C} {S} 5000000000 2017236603876 4026531840"
+    tracer.feed_line(json.dumps({"type": "printf", "data": line}))
+    syn = Segment(105.0, "lo", "tcp", 4, C, CPORT, S, 9, "S", 0, 7)
+    got = judge(syn, Attribution(Match.NONE), tracer.timeline, holder_at, table())
+    assert got.kernel is not None and got.kernel.verdict == "dropped"
