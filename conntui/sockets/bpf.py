@@ -26,7 +26,7 @@ import platform
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..model import SkLookup
 
@@ -81,18 +81,24 @@ def _prog_name(prog_id: int) -> str:
     return got[1] if got is not None else ""
 
 
+def _ids(next_cmd: int) -> Iterator[int]:
+    """Every id ``BPF_PROG_GET_NEXT_ID`` / ``BPF_LINK_GET_NEXT_ID`` walks to (ENOENT ends it)."""
+    cur = 0
+    for _ in range(100000):
+        attr = ctypes.create_string_buffer(struct.pack("=I", cur), 128)
+        try:
+            _bpf(next_cmd, attr)
+        except FileNotFoundError:  # ENOENT: no more
+            return
+        cur = struct.unpack_from("=I", attr.raw, 4)[0]
+        yield cur
+
+
 def read_reuseport() -> SkLookup:
     """The ``sk_reuseport`` programs loaded on the host (``reuseport``), as "program id N 'name'"."""
     progs: list[str] = []
-    prog_id = 0
     try:
-        for _ in range(100000):
-            attr = ctypes.create_string_buffer(struct.pack("=I", prog_id), 128)
-            try:
-                _bpf(BPF_PROG_GET_NEXT_ID, attr)
-            except FileNotFoundError:  # ENOENT: no more programs
-                break
-            prog_id = struct.unpack_from("=I", attr.raw, 4)[0]
+        for prog_id in _ids(BPF_PROG_GET_NEXT_ID):
             got = _prog_info(prog_id)
             if got is not None and got[0] == BPF_PROG_TYPE_SK_REUSEPORT:
                 progs.append(f"sk_reuseport program id {prog_id}{f' {got[1]!r}' if got[1] else ''}")
@@ -115,15 +121,8 @@ def read_sk_lookup(netns_ino: int) -> SkLookup:
     if _privileged_read is not None:
         return _privileged_read(netns_ino)
     progs: list[str] = []
-    link_id = 0
     try:
-        for _ in range(100000):
-            attr = ctypes.create_string_buffer(struct.pack("=I", link_id), 128)
-            try:
-                _bpf(BPF_LINK_GET_NEXT_ID, attr)
-            except FileNotFoundError:  # ENOENT: no more links
-                break
-            link_id = struct.unpack_from("=I", attr.raw, 4)[0]
+        for link_id in _ids(BPF_LINK_GET_NEXT_ID):
             try:
                 fd = _bpf(BPF_LINK_GET_FD_BY_ID, ctypes.create_string_buffer(struct.pack("=I", link_id), 128))
             except OSError:
