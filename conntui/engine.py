@@ -264,7 +264,7 @@ class Engine:
         rows leave); -1 when the capture has lost packets since before the window."""
         last = self._ring_drops[-1]
         lost = self._sample_ring_drops() if time.time() - last[0] > 0.05 else last[1]
-        before = next((n for t, n in reversed(self._ring_drops) if t <= batch.t0 - 0.01), None)
+        before = next((n for t, n in reversed(self._ring_drops) if t <= min(lo, batch.t0) - 0.01), None)
         if before is None or lost > before:
             return -1
         flow = (batch.proto, unmap(batch.src), batch.sport, unmap(batch.dst), batch.dport)
