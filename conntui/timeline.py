@@ -363,7 +363,7 @@ class Timeline:
         segment's sequence number. ``exact``: the segment was captured as it arrived, in the
         namespace that dropped it, so a drop stamped with a receive timestamp is its own only
         if the stamps are equal (a copy captured on another device carries another stamp, and
-        is joined by time)."""
+        is joined by time; a TCP drop also by its sequence number)."""
         fkey = (proto, unmap(src), sport, unmap(dst), dport)
         found: dict[str, KernelEvent] = {}
         with self._lock:
@@ -384,8 +384,12 @@ class Timeline:
                     continue
                 if ev.kind == "drop" and seq >= 0 and ev.seq >= 0 and ev.seq != seq:
                     continue
-                if ev.kind == "drop" and ev.stamp and exact:
-                    continue  # another segment's: it names its own exactly
+                if ev.kind == "drop" and ev.stamp and exact and not (seq >= 0 and ev.seq == seq):
+                    # another segment's: it names its own exactly. A TCP drop with this
+                    # sequence number is this segment's all the same: a locally sent segment
+                    # is stamped when IP delivers it, microseconds after the capture's stamp
+                    # (the kernel replaces its departure time then; measured on loopback)
+                    continue
                 found[ev.kind] = ev
                 q.remove(ev)
         return found
