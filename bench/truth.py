@@ -25,7 +25,7 @@ and ``tcpdump -i lo -w`` capture at the same time. Reported per kind and overall
 * flows right (both sides) against the issue's goals; the kernel's counters before/after.
 
     sudo .venv/bin/python bench/truth.py                 # 200 flows/s for 20 s
-    sudo .venv/bin/python bench/truth.py --smoke --allow-false
+    sudo .venv/bin/python bench/truth.py --smoke
     sudo .venv/bin/python bench/truth.py --json          # one JSON summary on stdout
 
 ``--smoke`` (about 5 s, 40 flows/s) exits 1 with one line when a tool did not start, conntui
