@@ -20,6 +20,7 @@ ratio conntui/tcpdump.
     sudo python bench/capture.py --rates 300000 500000 --seconds 3
     sudo python bench/capture.py --smoke        # one 5k pkt/s second (CI)
     sudo python bench/capture.py --pure         # also the pure-Python path (CONNTUI_PURE=1)
+    sudo python bench/capture.py --no-trace-too # also conntui --no-trace (the tracer's cost)
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def start_tool(
         time.sleep(0.5)  # the first socket-table refresh
         return tui
     env = env_with_repo()
-    if tool in ("conntui", "conntui-py"):
+    if tool in ("conntui", "conntui-py", "conntui-notrace"):
+        if tool == "conntui-notrace":  # the same without the kernel tracer (bpftrace)
+            extra = [*extra, "--no-trace"]
         cmd = conntui_cmd("--headless", "-q", "-i", "lo", "-p", str(port), "-w", str(out), *extra)
         ready = "listening on"
         if tool == "conntui-py":  # the pure-Python path, without the C accelerator
@@ -262,7 +265,7 @@ def report(results: list[Result]) -> str:
     for r in results:
         by_rate.setdefault(r.rate, {})[r.tool] = r
     for rate, tools in by_rate.items():
-        for tool in ("conntui", "conntui-tui", "conntui-py", "tcpdump"):
+        for tool in ("conntui", "conntui-notrace", "conntui-tui", "conntui-py", "tcpdump"):
             r = tools.get(tool)
             if r is None:
                 continue
@@ -328,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--pure", action="store_true", help="also conntui headless on its pure-Python path (CONNTUI_PURE=1)"
     )
+    ap.add_argument(
+        "--no-trace-too",
+        action="store_true",
+        help="also conntui headless with --no-trace (the tracer's cost, on the same traffic)",
+    )
     ap.add_argument("--python-gen", action="store_true", help="use the Python generator even if gcc works")
     args = ap.parse_args(argv)
     require_root()
@@ -342,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_tui:
         print("   conntui-tui: skipped (needs tmux)")
     tools += ["conntui-py"] if args.pure else []
+    tools += ["conntui-notrace"] if args.no_trace_too else []
     tools += [] if args.no_tcpdump or not have("tcpdump") else ["tcpdump"]
     banner("capture: conntui --headless -q -i lo -p PORT -w x.pcapng vs tcpdump -w (16-byte UDP on lo)")
     gen = "C sendmmsg" if _gen.build_c() else "Python"

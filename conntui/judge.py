@@ -329,19 +329,27 @@ def _counted_some(att: Attribution, batch: DropBatch) -> Attribution:
     """A row in a window where the kernel counted drops of its flow but not which: fewer than
     conntui captured segments there (some were delivered), or the window or the capture is
     not exact (no receive timestamps, packets the capture lost)."""
+    last = batch.note
+    if last is not None and last[0] is att and last[1] == batch.captured:
+        return last[2]  # a flood's rows share their flow's attribution: the same answer
+    verdict = KernelVerdict("unknown", _COUNTED, batch.reason, batch.state)
+    got = replace(att, kernel=verdict, agrees=None, notes=(*att.notes, _counted_note(batch)))
+    batch.note = (att, batch.captured, got)
+    return got
+
+
+def _counted_note(batch: DropBatch) -> str:
     if batch.captured is None or batch.captured < 0:
         why = "the capture lost packets then, so its segments cannot be matched to the count"
     elif not batch.s1:
         why = "the packets carried no receive timestamp to match them by"
     else:
         why = f"conntui captured {batch.captured} segments of it then, some were delivered"
-    note = (
+    return (
         f"the kernel dropped {batch.count} segments of this flow from {_clock(batch.t0)} to "
         f"{_clock(batch.t1)} ({batch.reason}; counted in the kernel, too many to report one by one); "
         f"{why}: whether it dropped this one is not known"
     )
-    verdict = KernelVerdict("unknown", _COUNTED, batch.reason, batch.state)
-    return replace(att, kernel=verdict, agrees=None, notes=(*att.notes, note))
 
 
 def _clock(t: float) -> str:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .model import TCP_STATES, unmap
+from .model import TCP_STATES, Attribution, unmap
 
 TupleKey = tuple[str, int, str, int]  # (local addr, local port, remote addr, remote port), unmapped
 
@@ -139,6 +140,9 @@ class DropBatch:
     accounted: bool | None = None
     # the last window read when this one was last tried
     tried: DropBatch | None = field(default=None, repr=False, compare=False)
+    # the last row judged unknown in this window: its attribution as asked, the ``captured``
+    # it was judged with, and the answer (a flood's rows share their flow's attribution)
+    note: tuple[Attribution, int | None, Attribution] | None = field(default=None, repr=False, compare=False)
 
     def covers(self, ts: float) -> bool:
         if self.s1:
@@ -148,6 +152,93 @@ class DropBatch:
 
 def _key(laddr: str, lport: int, raddr: str, rport: int) -> TupleKey:
     return (unmap(laddr), lport, unmap(raddr), rport)
+
+
+FlowKey = tuple[str, str, int, str, int]  # (proto, src, sport, dst, dport), addresses unmapped
+FLOW_EVENTS_MAX = 8192  # events kept per flow (a flood's drops wait for their rows)
+_BUCKETS = 1e6 / 4  # stamped drops are indexed by their stamp in 4 us buckets (> 2 * STAMP_TOL)
+
+
+class _FlowEvents:
+    """One flow's kernel events not yet joined to a segment, sorted by time, with the drops
+    that carry a receive timestamp apart and indexed by it (in buckets of 4 microseconds): a flood's
+    rows find their own drop, or learn there is none, without a scan (a scan of thousands of
+    waiting drops per row once cost 80 us a packet). Joined events stay until pruned, marked
+    taken. Not thread-safe: the timeline's lock guards it."""
+
+    __slots__ = ("by_stamp", "open_drops", "plain", "plain_t", "stamped", "stamped_t", "stamps", "taken")
+
+    def __init__(self) -> None:
+        self.plain: list[KernelEvent] = []  # every event but the stamped drops, by time
+        self.plain_t: list[float] = []
+        self.stamped: list[KernelEvent] = []  # drops with a receive timestamp, by time
+        self.stamped_t: list[float] = []
+        self.by_stamp: dict[int, list[KernelEvent]] = {}  # stamped drops by their stamp (us)
+        self.stamps: list[float] = []  # every reported drop's stamp, sorted, kept after its join
+        self.taken: set[int] = set()  # id() of the events joined to a segment
+        self.open_drops = 0  # drops not yet joined
+
+    def add(self, ev: KernelEvent) -> None:
+        stamped = ev.kind == "drop" and bool(ev.stamp)
+        evs, times = (self.stamped, self.stamped_t) if stamped else (self.plain, self.plain_t)
+        i = bisect_right(times, ev.t)
+        evs.insert(i, ev)
+        times.insert(i, ev.t)
+        if ev.kind == "drop":
+            self.open_drops += 1
+        if stamped:
+            self.by_stamp.setdefault(int(ev.stamp * _BUCKETS), []).append(ev)
+            insort(self.stamps, ev.stamp)
+            if len(self.stamps) > FLOW_EVENTS_MAX + 1024:
+                del self.stamps[:1024]
+        if len(evs) > FLOW_EVENTS_MAX + 1024:
+            self._prune(evs, times, 1024)
+
+    def _prune(self, evs: list[KernelEvent], times: list[float], n: int) -> None:
+        for ev in evs[:n]:
+            if id(ev) in self.taken:
+                self.taken.discard(id(ev))
+            elif ev.kind == "drop":
+                self.open_drops -= 1
+            if ev.kind == "drop" and ev.stamp:
+                key = int(ev.stamp * _BUCKETS)
+                same = [e for e in self.by_stamp.get(key, ()) if e is not ev]
+                if same:
+                    self.by_stamp[key] = same
+                else:
+                    self.by_stamp.pop(key, None)
+        del evs[:n]
+        del times[:n]
+
+    def take(self, ev: KernelEvent) -> None:
+        self.taken.add(id(ev))
+        if ev.kind == "drop":
+            self.open_drops -= 1
+
+    def own_drop(self, ts: float) -> KernelEvent | None:
+        """The drop not yet joined whose receive timestamp is ``ts`` (within STAMP_TOL)."""
+        if not self.by_stamp:
+            return None
+        best: KernelEvent | None = None
+        lo, hi = int((ts - STAMP_TOL) * _BUCKETS), int((ts + STAMP_TOL) * _BUCKETS)
+        for key in (lo,) if lo == hi else (lo, hi):
+            for ev in self.by_stamp.get(key, ()):
+                off = abs(ev.stamp - ts)
+                closer = best is None or off < abs(best.stamp - ts)
+                if closer and off <= STAMP_TOL and id(ev) not in self.taken:
+                    best = ev
+        return best
+
+    def window(self, lo: float, hi: float, stamped: bool) -> list[KernelEvent]:
+        """The events not yet joined with a time in [lo, hi], by time (``stamped``: the stamped
+        drops; else the others)."""
+        evs, times = (self.stamped, self.stamped_t) if stamped else (self.plain, self.plain_t)
+        i, j = bisect_left(times, lo), bisect_right(times, hi)
+        taken = self.taken
+        return [ev for ev in evs[i:j] if id(ev) not in taken]
+
+    def stamps_between(self, s0: float, s1: float) -> int:
+        return bisect_right(self.stamps, s1) - bisect_left(self.stamps, s0)
 
 
 class Timeline:
@@ -170,10 +261,8 @@ class Timeline:
         self._states: OrderedDict[TupleKey, tuple[StateChange, ...]] = OrderedDict()
         self._resets_in: dict[int, float] = {}  # sk → when it last received a RST
         self._unbound: dict[int, StateChange] = {}  # sk → its SYN_SENT birth, before it had a port
-        self._events: OrderedDict[tuple[str, str, int, str, int], deque[KernelEvent]] = OrderedDict()
-        self._batches: OrderedDict[tuple[str, str, int, str, int], deque[DropBatch]] = OrderedDict()
-        # receive timestamps of the drops reported one by one, kept after their join
-        self._stamps: OrderedDict[tuple[str, str, int, str, int], deque[float]] = OrderedDict()
+        self._events: OrderedDict[FlowKey, _FlowEvents] = OrderedDict()
+        self._batches: OrderedDict[FlowKey, deque[DropBatch]] = OrderedDict()
         self.counts: dict[str, int] = {"states": 0, "drop": 0, "reset": 0, "synack": 0}
 
     # -- feeding (the tracer's reader thread) ------------------------------------------------
@@ -222,20 +311,14 @@ class Timeline:
     def on_event(self, ev: KernelEvent) -> None:
         fkey = (ev.proto, unmap(ev.src), ev.sport, unmap(ev.dst), ev.dport)
         with self._lock:
-            q = self._events.pop(fkey, None)
-            if q is None:
-                q = deque(maxlen=8192)  # a flood's drops wait for their rows (judged every ~0.1 s)
-            q.append(ev)
-            self._events[fkey] = q
+            fe = self._events.pop(fkey, None)
+            if fe is None:
+                fe = _FlowEvents()
+            fe.add(ev)
+            self._events[fkey] = fe
             self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
             while len(self._events) > self.max_keys:
                 self._events.popitem(last=False)
-            if ev.kind == "drop" and ev.stamp:
-                stamps = self._stamps.pop(fkey, None) or deque(maxlen=8192)
-                stamps.append(ev.stamp)
-                self._stamps[fkey] = stamps
-                while len(self._stamps) > self.max_keys:
-                    self._stamps.popitem(last=False)
 
     def on_drop_batch(self, batch: DropBatch) -> None:
         fkey = (batch.proto, unmap(batch.src), batch.sport, unmap(batch.dst), batch.dport)
@@ -256,8 +339,8 @@ class Timeline:
     ) -> int:
         """How many drops of this flow reported one by one had a receive timestamp in [s0, s1]."""
         with self._lock:
-            q = self._stamps.get((proto, unmap(src), sport, unmap(dst), dport))
-            return sum(1 for s in q if s0 <= s <= s1) if q else 0
+            fe = self._events.get((proto, unmap(src), sport, unmap(dst), dport))
+            return fe.stamps_between(s0, s1) if fe is not None else 0
 
     def batch_for(
         self, proto: str, src: str, sport: int, dst: str, dport: int, ts: float
@@ -267,7 +350,15 @@ class Timeline:
             q = self._batches.get((proto, unmap(src), sport, unmap(dst), dport))
             if not q:
                 return None
-            return next((b for b in q if b.covers(ts)), None)
+            # rows ask about recent windows: from the newest back, the earliest that holds
+            # ``ts`` (adjacent windows share a boundary), stopping a second before ``ts``
+            found = None
+            for b in reversed(q):
+                if b.covers(ts):
+                    found = b
+                elif found is not None or (b.s1 or b.t1) < ts - 1.0:
+                    break
+            return found
 
     def _expire(self, now: float) -> None:
         states = self._states
@@ -367,38 +458,40 @@ class Timeline:
         fkey = (proto, unmap(src), sport, unmap(dst), dport)
         found: dict[str, KernelEvent] = {}
         with self._lock:
-            q = self._events.get(fkey)
-            if not q:
+            fe = self._events.get(fkey)
+            if fe is None:
                 return found
             # a drop whose receive timestamp is this segment's is its own, whatever the order
-            own = next(
-                (ev for ev in q if ev.kind == "drop" and ev.stamp and abs(ev.stamp - ts) <= STAMP_TOL), None
-            )
+            own = fe.own_drop(ts)
             if own is not None:
                 found["drop"] = own
-                q.remove(own)
-            for ev in list(q):
+                fe.take(own)
+            lo, hi = ts - JOIN_BEFORE, ts + JOIN_AFTER
+            # the stamped drops of the window: another segment's when this segment's stamp is
+            # exact (it names its own). A TCP drop with this sequence number is this segment's
+            # all the same: a locally sent segment is stamped when IP delivers it,
+            # microseconds after the capture's stamp (the kernel replaces its departure time
+            # then; measured on loopback)
+            stamped = [] if exact and seq < 0 else fe.window(lo, hi, True)
+            if exact:
+                stamped = [ev for ev in stamped if ev.seq == seq]
+            candidates = fe.window(lo, hi, False)
+            if stamped:
+                candidates = sorted((*candidates, *stamped), key=lambda e: e.t)
+            for ev in candidates:
                 if ev.kind in found or ev.kind == "synack":
-                    continue
-                if not (ts - JOIN_BEFORE <= ev.t <= ts + JOIN_AFTER):
                     continue
                 if ev.kind == "drop" and seq >= 0 and ev.seq >= 0 and ev.seq != seq:
                     continue
-                if ev.kind == "drop" and ev.stamp and exact and not (seq >= 0 and ev.seq == seq):
-                    # another segment's: it names its own exactly. A TCP drop with this
-                    # sequence number is this segment's all the same: a locally sent segment
-                    # is stamped when IP delivers it, microseconds after the capture's stamp
-                    # (the kernel replaces its departure time then; measured on loopback)
-                    continue
                 found[ev.kind] = ev
-                q.remove(ev)
+                fe.take(ev)
         return found
 
     def drop_flows(self) -> set[tuple[str, str, int, str, int]]:
         """The flows (proto, src, sport, dst, dport) with drops not yet joined to a segment:
         the engine looks for their rows among those the fast path made."""
         with self._lock:
-            flows = {k for k, q in self._events.items() if any(e.kind == "drop" for e in q)}
+            flows = {k for k, fe in self._events.items() if fe.open_drops > 0}
             recent = time.time() - BATCH_RECENT
             return flows | {k for k, q in self._batches.items() if q and q[-1].t1 >= recent}
 
@@ -406,8 +499,10 @@ class Timeline:
         """How many SYN-ACK retransmissions the kernel reported on this flow up to ``ts``."""
         fkey = ("tcp", unmap(src), sport, unmap(dst), dport)
         with self._lock:
-            q = self._events.get(fkey)
-            return sum(1 for e in q if e.kind == "synack" and e.t <= ts + JOIN_BEFORE) if q else 0
+            fe = self._events.get(fkey)
+            if fe is None:
+                return 0
+            return sum(1 for e in fe.plain if e.kind == "synack" and e.t <= ts + JOIN_BEFORE)
 
 
 # close() and shutdown() both enter these (the socket is orphaned only after): whether the

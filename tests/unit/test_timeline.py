@@ -370,3 +370,30 @@ def test_a_tcp_drop_stamped_after_the_capture_is_joined_by_its_sequence_number()
     other = Segment(105.0, "lo", "tcp", 4, C, CPORT, S, 9, "S", 0, 9)
     got = judge(other, Attribution(Match.NONE), tracer.timeline, holder_at, table())
     assert got.kernel is None or got.kernel.verdict != "dropped"
+
+
+def _udp_drop(t: float, stamp: float) -> KernelEvent:
+    return KernelEvent("drop", t, "udp", C, CPORT, S, 9, reason="SOCKET_RCVBUFF", stamp=stamp)
+
+
+def test_a_flood_of_waiting_drops_is_pruned_and_each_joins_its_own_stamp():
+    """Past the per-flow bound the oldest waiting drops go; the flow stops being one with
+    drops once every drop still kept is joined; each row gets the drop stamped closest to it
+    (also across the index's bucket boundaries)."""
+    from conntui.timeline import FLOW_EVENTS_MAX
+
+    tl = Timeline()
+    n = FLOW_EVENTS_MAX + 2000
+    for i in range(n):
+        tl.on_event(_udp_drop(100.0 + i * 1e-5, 100.0 + i * 1e-5))
+    flow = ("udp", C, CPORT, S, 9)
+    assert flow in tl.drop_flows()
+    stamps = [100.0 + i * 1e-5 for i in range(n)]
+    # a stamp 1.5 us off its drop, the next drop 10 us away: the closer one is taken
+    joined = [s for s in stamps if tl.events_for("udp", C, CPORT, S, 9, s + 1.5e-6, exact=True)]
+    assert FLOW_EVENTS_MAX <= len(joined) < n and joined == stamps[-len(joined) :]  # the oldest went
+    assert flow not in tl.drop_flows()
+    # a row with no drop of its own stamped gets none (exact); a joined drop serves only once
+    assert tl.events_for("udp", C, CPORT, S, 9, stamps[-1], exact=True) == {}
+    # every stamp reported and kept still counts in drops_between (kept after its join)
+    assert tl.drops_between("udp", C, CPORT, S, 9, joined[0], joined[-1]) == len(joined)
