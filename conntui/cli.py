@@ -159,12 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--privsep",
         dest="privsep",
         action="store_true",
-        help="live capture: once set up, the process that parses packets drops every privilege "
-        "(no capabilities, no_new_privs, seccomp, Landlock) and a small helper process keeps what "
-        "the socket table needs (SECURITY.md)",
+        help="live capture (the default): once set up, the process that parses packets drops every "
+        "privilege (no capabilities, no_new_privs, seccomp, Landlock) and a small helper process "
+        "keeps what the socket table needs (SECURITY.md)",
     )
-    privsep.add_argument("--no-privsep", dest="privsep", action="store_false", help="the default (for now)")
-    p.set_defaults(privsep=False)
+    privsep.add_argument(
+        "--no-privsep",
+        dest="privsep",
+        action="store_false",
+        help="keep root's privileges in the one conntui process (as before privilege separation)",
+    )
+    p.set_defaults(privsep=True)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__} ({fastpath.status()})")
     p.add_argument("--lab-note", default="", help=argparse.SUPPRESS)  # conntui lab: what to watch
     p.add_argument("expression", nargs="*", help="a BPF filter in tcpdump syntax (needs libpcap)")

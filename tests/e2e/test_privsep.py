@@ -177,8 +177,17 @@ def test_without_the_hook_nothing_is_probed(conntui: Any) -> None:
     assert code == 0 and "conntui-probe" not in err, err
 
 
-def test_without_privsep_conntui_keeps_its_privileges(conntui: Any) -> None:
+def test_by_default_a_live_capture_is_confined(conntui: Any) -> None:
     c = conntui("--headless", "-i", "lo", "-p", str(free_port()))
+    _wait(lambda: sandbox.status_fields(c.proc.pid)["Seccomp"] == "2", 15)
+    _assert_confined(c.proc.pid)
+    _helper_of(c.proc.pid)
+    _, err, code = c.stop()
+    assert code == 0, err
+
+
+def test_without_privsep_conntui_keeps_its_privileges(conntui: Any) -> None:
+    c = conntui("--no-privsep", "--headless", "-i", "lo", "-p", str(free_port()))
     st = sandbox.status_fields(c.proc.pid)
     assert int(st["CapEff"], 16) != 0 and st["Seccomp"] == "0"
     assert _children(c.proc.pid, "conntui-priv") == []
