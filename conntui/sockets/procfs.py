@@ -123,7 +123,7 @@ class TracedContainers:
     Looked up from ``/proc`` now, so only while the process still runs, and only if it is
     the same process: one started after the record (the pid reused) gets None, as does one
     that is gone. ``btime`` has whole seconds, so a pid reused within about a second of the
-    record is not told apart. Cached per pid for records no later than the last look-up."""
+    record is not told apart. Cached per pid for records up to a second after the last look-up."""
 
     _SLACK = 1.0  # seconds: btime's precision
 
@@ -150,7 +150,10 @@ class TracedContainers:
     def at(self, pid: int, t: float) -> Container | None:
         """The container of the process that was ``pid`` at ``t`` (epoch seconds), if it runs."""
         hit = self._cache.get(pid)
-        if hit is not None and hit[0] <= t + self._SLACK and t <= hit[1]:
+        if hit is not None and hit[0] <= t + self._SLACK and t <= hit[1] + self._SLACK:
+            # a record up to a second after the process was seen running: the pid is its
+            # own (a reuse within the second is not told apart, as with btime above); each
+            # of a busy process's records once read /proc/PID/stat again
             return hit[2]
         if self._boot is None:
             self._boot = _boot_time(self.proc_root)
