@@ -415,6 +415,12 @@ class LiveCapture:
             if exc.errno in (errno.ENETDOWN, errno.ENODEV, errno.ENXIO):
                 raise CaptureError(f"interface {self.iface} went away: {exc.strerror}") from None
 
+    def received(self) -> int:
+        """Packets the kernel has put in the socket (its ring or queue) for conntui to read,
+        so far: its own count (``tp_packets`` less ``tp_drops``), read with the drops."""
+        self.kernel_drops()
+        return self._stats.packets - self._stats.drops
+
     def kernel_drops(self) -> int:
         try:
             raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS_V3.size)

@@ -484,6 +484,8 @@ def print_counters(counters: Counters, out: IO[str]) -> None:
     if counters.filtered:
         out.write(f"{counters.filtered} segments left out by the port filter\n")
     out.write(f"{counters.kernel_drops} packets dropped by kernel\n")
+    if counters.unread:
+        out.write(f"{counters.unread} packets received but not read (in the capture ring when it ended)\n")
 
 
 class _Stop(Exception):

@@ -53,6 +53,7 @@ def _quoted_segment(err: IcmpError) -> Segment:
 
 # the verifier's notes when a predicted answer does not come: guesses the kernel's record replaces
 _NO_ANSWER = ("no RST came back", "no ICMP port unreachable came back")
+DRAIN_MAX = 0.5  # seconds a stopped capture goes on reading what the ring already holds (_drain)
 HOLD_MAX = 2.0  # seconds a row may wait beyond ``settle`` for the tracer's output (_record_horizon)
 
 
@@ -454,10 +455,31 @@ class Engine:
         finally:
             gc_policy.stop()
             refresh_stop.set()
+            if self._stop_requested:
+                self._drain(fast_source)
             self.session.counters.kernel_drops = self.source.kernel_drops()
+            received = getattr(self.source, "received", None)
+            if received is not None:  # a live capture: what the kernel queued and was not read
+                self.session.counters.unread = max(0, received() - self.session.counters.frames)
             self.emit(final=True)
             self._fast = None
             self._flush()
+
+    def _drain(self, fast_source: Any) -> None:
+        """At a stop (a signal): read what the kernel had already put in the capture ring,
+        for at most ``DRAIN_MAX`` seconds (a flood goes on arriving); what is left is counted
+        as unread (``Counters.unread``), not lost silently."""
+        end = time.monotonic() + DRAIN_MAX
+        idle = 0
+        while idle < 3 and time.monotonic() < end and not self._stop.is_set():
+            if fast_source is not None:
+                got, _ = fast_source.pump(self._fast, 0.002, -1)
+            else:
+                frames = self.source.read(0.002)
+                got = len(frames)
+                for frame in frames:
+                    self.process(frame)
+            idle = 0 if got else idle + 1
 
     def _start_fast(self) -> Any:
         """The source to pump through the C fast path, or None for the Python loop: it

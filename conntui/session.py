@@ -27,6 +27,7 @@ class Counters:
     duplicates: int = 0  # loopback outgoing copies dropped (seen again as incoming)
     filtered: int = 0  # decoded but dropped by the port/filter predicate
     kernel_drops: int = 0  # dropped by the kernel before we could read them
+    unread: int = 0  # put in the capture socket by the kernel, not read before the capture ended
     icmp_errors: int = 0  # ICMP destination unreachable messages (linked to their datagrams)
     by_match: dict[str, int] = field(default_factory=dict)
     unnamed: int = 0  # rows naming no socket at all (``- → -``)
