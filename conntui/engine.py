@@ -452,11 +452,11 @@ class Engine:
                     break
                 if deadline is not None and now >= deadline:
                     break
+            if self._stop_requested:
+                self._drain(fast_source)
         finally:
             gc_policy.stop()
             refresh_stop.set()
-            if self._stop_requested:
-                self._drain(fast_source)
             self.session.counters.kernel_drops = self.source.kernel_drops()
             received = getattr(self.source, "received", None)
             if received is not None:  # a live capture: what the kernel queued and was not read
