@@ -664,6 +664,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # a TUI nobody sees (a pipe, a file): lines instead, as tcpdump writes them
             opts.headless = True
             notes.append("standard output is not a terminal: running headless (one line per segment)")
+        elif not opts.headless and opts.ladder is None and not _is_terminal(sys.stdin):
+            # a TUI nobody can type to (stdin from /dev/null, a pipe, a background job):
+            # Textual's input thread spun at full CPU on the end of input and q never came
+            opts.headless = True
+            notes.append("standard input is not a terminal: running headless (one line per segment)")
         engine = make_engine(opts, notes)
     except (UsageError, CaptureError) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")

@@ -7,7 +7,9 @@ never a TUI nobody sees, spinning in a pipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -112,3 +114,47 @@ def test_with_stdout_a_pipe_it_runs_headless_and_stops_at_duration() -> None:
     assert any(
         f"[{pid}] fd {client} → " in line and f"[{pid}] fd {conn} (established)" in line for line in rows
     ), rows
+
+
+@pytest.mark.root
+def test_with_stdin_not_a_terminal_it_runs_headless_instead_of_a_tui_nobody_can_quit() -> None:
+    """``sudo conntui < /dev/null`` (or started by a script in the background) on a terminal:
+    the TUI could never read a key (Textual's input thread spun at full CPU on the end of
+    its input, and q never came). conntui says so in one line and runs headless."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conntui", "-i", "lo", "-p", str(PORT + 1), "--duration", "2"],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if select.select([master], [], [], 0.5)[0]:
+                    out += os.read(master, 65536)
+            except OSError:
+                break
+        code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):
+            while select.select([master], [], [], 0.2)[0]:
+                chunk = os.read(master, 65536)
+                if not chunk:
+                    break
+                out += chunk
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert code == 0, text
+    notes = [line for line in text.splitlines() if "standard input is not a terminal" in line]
+    assert len(notes) == 1 and "headless" in notes[0], text
+    assert "\x1b[?1049h" not in text  # no alternate screen: no TUI was drawn
