@@ -57,10 +57,11 @@ from _common import (  # noqa: E402
 )
 from _frames import frame_factory, socket_table  # noqa: E402
 
+from conntui.capfile.comments import comment_text  # noqa: E402
+from conntui.capfile.writers import open_writer  # noqa: E402
 from conntui.decode import decode_frame  # noqa: E402
 from conntui.demux import attribute  # noqa: E402
 from conntui.engine import Engine, StaticTables  # noqa: E402
-from conntui.export import comment_text, open_writer  # noqa: E402
 from conntui.flowcache import FlowCache  # noqa: E402
 from conntui.model import Endpoint, Frame, Holder, SocketEntry, SocketTable  # noqa: E402
 from conntui.session import Session  # noqa: E402

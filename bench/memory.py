@@ -34,8 +34,8 @@ from _common import Checks, banner, count_capture, have, pct, rss_mb, table  # n
 from _frames import GeneratedSource, socket_table  # noqa: E402
 
 from conntui import fastpath  # noqa: E402
+from conntui.capfile.writers import open_writer  # noqa: E402
 from conntui.engine import Engine, StaticTables  # noqa: E402
-from conntui.export import open_writer  # noqa: E402
 from conntui.ringimage import RingSource, Spec  # noqa: E402
 from conntui.session import Session  # noqa: E402
 

@@ -497,7 +497,8 @@ class ConntuiApp(App[None]):
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def _export(self, path: str, keep: Callable[[Record], bool] | None, overwrite: bool = False) -> None:
         try:
-            from ..export import ExportError, open_writer
+            from ..capfile.errors import ExportError
+            from ..capfile.writers import open_writer
         except ImportError as exc:
             self.post_message(ExportFailed(path, f"export is not available: {exc}"))
             return

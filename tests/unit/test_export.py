@@ -21,19 +21,11 @@ from scapy.layers.l2 import Ether
 from scapy.utils import PcapNgWriter as ScapyPcapNgWriter
 from scapy.utils import rdpcap
 
-from conntui.export import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_RAW,
-    CaptureFileError,
-    ExportError,
-    attribution_from_comment,
-    attribution_json,
-    comment_text,
-    open_writer,
-    read_capture,
-)
+from conntui.capfile.comments import attribution_from_comment, attribution_json, comment_text
+from conntui.capfile.errors import CaptureFileError, ExportError
+from conntui.capfile.formats import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
+from conntui.capfile.reader import read_capture
+from conntui.capfile.writers import open_writer
 from conntui.jsonout import attribution_to_dict
 from conntui.model import (
     PACKET_BROADCAST,
@@ -255,7 +247,7 @@ def test_flushed_packets_are_readable_while_writing(tmp_path: Path) -> None:
 CHILD = textwrap.dedent(
     """
     import sys, threading
-    from conntui.export import open_writer
+    from conntui.capfile.writers import open_writer
     from conntui.model import Frame
     w = open_writer(sys.argv[1])
     stop = threading.Event()
