@@ -498,19 +498,12 @@ class ConntuiApp(App[None]):
     def _export(self, path: str, keep: Callable[[Record], bool] | None, overwrite: bool = False) -> None:
         try:
             from ..capfile.errors import ExportError
-            from ..capfile.writers import open_writer
+            from ..capfile.export import export_session
         except ImportError as exc:
             self.post_message(ExportFailed(path, f"export is not available: {exc}"))
             return
         try:
-            writer = open_writer(path, overwrite=overwrite)
-            written = 0
-            try:
-                for rec in self.engine.session.all_records(keep):
-                    writer.write(rec.frame, rec.segment, rec.attribution)
-                    written += 1
-            finally:
-                writer.close()
+            written = export_session(self.engine.session, path, keep, overwrite=overwrite)
         except ExportError as exc:
             self.post_message(ExportFailed(path, str(exc)))
         except OSError as exc:
