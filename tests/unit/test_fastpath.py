@@ -42,8 +42,8 @@ from conntui.model import (
     SocketEntry,
     SocketTable,
 )
-from conntui.ringimage import RingSource
 from conntui.session import Session
+from tests.ringimage import RingSource
 
 T0 = 1_764_100_000.0
 
