@@ -280,7 +280,7 @@ def _count_pcap(f: IO[bytes], e: str, fc: FileCount) -> None:
 def _count_pcapng(f: IO[bytes], fc: FileCount) -> None:
     """A packet counts as commented when its comment holds the attribution JSON, or names
     an earlier packet (at most 8192 before it) whose comment holds it
-    (``conntui-json-ref: frame N``, see conntui/export.py)."""
+    (``conntui-json-ref: frame N``, see conntui/capfile/comments.py)."""
     mkey = b'"match":"'
     matches = fc.matches
     for pkt in pcapng_packets(f, fc):
@@ -307,7 +307,7 @@ def pcapng_packets(f: IO[bytes], fc: FileCount) -> Iterator[Packet]:
     """Every packet of a pcapng stream (at the start of its section header), with the
     attribution JSON its comment carries: ``conntui-json: {...}`` itself, or
     ``conntui-json-ref: frame N`` naming a packet at most 8,192 before it that carries it
-    (conntui/export.py). ``fc.packets`` counts them; a broken file sets ``fc.error``.
+    (conntui/capfile/comments.py). ``fc.packets`` counts them; a broken file sets ``fc.error``.
     Independent of conntui's own reader."""
     e = "<"
     jkey = b"conntui-json: {"

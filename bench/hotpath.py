@@ -42,6 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent))  # tests.ringimage (after the installed conntui)
 import _gen  # noqa: E402
 from _common import (  # noqa: E402
     Checks,
@@ -57,10 +58,11 @@ from _common import (  # noqa: E402
 )
 from _frames import frame_factory, socket_table  # noqa: E402
 
+from conntui.capfile.comments import comment_text  # noqa: E402
+from conntui.capfile.writers import open_writer  # noqa: E402
 from conntui.decode import decode_frame  # noqa: E402
 from conntui.demux import attribute  # noqa: E402
 from conntui.engine import Engine, StaticTables  # noqa: E402
-from conntui.export import comment_text, open_writer  # noqa: E402
 from conntui.flowcache import FlowCache  # noqa: E402
 from conntui.model import Endpoint, Frame, Holder, SocketEntry, SocketTable  # noqa: E402
 from conntui.session import Session  # noqa: E402
@@ -147,10 +149,10 @@ def recv_cost(seconds: float) -> tuple[float, float, int]:
 
 
 def ring_cost(frames: list[Frame], tab: SocketTable, pure: bool, checks: Checks | None = None) -> float:
-    """µs a packet for the capture loop from a ring image (conntui.ringimage) to rows in the
+    """µs a packet for the capture loop from a ring image (tests/ringimage.py) to rows in the
     session and blocks in a pcapng: the C fast path, or the Python one (``pure``)."""
     from conntui import fastpath
-    from conntui.ringimage import RingSource
+    from tests.ringimage import RingSource
 
     was = os.environ.get("CONNTUI_PURE")
     os.environ["CONNTUI_PURE"] = "1" if pure else "0"

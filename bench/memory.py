@@ -2,7 +2,7 @@
 """Resident memory after N segments through the whole pipeline, writing the session with -w.
 
 ``Engine(RingSource(frames), StaticTables(table), Session(), writer=open_writer(FILE))``:
-a TPACKET_V3 ring image filled on demand (``conntui.ringimage``) stands in for the live
+a TPACKET_V3 ring image filled on demand (``tests/ringimage.py``) stands in for the live
 socket, so the capture loop runs as on a live capture: the C fast path, or with ``--pure``
 the Python one (raw IPv4 TCP segments of 200 loopback connections, attributed against a
 socket table that knows every socket; rows settle 0.5 s before they are written, as live).
@@ -30,14 +30,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent))  # tests.ringimage (after the installed conntui)
 from _common import Checks, banner, count_capture, have, pct, rss_mb, table  # noqa: E402
 from _frames import GeneratedSource, socket_table  # noqa: E402
 
 from conntui import fastpath  # noqa: E402
+from conntui.capfile.writers import open_writer  # noqa: E402
 from conntui.engine import Engine, StaticTables  # noqa: E402
-from conntui.export import open_writer  # noqa: E402
-from conntui.ringimage import RingSource, Spec  # noqa: E402
 from conntui.session import Session  # noqa: E402
+from tests.ringimage import RingSource, Spec  # noqa: E402
 
 
 def peak_rss_of(cmd: list[str]) -> float:

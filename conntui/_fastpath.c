@@ -724,7 +724,7 @@ typedef struct {
     PyObject *interfaces, *by_att, *flag_opts; /* the writer's dicts (borrowed) */
     PyObject *last_att, *last_entry;           /* held (a freed one's address may come back) */
     long long number;                          /* frame number of the last block built */
-    long long window;                          /* export.REF_WINDOW */
+    long long window;                          /* capfile.comments.REF_WINDOW */
     PyObject *last_iface;                      /* held, likewise */
     long last_ifindex, last_linktype;
     uint32_t last_iid;

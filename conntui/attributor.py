@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from .capfile.comments import attribution_from_comment
 from .demux import attribute
-from .export import attribution_from_comment
 from .flowcache import FlowCache, cache_key
 from .freshness import ResolveGate, final_answer, late_after_close, needs_resolve, shows_open
 from .history import FlowHistory

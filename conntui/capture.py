@@ -446,7 +446,8 @@ class FileCapture:
     live = False
 
     def __init__(self, path: str, batch: int = 4096) -> None:
-        from .export import CaptureFileError, read_capture
+        from .capfile.errors import CaptureFileError
+        from .capfile.reader import read_capture
 
         self.description = f"file {os.path.basename(path)}"
         self._batch = batch

@@ -19,9 +19,12 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, fastpath
+from .capfile.errors import ExportError
+from .capfile.spool import PcapngSpool
+from .capfile.stdout import STDOUT, StdoutWriter, open_stdout_writer
+from .capfile.writers import Writer, open_writer
 from .capture import CaptureError, FileCapture, FrameSource, LiveCapture, compile_bpf, libpcap_available
 from .engine import Engine, StaticTables, TableSource
-from .export import STDOUT, ExportError, PcapngSpool, StdoutWriter, Writer, open_stdout_writer, open_writer
 from .filters import FilterError, PortSet, parse_display_filter, parse_ports
 from .jsonout import json_line, text_line
 from .model import Record

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import fastpath
 from .attributor import Attributor
+from .capfile.errors import ExportError
+from .capfile.writers import PcapNgWriter, Writer
 from .capture import LINKTYPE_RAW, CaptureError, FrameSource, ifname
 from .crossns import SegmentCopies, copy_note
 from .decode import IcmpError, decode_frame, decode_icmp_error
-from .export import ExportError, PcapNgWriter, Writer
 from .fastpath import FastShared
 from .gcpolicy import GcPolicy
 from .latefill import LateFills

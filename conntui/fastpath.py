@@ -14,7 +14,7 @@ place (the flow cache's final answers, the flow history's and the verifier's boo
 session) and the three calls back into the engine, as CPython's ``json`` accelerator takes
 the same public arguments as its Python encoder. The engine makes it (``fast_shared``);
 nothing here reads another module's private attributes, and this module imports neither
-the engine nor the capture (their imports stay one way: engine → capture → export →
+the engine nor the capture (their imports stay one way: engine → capture → capfile →
 fastpath).
 
 The module is optional: built when a C compiler and the Python headers are present

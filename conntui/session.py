@@ -46,7 +46,7 @@ def _unnamed(att: Attribution) -> int:
 
 
 class Spool(Protocol):
-    """Where rows that leave the in-memory window go (``export.PcapngSpool``: a private
+    """Where rows that leave the in-memory window go (``capfile.spool.PcapngSpool``: a private
     temporary pcapng), so an export still holds every row while memory stays flat."""
 
     def add(self, rec: Record) -> None: ...

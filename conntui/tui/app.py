@@ -497,19 +497,13 @@ class ConntuiApp(App[None]):
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def _export(self, path: str, keep: Callable[[Record], bool] | None, overwrite: bool = False) -> None:
         try:
-            from ..export import ExportError, open_writer
+            from ..capfile.errors import ExportError
+            from ..capfile.export import export_session
         except ImportError as exc:
             self.post_message(ExportFailed(path, f"export is not available: {exc}"))
             return
         try:
-            writer = open_writer(path, overwrite=overwrite)
-            written = 0
-            try:
-                for rec in self.engine.session.all_records(keep):
-                    writer.write(rec.frame, rec.segment, rec.attribution)
-                    written += 1
-            finally:
-                writer.close()
+            written = export_session(self.engine.session, path, keep, overwrite=overwrite)
         except ExportError as exc:
             self.post_message(ExportFailed(path, str(exc)))
         except OSError as exc:

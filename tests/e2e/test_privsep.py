@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from conntui.export import read_capture
+from conntui.capfile.reader import read_capture
 from conntui.privsep import PROBE_ENV, PROBE_VALUE, sandbox
 
 from .conftest import REPO, free_port

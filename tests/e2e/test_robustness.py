@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
+from conntui.capfile.reader import read_capture
 from conntui.decode import decode_frame
-from conntui.export import read_capture
 from conntui.jsonout import safe_text
 
 from .conftest import REPO, free_port, holder_pairs

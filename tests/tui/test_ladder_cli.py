@@ -10,7 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conntui.export import open_writer
+from conntui.capfile.writers import open_writer
 from conntui.tui.ladder import MAX_ARROWS, MAX_SVG_ARROWS
 
 from .scenario import make_engine

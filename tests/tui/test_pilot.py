@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from conntui.export import read_capture
+from conntui.capfile.reader import read_capture
 from conntui.filters import parse_display_filter
 from conntui.model import Match
 from conntui.tui.app import ConntuiApp

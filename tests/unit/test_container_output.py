@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conntui.export import attribution_from_comment, comment_text, open_writer, read_capture
+from conntui.capfile.comments import attribution_from_comment, comment_text
+from conntui.capfile.reader import read_capture
+from conntui.capfile.writers import open_writer
 from conntui.filters import FilterError, parse_display_filter
 from conntui.jsonout import dict_to_attribution, json_line, record_to_dict, text_line
 from conntui.model import Attribution, Container, Endpoint, Frame, Holder, Match, Segment, SocketEntry

@@ -21,19 +21,11 @@ from scapy.layers.l2 import Ether
 from scapy.utils import PcapNgWriter as ScapyPcapNgWriter
 from scapy.utils import rdpcap
 
-from conntui.export import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_RAW,
-    CaptureFileError,
-    ExportError,
-    attribution_from_comment,
-    attribution_json,
-    comment_text,
-    open_writer,
-    read_capture,
-)
+from conntui.capfile.comments import attribution_from_comment, attribution_json, comment_text
+from conntui.capfile.errors import CaptureFileError, ExportError
+from conntui.capfile.formats import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
+from conntui.capfile.reader import read_capture
+from conntui.capfile.writers import open_writer
 from conntui.jsonout import attribution_to_dict
 from conntui.model import (
     PACKET_BROADCAST,
@@ -255,7 +247,7 @@ def test_flushed_packets_are_readable_while_writing(tmp_path: Path) -> None:
 CHILD = textwrap.dedent(
     """
     import sys, threading
-    from conntui.export import open_writer
+    from conntui.capfile.writers import open_writer
     from conntui.model import Frame
     w = open_writer(sys.argv[1])
     stop = threading.Event()
@@ -619,3 +611,42 @@ def test_a_flow_names_the_packet_with_its_json_and_the_reader_puts_it_back(tmp_p
     assert got[:3] == [None, None, None]
     # ...and packet 5, with its own JSON, and the ones naming it (as old frame 5) again do
     assert got[3] == ATT
+
+
+def test_a_session_export_writes_every_row_spooled_ones_first_as_its_writer_would(tmp_path: Path) -> None:
+    """``capfile.export.export_session`` (the TUI's ``w``): the rows that left memory come
+    back from the spool first, ``keep`` picks rows, and the file holds the very bytes the
+    writer gives those rows; an existing file is replaced only when asked."""
+    from conntui.capfile.errors import ExportExists
+    from conntui.capfile.export import export_session
+    from conntui.capfile.spool import PcapngSpool
+    from conntui.decode import decode_frame
+    from conntui.session import Session
+
+    session = Session(window=3, spool=PcapngSpool(str(tmp_path)))
+    base = frames()[1]
+    try:
+        for i in range(8):
+            frame = base._replace(ts=base.ts + i)
+            seg = decode_frame(frame)
+            assert seg is not None
+            session.append(frame, seg, Attribution(Match.ESTABLISHED, CLIENT, SERVER, explain=f"row {i}"))
+        path = tmp_path / "all.pcapng"
+        assert export_session(session, str(path)) == 8
+        by_hand = tmp_path / "by-hand.pcapng"
+        with open_writer(by_hand) as w:
+            for rec in session.all_records():
+                w.write(rec.frame, rec.segment, rec.attribution)
+        assert path.read_bytes() == by_hand.read_bytes()
+        back = [attribution_from_comment(f.comment) for f in read_capture(path)]
+        assert [a.explain for a in back if a is not None] == [f"row {i}" for i in range(8)]
+
+        even = tmp_path / "even.pcapng"
+        assert export_session(session, str(even), lambda rec: rec.seq % 2 == 0) == 4
+        assert [f.ts for f in read_capture(even)] == [base.ts + i for i in range(0, 8, 2)]
+
+        with pytest.raises(ExportExists):
+            export_session(session, str(even))
+        assert export_session(session, str(even), overwrite=True) == 8
+    finally:
+        session.close()

@@ -25,9 +25,11 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
 
 from conntui import fastpath
+from conntui.capfile.reader import read_capture
+from conntui.capfile.spool import PcapngSpool
+from conntui.capfile.writers import open_writer
 from conntui.capture import _Ring
 from conntui.engine import Engine, StaticTables
-from conntui.export import PcapngSpool, open_writer, read_capture
 from conntui.model import (
     PACKET_HOST,
     PACKET_OUTGOING,
@@ -40,8 +42,8 @@ from conntui.model import (
     SocketEntry,
     SocketTable,
 )
-from conntui.ringimage import RingSource
 from conntui.session import Session
+from tests.ringimage import RingSource
 
 T0 = 1_764_100_000.0
 

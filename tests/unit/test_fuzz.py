@@ -40,16 +40,13 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw, fuzz
 
 from conntui import decode as d
+from conntui.capfile.comments import attribution_from_comment, comment_text
+from conntui.capfile.errors import CaptureFileError
+from conntui.capfile.reader import read_capture
+from conntui.capfile.writers import open_writer
 from conntui.capture import ListSource
 from conntui.demux import attribute
 from conntui.engine import Engine, StaticTables
-from conntui.export import (
-    CaptureFileError,
-    attribution_from_comment,
-    comment_text,
-    open_writer,
-    read_capture,
-)
 from conntui.jsonout import json_line, text_line
 from conntui.model import (
     PACKET_HOST,

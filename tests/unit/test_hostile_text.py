@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from conntui.capfile.comments import attribution_from_comment, comment_text
+from conntui.capfile.reader import read_capture
+from conntui.capfile.writers import open_writer
 from conntui.cli import main
-from conntui.export import attribution_from_comment, comment_text, open_writer, read_capture
 from conntui.jsonout import json_line, text_line
 from conntui.model import Attribution, Endpoint, Frame, Holder, Match, Segment, SocketEntry
 from conntui.sockets import ProcessNames

@@ -2,8 +2,11 @@
 
 Only ``conntui/tui`` imports textual; the pure core (model, decode, demux, filters, session,
 history, verify and the other modules listed there) imports nothing that does I/O; the
-engine wing and the capture path import one way (no circle through the C fast path).
-``lint-imports`` prints which import breaks which rule.
+engine wing and the capture path (engine → capture → capfile → fastpath) import one way (no
+circle through the C fast path); inside ``conntui/capfile`` the export loop and the spool
+sit above the writers and the reader, which sit above the comment codec and private-file
+creation; capture files import neither the CLI nor the UI. A contract that names a module
+that no longer exists fails too. ``lint-imports`` prints which import breaks which rule.
 """
 
 from __future__ import annotations

@@ -17,16 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from conntui.capfile.comments import COMMENT_JSON_PREFIX, COMMENT_REF_PREFIX, attribution_from_comment
+from conntui.capfile.reader import read_capture
+from conntui.capfile.writers import open_writer, pib_block, processid_opt
 from conntui.cli import UsageError, parse_options
-from conntui.export import (
-    COMMENT_JSON_PREFIX,
-    COMMENT_REF_PREFIX,
-    attribution_from_comment,
-    open_writer,
-    pib_block,
-    processid_opt,
-    read_capture,
-)
 from conntui.model import Attribution, Holder, Match
 
 from .test_wireshark_plugin import EST, NONE, PKT, PLUGIN, REPO, SERVER, TSHARK, frame

@@ -1,6 +1,6 @@
-"""privileges.py and the way export files are created (``export.create_private_file``): what a
-refused capture says, who owns a file written under sudo, and that a symbolic link, an
-existing file, a hard link or a FIFO at the target path is never written through."""
+"""privileges.py and the way export files are created (``capfile.private.create_private_file``):
+what a refused capture says, who owns a file written under sudo, and that a symbolic link,
+an existing file, a hard link or a FIFO at the target path is never written through."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conntui.export import ExportError, ExportExists, open_writer, read_capture
+from conntui.capfile.errors import ExportError, ExportExists
+from conntui.capfile.reader import read_capture
+from conntui.capfile.writers import open_writer
 from conntui.model import Frame
 from conntui.privileges import (
     CAP_NET_ADMIN,

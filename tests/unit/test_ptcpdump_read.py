@@ -17,7 +17,8 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from conntui.export import attribution_from_comment, read_capture
+from conntui.capfile.comments import attribution_from_comment
+from conntui.capfile.reader import read_capture
 from conntui.model import Match
 
 REPO = Path(__file__).resolve().parent.parent.parent

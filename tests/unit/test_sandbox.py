@@ -184,7 +184,7 @@ def test_every_jump_of_the_filter_lands_inside_it(arch: str) -> None:
 def test_a_detached_spool_works_for_a_confined_process_and_leaves_nothing(tmp_path: Path) -> None:
     """The TUI's spool is unlinked before the drop: Landlock then needs no rule for it (and
     could not let conntui remove it at the end)."""
-    from conntui.export import PcapngSpool
+    from conntui.capfile.spool import PcapngSpool
     from conntui.model import Attribution, Match
     from conntui.session import Session
 

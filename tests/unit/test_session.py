@@ -53,8 +53,8 @@ def real_frame(i: int) -> Frame:
 
 
 def test_rows_leaving_the_window_are_spooled_to_disk_and_come_back_for_export(tmp_path):
+    from conntui.capfile.spool import PcapngSpool
     from conntui.decode import decode_frame
-    from conntui.export import PcapngSpool
     from conntui.model import Endpoint, Holder, SocketEntry
 
     spool = PcapngSpool(str(tmp_path))

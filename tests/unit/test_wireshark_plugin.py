@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from conntui.export import LINKTYPE_RAW, open_writer
+from conntui.capfile.formats import LINKTYPE_RAW
+from conntui.capfile.writers import open_writer
 from conntui.model import PACKET_HOST, Attribution, Container, Endpoint, Frame, Holder, Match, SocketEntry
 from conntui.wireshark import PLUGIN_NAME, plugin_text
 

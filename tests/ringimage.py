@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .capture import _Ring
+from conntui.capture import _Ring
 
 Spec = tuple[float, bytes, int, int, int]  # (time, raw IP bytes, ifindex, pkttype, ethertype)
 
