@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             "teaching scenarios in private network namespaces:\n"
             "  sudo conntui lab [SCENARIO]   (list them, or run one; conntui lab --help)\n"
             "  scenarios: listen-vs-connect, listen, established-routing, accept-queue,\n"
-            "  stale-client, port-conflict, same-port, redirect, udp-demux, tproxy"
+            "  stale-client, port-conflict, same-port, redirect, container-port, udp-demux, tproxy"
         ),
     )
     p.add_argument(

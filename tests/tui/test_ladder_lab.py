@@ -126,6 +126,18 @@ SCENARIOS = [
     "stale-client",
     "port-conflict",
     "redirect",
+    pytest.param(
+        "container-port",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=(
+                "a connection captured both before DNAT (veth-srv) and after it (veth-ctr) is drawn as "
+                "two ladders, one per 4-tuple, each with half the arrows: each segment's first copy "
+                "decides the ladder it is in (the client's on the dialled tuple, the server's on the "
+                "translated one)"
+            ),
+        ),
+    ),
     "udp-demux",
     "same-port",
     "tproxy",
