@@ -315,8 +315,8 @@ class ConntuiApp(App[None]):
 
     def _socket_entries(self) -> tuple[Sequence[SocketEntry], int, dict[int, str]]:
         """The sockets of every namespace the table source reads, conntui's own namespace's
-        inode, and what else names each other namespace (its ``ip netns`` name; how old its
-        table is when no segment went there lately, so it was not read again)."""
+        inode, and what else names each other namespace (its ``ip netns`` name; when its table
+        was read, if well before the newest: one no segment went to lately is not read again)."""
         tables = self.engine.tables
         if not isinstance(tables, ManyNamespaces):
             return tables.current().entries, 0, {}
@@ -329,7 +329,7 @@ class ConntuiApp(App[None]):
             bits = [f"({space.name})"] if space.name else []
             if newest - space.table.taken_at > STALE_NAMESPACE:
                 read = time.strftime("%H:%M:%S", time.localtime(space.table.taken_at))
-                bits.append(f"sockets as read at {read} (no segment went there since)")
+                bits.append(f"sockets as read at {read}")
             if bits:
                 notes[space.inode] = " ".join(bits)
         return entries, tables.primary_inode, notes

@@ -6,6 +6,7 @@ namespace's sockets in the socket pane as they keep its rows in the list."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from conntui.capture import ListSource
 from conntui.engine import Engine
@@ -207,3 +208,19 @@ async def test_socket_pane_groups_by_namespace_and_filters_by_container() -> Non
         await type_filter(pilot, f"netns:{HOST_NS}")
         lines = pane_text(app)
         assert lines[0].startswith("conntui's namespace") and not any("httpd" in x for x in lines)
+
+
+async def test_an_old_namespace_table_says_when_it_was_read() -> None:
+    """A namespace no segment went to lately is not read again: its line says when its
+    sockets were read, rather than passing them off as the current ones."""
+    app = two_namespace_app()
+    tables = app.engine.tables
+    assert isinstance(tables, TwoNamespaces)
+    tables.ctr = SocketTable(tables.ctr.entries, taken_at=T0 - 60, local_addrs=("10.241.1.2",))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause(2 * app.AFTER_FRAME)
+        line = next(x for x in pane_text(app) if x.startswith("ctr web (podman)"))
+        read = time.strftime("%H:%M:%S", time.localtime(T0 - 60))
+        assert f"(ns12-web) sockets as read at {read}" in line
+        host = next(x for x in pane_text(app) if x.startswith("conntui's namespace"))
+        assert "as read" not in host
