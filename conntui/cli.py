@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
             "teaching scenarios in private network namespaces:\n"
             "  sudo conntui lab [SCENARIO]   (list them, or run one; conntui lab --help)\n"
             "  scenarios: listen-vs-connect, listen, established-routing, accept-queue,\n"
-            "  stale-client, port-conflict, same-port, redirect, udp-demux, tproxy"
+            "  stale-client, port-conflict, same-port, redirect, container-port, udp-demux, tproxy"
         ),
     )
     p.add_argument(
@@ -584,7 +584,7 @@ def run_ladder(opts: Options, engine: Engine, out: IO[str]) -> int:
         key = flow_key(rec.segment)
         builder = builders.get(key)
         if builder is None and (not flt or flt(rec.segment, rec.attribution)):
-            if len(builders) < MAX_LADDERS:
+            if len({id(b) for b in builders.values()}) < MAX_LADDERS:
                 builder = builders[key] = LadderBuilder(rec.segment)
                 for old in recent:
                     builder.add(old)
@@ -596,7 +596,12 @@ def run_ladder(opts: Options, engine: Engine, out: IO[str]) -> int:
             elif len(more) < 100_000:
                 more.add(key)
         if builder is not None:
+            known = len(builder.keys)
             builder.add(rec)
+            if len(builder.keys) > known:
+                # conntrack rewrote the connection: its other 4-tuples are its rows too
+                for other in builder.keys:
+                    builders.setdefault(other, builder)
         recent.append(rec)
 
     engine.on_record = feed
@@ -607,7 +612,7 @@ def run_ladder(opts: Options, engine: Engine, out: IO[str]) -> int:
     if not builders:
         sys.stderr.write(f"{PROG}: no segment in {opts.read} matches {opts.ladder!r}\n")
         return 1
-    ladders = [b.build() for b in builders.values()]
+    ladders = [b.build() for b in {id(b): b for b in builders.values()}.values()]
     for i, ladder in enumerate(ladders):
         out.write(("\n" if i else "") + "\n".join(ladder_lines(ladder)) + "\n")
     if more:

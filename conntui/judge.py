@@ -134,6 +134,7 @@ def _entry_then(
         cookie=base.cookie if base is not None else 0,
         former_holders=former,
         first_seen=base.first_seen if base is not None else 0.0,
+        netns=base.netns if base is not None else 0,
     )
     return entry, note
 

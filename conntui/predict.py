@@ -144,6 +144,8 @@ def _handshake(
         entry, note = _entry_then(
             at, "ESTABLISHED", seg.dst, seg.dport, seg.src, seg.sport, att.receiver, holder_at
         )
+        if not entry.netns:
+            entry = replace(entry, netns=listener.netns)  # the listener's child: its namespace
         held = bool(entry.holders)
         who = f"; {entry.describe()} held it" if held else "; no process had accept()ed it yet"
         return replace(
@@ -166,6 +168,7 @@ def _handshake(
         state="SYN_RECV",
         local=_local(seg),
         remote=_remote(seg),
+        netns=listener.netns,  # the request sock lives where its listener does
     )
     return replace(
         att,

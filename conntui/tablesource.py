@@ -7,7 +7,7 @@ network namespace); tests, files read with ``-r`` and the TUI's demo data use
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from .model import Segment, SocketTable
 
@@ -36,3 +36,20 @@ class StaticTables:
 
     def resolve(self, seg: Segment, *, prune: bool = False) -> SocketTable | None:
         return None
+
+
+class NamespaceTable(NamedTuple):
+    """One network namespace's latest table, for showing (the TUI's socket view)."""
+
+    inode: int  # the namespace's inode (``/proc/PID/ns/net``)
+    table: SocketTable
+    name: str = ""  # its ``ip netns`` (or runtime) name, when bind-mounted
+
+
+@runtime_checkable
+class ManyNamespaces(Protocol):
+    """A table source that reads several network namespaces (``sockets.NamespaceTables``)."""
+
+    primary_inode: int  # the namespace conntui runs in
+
+    def namespace_tables(self) -> list[NamespaceTable]: ...

@@ -2,8 +2,9 @@
 
 Every namespace is named ``conntui-lab-<pid>-<role>`` (the pid of the lab that made it), so
 a lab killed with SIGKILL leaves names that ``conntui lab --cleanup`` recognises as stale.
-Addresses come from 10.231.0.0/24 and exist only inside these namespaces; nothing is
-routed out of them. The veth pair is created directly inside the two namespaces, so its
+Addresses come from 10.231.0.0/16 (the two hosts' veth: 10.231.0.0/24; links a scenario adds,
+such as container-port's: 10.231.1.0/24) and exist only inside these namespaces; nothing is
+routed out of them. Each veth pair is created directly inside its two namespaces, so its
 names never touch the host's interfaces.
 """
 
@@ -156,51 +157,46 @@ class Topology:
     def build(self) -> None:
         """Create the namespaces and their links. Partial work is undone by ``teardown``."""
         for ns in self.namespaces():
-            if os.path.exists(os.path.join(NETNS_DIR, ns)):
-                raise LabError(f"namespace {ns} already exists (run `conntui lab --cleanup`)")
-            run(["ip", "netns", "add", ns])
-            self.created.append(ns)
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            # Keep IPv6 neighbour discovery and router solicitations off the veth: the lab
-            # speaks IPv4 and the capture stays quiet.
-            ns_run(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", check=False)
-            ns_run(ns, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1", check=False)
+            self.add_namespace(ns)
         if not self.two_hosts:
             return
-        run(
-            [
-                "ip",
-                "link",
-                "add",
-                CLIENT_IFACE,
-                "netns",
-                self.client,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                SERVER_IFACE,
-                "netns",
-                self.server,
-            ]
-        )
-        for ns, iface, addr in (
-            (self.server, SERVER_IFACE, SERVER_ADDR),
-            (self.client, CLIENT_IFACE, CLIENT_ADDR),
-        ):
+        self.link(self.server, SERVER_IFACE, SERVER_ADDR, self.client, CLIENT_IFACE, CLIENT_ADDR)
+
+    def add_namespace(self, ns: str) -> str:
+        """Create namespace ``ns`` (loopback up, IPv6 off), torn down with the others."""
+        if os.path.exists(os.path.join(NETNS_DIR, ns)):
+            raise LabError(f"namespace {ns} already exists (run `conntui lab --cleanup`)")
+        run(["ip", "netns", "add", ns])
+        self.created.append(ns)
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # Keep IPv6 neighbour discovery and router solicitations off the veth: the lab
+        # speaks IPv4 and the capture stays quiet.
+        ns_run(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", check=False)
+        ns_run(ns, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1", check=False)
+        return ns
+
+    def extra(self, role: str) -> str:
+        """The name of a scenario's own namespace ``role`` (``add_namespace`` makes it)."""
+        return f"{PREFIX}{self.tag}-{role}"
+
+    def link(self, a: str, a_iface: str, a_addr: str, b: str, b_iface: str, b_addr: str) -> None:
+        """A veth pair made directly inside namespaces ``a`` and ``b`` (its names never touch
+        the host's interfaces), each end with its /24 address, up, and carrying traffic."""
+        run(["ip", "link", "add", b_iface, "netns", b, "type", "veth", "peer", "name", a_iface, "netns", a])
+        for ns, iface, addr in ((a, a_iface, a_addr), (b, b_iface, b_addr)):
             run(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", iface])
             run(["ip", "-n", ns, "link", "set", iface, "up"])
-        self._wait_link_up()
+        self._wait_link_up(a, a_iface)
 
-    def _wait_link_up(self, timeout: float = 5.0) -> None:
+    def _wait_link_up(self, ns: str, iface: str, timeout: float = 5.0) -> None:
         """Wait until the veth carries traffic (both ends up, addresses usable)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = run(["ip", "-n", self.server, "-o", "link", "show", SERVER_IFACE], check=False).stdout
+            out = run(["ip", "-n", ns, "-o", "link", "show", iface], check=False).stdout
             if "LOWER_UP" in out and "state UP" in out:
                 return
             time.sleep(0.05)
-        raise LabError(f"{SERVER_IFACE} in {self.server} did not come up")
+        raise LabError(f"{iface} in {ns} did not come up")
 
     def teardown(self) -> None:
         for ns in reversed(self.created):

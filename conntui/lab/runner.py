@@ -132,7 +132,13 @@ class Lab:
     # -- hosts ---------------------------------------------------------------------
 
     def ns(self, host: str) -> str:
-        return self.topo.client if host == "client" else self.topo.server
+        """The namespace of ``host``: "server", "client", or one the scenario made itself
+        (``Topology.add_namespace(topo.extra(host))``)."""
+        if host == "server":
+            return self.topo.server
+        if host == "client":
+            return self.topo.client
+        return self.topo.extra(host)
 
     @property
     def server_addr(self) -> str:

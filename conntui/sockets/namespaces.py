@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..model import Segment, SocketTable, unmap
+from ..tablesource import NamespaceTable
 from .source import SocketTableSource
 
 __all__ = ["NamespaceInfo", "NamespaceTables", "discover_namespaces"]
@@ -293,6 +294,19 @@ class NamespaceTables:
     def table(self, inode: int) -> SocketTable | None:
         src = self.source(inode)
         return src.current() if src is not None else None
+
+    def namespace_tables(self) -> list[NamespaceTable]:
+        """Each namespace's latest table, to show: the primary's, then every other one whose
+        sockets were read (a namespace no segment went to is read when one goes there: until
+        then its table is the last one read, ``taken_at`` says when)."""
+        out = [NamespaceTable(self.primary_inode, self.primary.current())]
+        infos = self.infos
+        for ino, src in list(self._others.items()):
+            table = src.current()
+            if table.taken_at:
+                info = infos.get(ino)
+                out.append(NamespaceTable(ino, table, info.name if info is not None else ""))
+        return out
 
     def __iter__(self) -> Iterator[SocketTableSource]:
         yield self.primary

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from textual import events, work
@@ -30,8 +30,9 @@ from textual.timer import Timer
 
 from ..filters import DisplayFilter, FilterError, parse_display_filter
 from ..gcpolicy import GcPolicy
-from ..model import Record, SocketTable
+from ..model import Record, SocketEntry, SocketTable
 from ..session import WINDOW, Session
+from ..tablesource import ManyNamespaces
 from .commands import ConntuiCommands
 from .feed import FILL_CHUNK, Feed, record_filter
 from .ladder import ladder_for
@@ -52,6 +53,11 @@ if TYPE_CHECKING:
 
 class _Tables(Protocol):
     def current(self) -> SocketTable: ...
+
+
+# Another namespace's table older than the newest by this much (seconds) was not read again
+# because no segment went there lately (``NamespaceTables``): its line says when it was read.
+STALE_NAMESPACE = 5.0
 
 
 class EngineLike(Protocol):
@@ -307,17 +313,46 @@ class ConntuiApp(App[None]):
             )
         return state, why
 
+    def _socket_entries(self) -> tuple[Sequence[SocketEntry], int, dict[int, str]]:
+        """The sockets of every namespace the table source reads, conntui's own namespace's
+        inode, and what else names each other namespace (its ``ip netns`` name; when its table
+        was read, if well before the newest: one no segment went to lately is not read again)."""
+        tables = self.engine.tables
+        if not isinstance(tables, ManyNamespaces):
+            return tables.current().entries, 0, {}
+        spaces = tables.namespace_tables()
+        newest = max(t.table.taken_at for t in spaces)
+        entries: list[SocketEntry] = []
+        notes: dict[int, str] = {}
+        for space in spaces:
+            entries.extend(space.table.entries)
+            bits = [f"({space.name})"] if space.name else []
+            if newest - space.table.taken_at > STALE_NAMESPACE:
+                read = time.strftime("%H:%M:%S", time.localtime(space.table.taken_at))
+                bits.append(f"sockets as read at {read}")
+            if bits:
+                notes[space.inode] = " ".join(bits)
+        return entries, tables.primary_inode, notes
+
     def _refresh_sockets(self) -> None:
         if self.paused or self._covered() or self._after_key(self._refresh_sockets):
             return
+        primary, notes = 0, dict[int, str]()
         try:
-            entries = self.engine.tables.current().entries
+            entries, primary, notes = self._socket_entries()
         except Exception as exc:  # a table source must never take the UI down
             entries = ()
             self.engine.error = self.engine.error or f"socket table unavailable: {exc}"
         if not entries:  # a saved session (-r): the sockets its attributions name
             entries = tuple(self.feed.activity.seen.values())
-        self.main.socket_tree.show(entries, self.display_filter, self.feed.activity, self.clock())
+        self.main.socket_tree.show(
+            entries,
+            self.display_filter,
+            self.feed.activity,
+            self.clock(),
+            primary_netns=primary,
+            netns_notes=notes,
+        )
         # late matches (Session.reattribute) change rows in place: show them
         self.main.segment_list.refresh_if_reattributed()
         self.main.detail_pane.refresh_if_reattributed()

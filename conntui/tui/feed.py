@@ -18,12 +18,21 @@ from ..model import Record, SocketEntry
 from ..session import Session
 
 SocketKey = tuple[str, str, int, str, int]
+# a socket key, and its network namespace's inode when known (two namespaces may each have
+# a listener on 0.0.0.0:80: the same tuple, two sockets)
+ActivityKey = SocketKey | tuple[str, str, int, str, int, int]
 
 
 def socket_key(sock: SocketEntry) -> SocketKey:
     """One connection or bound socket, whatever its holders or state (addresses unmapped)."""
     r = sock.remote
     return (sock.proto, sock.local.key_addr, sock.local.port, r.key_addr if r else "", r.port if r else 0)
+
+
+def activity_key(sock: SocketEntry) -> ActivityKey:
+    """:func:`socket_key`, and the socket's namespace when it is known."""
+    key = socket_key(sock)
+    return (*key, sock.netns) if sock.netns else key
 
 
 class RowBuffer:
@@ -200,8 +209,8 @@ class SocketActivity:
     """Per-socket counters fed by every drained record (bounded number of sockets)."""
 
     def __init__(self, max_sockets: int = 20_000) -> None:
-        self.by_key: dict[SocketKey, Activity] = {}
-        self.seen: dict[SocketKey, SocketEntry] = {}  # the latest view of each socket
+        self.by_key: dict[ActivityKey, Activity] = {}
+        self.seen: dict[ActivityKey, SocketEntry] = {}  # the latest view of each socket
         self.max_sockets = max_sockets
         self.newest_ts = 0.0
 
@@ -243,7 +252,7 @@ class SocketActivity:
                 buckets[sec] = buckets.get(sec, 0) + n
         self.newest_ts = newest
         for sock, (segments, nbytes), buckets in batch.values():
-            key = socket_key(sock)
+            key = activity_key(sock)
             act = self.by_key.get(key)
             if act is None:
                 if len(self.by_key) >= self.max_sockets:
@@ -252,7 +261,7 @@ class SocketActivity:
             act.merge(segments, nbytes, buckets, now)
             self.seen[key] = sock
         for sock in parents.values():
-            self.seen[socket_key(sock)] = sock
+            self.seen[activity_key(sock)] = sock
 
     def _prune(self) -> None:
         keep = sorted(self.by_key.items(), key=lambda kv: kv[1].last_hit)[len(self.by_key) // 2 :]
@@ -260,7 +269,12 @@ class SocketActivity:
         self.seen = {k: v for k, v in self.seen.items() if k in self.by_key}
 
     def get(self, sock: SocketEntry) -> Activity | None:
-        return self.by_key.get(socket_key(sock))
+        """The socket's activity: counted on it in its namespace, else on an entry of its
+        tuple whose namespace was not said (a socket the kernel tracer's record made)."""
+        act = self.by_key.get(activity_key(sock))
+        if act is None and sock.netns:
+            act = self.by_key.get(socket_key(sock))
+        return act
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,12 @@ Lanes are what the segments went between, as the kernel chose it:
   the rewrite, between the namespaces of the two ends; arrows it rewrote cross it at ``◇``;
 - ``-``: no local socket (a remote host, or a socket gone before conntui saw it).
 
-One socket is one lane, also when a later one reuses its 4-tuple (a stale client, a new
-connection from the same port): sockets are told apart by their cookie. When the lanes live
-in several network namespaces each says which. The end that sent the first segment shown
-is on the left.
+A connection conntrack rewrote is one ladder across its 4-tuples (as dialled, as
+translated: ``-i any`` sees a published port's segments before DNAT and after it), learnt
+from the rows that say what conntrack did (``LadderBuilder``). One socket is one lane, also
+when a later one reuses its 4-tuple (a stale client, a new connection from the same port):
+sockets are told apart by their cookie. When the lanes live in several network namespaces
+each says which. The end that sent the first segment shown is on the left.
 
 Arrows are the segments in capture order, with flags and payload length; after the rails,
 conntui's match (its prediction from the socket table, or the kernel's word where they
@@ -169,70 +171,134 @@ def _nat_step(att: Attribution) -> tuple[str, str, str] | None:
     return None
 
 
-class LadderBuilder:
-    """The segments of one 4-tuple, fed in capture order; keeps the last ``limit`` of them
-    (constant memory however long the flow) and counts the rest."""
+End = tuple[str, int]
 
-    def __init__(self, selected: Segment, limit: int = MAX_ARROWS) -> None:
+
+def _end(text: str) -> End | None:
+    """``1.2.3.4:80`` or ``[::1]:80`` (``endpoint_text``) as (address, port)."""
+    addr, _, port = text.strip().rpartition(":")
+    if not addr or not port.isdigit():
+        return None
+    return addr.removeprefix("[").removesuffix("]"), int(port)
+
+
+def nat_ends(seg: Segment, att: Attribution) -> dict[End, End] | None:
+    """What a row's conntrack step says of its connection's ends (None: the row says
+    nothing of NAT): each end as the capture, the socket and the client's dial name it,
+    mapped to the dialled connection's end on the same side (the client, what it dialled).
+    The step comes first when there is one (``crossns.compose``, ``natviews.through_nat``):
+    ``conntrack: A → B (KIND)`` over ``dialled D; the receiving socket is H ↔ P`` or ``the
+    local socket is L ↔ R``."""
+    steps = att.steps
+    if not steps or not steps[0].what.startswith("conntrack:"):
+        return None
+    step = steps[0]
+    captured = step.what.removeprefix("conntrack:").rpartition(" (")[0]
+    a_text, _, b_text = captured.partition(" → ")
+    h_text, _, p_text = step.result.rpartition("socket is ")[2].partition(" ↔ ")
+    a, b, h, p = _end(a_text), _end(b_text), _end(h_text), _end(p_text)
+    if a is None or b is None or h is None or p is None:
+        return None
+    dialled = b
+    if step.result.startswith("dialled "):
+        dialled = _end(step.result.removeprefix("dialled ").partition(";")[0]) or b
+    if h == a or p == b:  # the socket's own end is the sender's (an outgoing rewrite)
+        h, p = p, h
+    return {a: a, p: a, b: dialled, h: dialled, dialled: dialled}
+
+
+def _key_of(proto: str, x: End, y: End) -> FlowKey:
+    return (proto, min(x, y), max(x, y))
+
+
+class LadderBuilder:
+    """The segments of one connection, fed in capture order; keeps the last ``limit`` of
+    them (constant memory however long the flow) and counts the rest.
+
+    A connection is its 4-tuple, and, when conntrack rewrote it (a published port, a
+    REDIRECT), every 4-tuple a row's conntrack step gives it: as dialled, as captured, as
+    its socket has it. ``-i any`` sees such a segment before the rewrite on one device and
+    after it on another; both copies, and both directions, are one ladder (the later copy
+    of a segment is drawn once, as the first)."""
+
+    def __init__(
+        self, selected: Segment, limit: int = MAX_ARROWS, attribution: Attribution | None = None
+    ) -> None:
         self.proto = selected.proto
         self.ports = {selected.sport, selected.dport}
-        self.a, self.b = (selected.src, selected.sport), (selected.dst, selected.dport)
+        self.keys: set[FlowKey] = {flow_key(selected)}
+        self.ends: dict[End, End] = {}  # each end of a rewritten connection: its dialled name
         self.selected = selected
         self.flow: deque[Record] = deque(maxlen=max(1, limit))
         self.total = 0
         self.caveat = ""
+        if attribution is not None:
+            self._learn(selected, attribution, True)
 
-    def wants(self, seg: Segment) -> bool:
-        # the ports first: one set lookup each rules out nearly every other segment
-        return (
-            seg.sport in self.ports
-            and seg.dport in self.ports
-            and seg.proto == self.proto
-            and (
-                ((seg.src, seg.sport) == self.a and (seg.dst, seg.dport) == self.b)
-                or ((seg.src, seg.sport) == self.b and (seg.dst, seg.dport) == self.a)
-            )
-        )
+    def _learn(self, seg: Segment, att: Attribution, ours: bool) -> bool:
+        """Takes the 4-tuples of a row's conntrack step when they are this connection's
+        (``ours``: the row's own 4-tuple is); True if they are."""
+        ends = nat_ends(seg, att)
+        if ends is None:
+            return ours
+        proto = seg.proto
+        tuples = {_key_of(proto, x, y) for x, cx in ends.items() for y, cy in ends.items() if cx != cy}
+        if not ours and not tuples & self.keys:
+            return False
+        self.keys |= tuples
+        self.ends.update(ends)
+        for _, x, y in tuples:
+            self.ports.update((x[1], y[1]))
+        return True
+
+    def takes(self, rec: Record) -> bool:
+        """``rec`` is a segment of this connection (learning its other 4-tuples from it)."""
+        seg = rec.segment
+        ports = self.ports
+        if seg.proto != self.proto or (seg.sport not in ports and seg.dport not in ports):
+            return False
+        ours = seg.sport in ports and seg.dport in ports and flow_key(seg) in self.keys
+        steps = rec.attribution.steps
+        if steps and steps[0].what.startswith("conntrack:"):
+            return self._learn(seg, rec.attribution, ours)
+        return ours
 
     def add(self, rec: Record) -> None:
-        if self.wants(rec.segment):
+        if self.takes(rec):
             self.flow.append(rec)
             self.total += 1
 
     def add_all(self, records: Iterable[Record]) -> None:
         """``add`` of each record, in one loop (the TUI scans a window of 150,000 rows)."""
-        ports, proto, a, b = self.ports, self.proto, self.a, self.b
+        ports, proto = self.ports, self.proto
         flow = self.flow
+        takes = self.takes
         n = 0
         for rec in records:
             seg = rec.segment
-            if (
-                seg.sport in ports
-                and seg.dport in ports
-                and seg.proto == proto
-                and (
-                    ((seg.src, seg.sport) == a and (seg.dst, seg.dport) == b)
-                    or ((seg.src, seg.sport) == b and (seg.dst, seg.dport) == a)
-                )
-            ):
+            # the ports first: one set lookup each rules out nearly every other segment
+            if (seg.sport in ports or seg.dport in ports) and seg.proto == proto and takes(rec):
                 flow.append(rec)
                 n += 1
         self.total += n
 
     def build(self) -> Ladder:
-        return _build(list(self.flow), self.total - len(self.flow), self.selected, self.caveat)
+        return _build(list(self.flow), self.total - len(self.flow), self.selected, self.caveat, self.ends)
 
 
 def ladder_for(records: Iterable[Record], selected: Record, limit: int = MAX_ARROWS) -> Ladder:
-    """The ladder of ``selected``'s 4-tuple over ``records`` (in capture order)."""
-    builder = LadderBuilder(selected.segment, limit)
+    """The ladder of ``selected``'s connection over ``records`` (in capture order)."""
+    builder = LadderBuilder(selected.segment, limit, selected.attribution)
     builder.add_all(records)
     return builder.build()
 
 
-def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "") -> Ladder:
+def _build(
+    flow: list[Record], elided: int, selected: Segment, caveat: str = "", ends: dict[End, End] | None = None
+) -> Ladder:
     seg0 = flow[0].segment if flow else selected
-    left_end = (seg0.src, seg0.sport)
+    names = ends or {}
+    left_end = names.get((seg0.src, seg0.sport), (seg0.src, seg0.sport))
     title = f"{seg0.proto} {endpoint(seg0.src, seg0.sport)} ⇄ {endpoint(seg0.dst, seg0.dport)}"
     ladder = Ladder(title, elided=elided, caveat=caveat)
     index: dict[object, int] = {}
@@ -289,7 +355,8 @@ def _build(flow: list[Record], elided: int, selected: Segment, caveat: str = "")
         if att.notes and att.notes[-1].startswith(COPY_NOTE):
             copies += 1  # one segment seen on a second device (a bridge and its port): one arrow
             continue
-        from_left = (seg.src, seg.sport) == left_end
+        src_end = (seg.src, seg.sport)
+        from_left = (names.get(src_end, src_end) if names else src_end) == left_end
         if _kernel_sent(seg, att):
             src = add_lane(("kernel", from_left), "kernel (no socket)", from_left, "kernel")
         elif att.sender is None:

@@ -146,6 +146,51 @@ def test_redirect() -> None:
     assert_scenario("redirect")
 
 
+def test_container_port() -> None:
+    """A published port DNAT'd into a "container" namespace: the lab's own events name the
+    container's server (pid, listener fd, each accepted fd) and its namespace's inode; every
+    row of both connections (the host's client after OUTPUT's DNAT, the other namespace's as
+    dialled and after PREROUTING's) names those, in that namespace, with the chain explained,
+    and none the host's port-reservation listener on the published port."""
+    run = assert_scenario("container-port", "--no-node")
+    ev = run.events
+    ctr = next(e for e in ev if e["what"] == "container")
+    inode = ctr["netns_inode"]
+    assert inode == next(e for e in ev if e["what"] == "listen" and e["role"] == "web")["netns_inode"]
+    web = next(e for e in ev if e["what"] == "listen" and e["role"] == "web")
+    trap = next(e for e in ev if e["what"] == "listen" and e["role"] == "reservation")
+    assert trap["local"] == "0.0.0.0:18080" and web["local"] == "0.0.0.0:80"
+    assert web["pid"] != trap["pid"]
+    for role, dialled_seen in (("host", False), ("remote", True)):
+        con = next(e for e in ev if e["what"] == "connect" and e["role"] == role)
+        acc = next(e for e in ev if e["what"] == "accept" and e["role"] == role)
+        assert con["remote"] == "10.231.0.1:18080" and acc["local"] == "10.231.1.2:80"
+        c_addr, c_port = con["local"].rsplit(":", 1)
+        up = [r for r in run.rows if r["src"] == c_addr and r["sport"] == int(c_port)]
+        down = [r for r in run.rows if r["dst"] == c_addr and r["dport"] == int(c_port)]
+        # the other namespace's segments are seen as dialled too; the host's only after DNAT
+        assert any(r["dst"] == "10.231.0.1" and r["dport"] == 18080 for r in up) == dialled_seen
+        assert any(r["dst"] == "10.231.1.2" and r["dport"] == 80 for r in up)
+        syns = [r for r in up if r["flags"] == "S"]
+        assert syns and len(syns) == (2 if dialled_seen else 1)
+        if dialled_seen:  # the copy after DNAT says it is the same segment
+            assert any("again" in n for n in syns[1].get("notes") or ()), syns[1]
+        for r in syns:
+            assert r["match"] == "listener" and (web["pid"], web["fd"]) in _holders(r["receiver"])
+            assert r["receiver"]["netns"] == inode
+            # the chain: what was dialled, the rewrite, the namespace, the socket
+            assert "10.231.0.1:18080" in r["explain"] and f"net:[{inode}]" in r["explain"], r["explain"]
+        data = [r for r in up if r["payload_len"] > 0]
+        assert data and all((acc["pid"], acc["fd"]) in _holders(r["receiver"]) for r in data)
+        assert all(r["receiver"]["netns"] == inode and r["match"] == "established" for r in data)
+        answers = [r for r in down if r["payload_len"] > 0]
+        assert answers and all((acc["pid"], acc["fd"]) in _holders(r["sender"]) for r in answers)
+        for r in up + down:
+            for k in ("receiver", "sender", "listener"):
+                assert (trap["pid"], trap["fd"]) not in _holders(r.get(k)), r
+            assert r["match"] not in ("none", "unknown", "not_local"), r
+
+
 def test_udp_demux() -> None:
     assert_scenario("udp-demux")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 from conntui.crossns import copy_note
 from conntui.model import (
@@ -317,6 +318,51 @@ def test_a_container_lane_says_its_container_and_a_copy_on_the_bridge_is_one_arr
     lines = ladder_lines(ladder)
     assert lines[1] == "(1 segment seen again on another device is drawn once (one arrow each))"
     assert "ctr web" in lines[5] and "net:[2222]" in lines[6]
+
+
+def test_a_connection_seen_before_and_after_dnat_is_one_ladder() -> None:
+    """A published port (10.231.0.1:18080 DNAT'd to a container's 10.231.1.2:80) captured
+    with ``-i any``: each segment on the host's veth (as dialled) and on the container's (as
+    translated). Whichever copy comes first, and from whichever row the ladder is opened,
+    it is one ladder of the connection, each segment once, each from its sender's end."""
+    cli_end, dialled, ctr = ("10.231.0.2", 51978), ("10.231.0.1", 18080), ("10.231.1.2", 80)
+    cli = sk("ESTABLISHED", cli_end, dialled, Holder(10, 3, "client"), 1, netns=1111)
+    lst = sk("LISTEN", ("0.0.0.0", 80), None, Holder(20, 3, "web"), 2, netns=2222)
+    acc = sk("ESTABLISHED", ctr, cli_end, Holder(20, 4, "web"), 3, netns=2222)
+    ct = Lookup(
+        "conntrack: 10.231.0.2:51978 → 10.231.0.1:18080 (DNAT)",
+        "dialled 10.231.0.1:18080; the receiving socket is 10.231.1.2:80 ↔ 10.231.0.2:51978",
+    )
+    rows = [  # (flags, payload, pre-DNAT first?, attribution of the first copy)
+        ("S", 0, True, Attribution(Match.LISTENER, lst, cli, steps=(ct,))),
+        ("SA", 0, False, Attribution(Match.ESTABLISHED, cli, lst)),
+        ("A", 0, True, Attribution(Match.ACCEPT_QUEUE, None, cli)),
+        ("PA", 28, True, Attribution(Match.ESTABLISHED, acc, cli)),
+        ("PA", 43, False, Attribution(Match.ESTABLISHED, cli, acc)),
+    ]
+    flow: list[Record] = []
+    for i, (flags, n, request, att) in enumerate(rows):
+        far = dialled if request else ctr  # the server's end as the first copy's device has it
+        near = ctr if request else dialled
+        src, dst, src2, dst2 = (cli_end, far, cli_end, near) if request else (far, cli_end, near, cli_end)
+        first = seg(i, src, dst, flags, n)._replace(iface="veth-srv" if request else "veth-ctr")
+        again = seg(i + 0.00001, src2, dst2, flags, n)._replace(iface="veth-ctr" if request else "veth-srv")
+        flow.append(rec(len(flow), first, att))
+        flow.append(rec(len(flow), again, replace(att, notes=(*att.notes, copy_note(flow[-1].seq, again)))))
+    for opened in flow:
+        ladder = ladder_for(flow, opened)
+        assert [a.seq for a in ladder.arrows] == [0, 2, 4, 6, 8], opened
+        assert ladder.title == "tcp 10.231.0.2:51978 ⇄ 10.231.0.1:18080"
+        assert [ln.kind for ln in ladder.lanes] == ["socket", "nat", "socket", "queue", "socket"]
+        assert [(a.what, a.src, a.dst) for a in ladder.arrows] == [
+            ("S 0", 0, 2),
+            ("SA 0", 2, 0),
+            ("A 0", 0, 3),
+            ("PA 28", 0, 4),
+            ("PA 43", 4, 0),
+        ]
+        assert all(a.nat for a in ladder.arrows)
+        assert ladder.caveat == "5 segments seen again on another device are drawn once (one arrow each)"
 
 
 async def test_the_ladder_follows_a_resized_terminal() -> None:

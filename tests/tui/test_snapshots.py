@@ -107,3 +107,16 @@ def test_ladder_80x24(snap_compare) -> None:  # type: ignore[no-untyped-def]
         await pilot.pause()
 
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_sockets_of_two_namespaces(snap_compare) -> None:  # type: ignore[no-untyped-def]
+    """The socket view with a container's namespace beside conntui's own, filtered to port
+    8080: one level per namespace, the container's :8080 listener apart from the host's."""
+    from .test_socket_netns import two_namespace_app
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await pilot.press("slash", *"8080", "enter", "tab")
+        await pilot.pause(2 * pilot.app.AFTER_FRAME)  # type: ignore[attr-defined]  # the socket view follows
+        await settle(pilot)
+
+    assert snap_compare(two_namespace_app(), terminal_size=SIZE, run_before=run_before)

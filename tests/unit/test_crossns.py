@@ -9,6 +9,7 @@ from conntui.crossns import NatIndex, SegmentCopies, mapping_ends, nat_kind
 from conntui.model import Attribution, FlowKey, Match, Segment, SocketTable
 from conntui.sockets.conntrack import IPS_DST_NAT, IPS_SRC_NAT, NatMapping
 from conntui.sockets.namespaces import NamespaceInfo, NamespaceTables
+from conntui.tablesource import ManyNamespaces
 
 ORIG = FlowKey("tcp", "127.0.0.1", 33324, "127.0.0.1", 18081)
 REPLY = FlowKey("tcp", "10.88.0.8", 80, "10.88.0.1", 33324)
@@ -148,3 +149,25 @@ def test_a_namespace_made_since_the_refresh_is_found_on_its_first_segment(monkey
     assert spaces.owner("198.51.100.8") is None and len(calls) == n
     clock[0] += namespaces.REDISCOVER_EVERY
     assert spaces.owner("198.51.100.7") is None and len(calls) == n + 1
+
+
+def test_namespace_tables_are_the_primary_and_every_other_one_read():
+    """What the TUI's socket view shows: conntui's own namespace first, then each other
+    namespace whose sockets were read (one never read has no table to show), with its name."""
+    host = FakeSource(1, ["192.0.2.2"])
+    host.table = SocketTable([], taken_at=10.0, local_addrs=["192.0.2.2"])
+    found = {2: NamespaceInfo(2, "/run/netns/web", "web"), 3: NamespaceInfo(3, "/proc/300/ns/net", pid=300)}
+    made: dict[int, FakeSource] = {}
+
+    def make(info: NamespaceInfo) -> FakeSource:
+        made[info.inode] = FakeSource(info.inode, [f"10.241.0.{info.inode}"])
+        return made[info.inode]
+
+    spaces = NamespaceTables(host, discover=lambda: dict(found), make_source=make)  # type: ignore[arg-type]
+    spaces.refresh()
+    assert isinstance(spaces, ManyNamespaces)
+    assert [t.inode for t in spaces.namespace_tables()] == [1]  # the others' sockets not read yet
+    made[2].table = SocketTable([], taken_at=9.0, local_addrs=["10.241.0.2"])
+    made[3].table = SocketTable([], taken_at=9.5, local_addrs=["10.241.0.3"])
+    assert [(t.inode, t.name) for t in spaces.namespace_tables()] == [(1, ""), (2, "web"), (3, "")]
+    assert spaces.namespace_tables()[1].table is made[2].table

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from conntui.judge import judge
-from conntui.model import Attribution, Endpoint, Holder, Match, Segment, SocketEntry
+from conntui.model import Attribution, Endpoint, Holder, Match, Segment, SocketEntry, SocketTable
 from conntui.predict import NOTE, predict
 from conntui.timeline import KernelEvent, Timeline
 from conntui.tracer import SocketTracer
@@ -295,3 +295,18 @@ def test_rows_wait_for_the_tracers_output_before_they_are_judged() -> None:
     assert engine._record_horizon(horizon, now) == now - engine.settle - HOLD_MAX
     engine.tracer = _Lagging(synced=_time.time() + 1.0)  # caught up: no wait
     assert engine._record_horizon(horizon, now) == horizon
+
+
+def test_rule2_the_sockets_it_makes_are_in_the_listeners_namespace() -> None:
+    """A listener read in a container's namespace: the request sock and the connection the
+    handshake makes are that namespace's (JSON's ``netns``), not "not read" (0)."""
+    tl = timeline()
+    ns = 4026532371
+    lst = replace(LISTENER, netns=ns)
+    in_ns = SocketTable((lst,), local_addrs=[S])
+    ack = seg(100.00105, "A")
+    got = predict(ack, Attribution(Match.LISTENER, listener=lst, receiver=lst), tl, holder_at, in_ns)
+    assert got.match == Match.ACCEPT_QUEUE and got.receiver is not None and got.receiver.netns == ns
+    data = seg(100.00105, "PA", payload=21)
+    got = predict(data, Attribution(Match.UNKNOWN, listener=lst), tl, holder_at, in_ns)
+    assert got.match == Match.ESTABLISHED and got.receiver is not None and got.receiver.netns == ns

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..runner import Scenario
 from . import (
     accept_queue,
+    container_port,
     established_routing,
     listen,
     listen_vs_connect,
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, Scenario] = {
         port_conflict,
         same_port,
         redirect,
+        container_port,
         udp_demux,
         tproxy,
     )

@@ -9,7 +9,7 @@ theirs when they are scrolled or unfolded into view. Bounded by ``sockview.build
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from rich.cells import cell_len
 from rich.style import Style
@@ -29,6 +29,7 @@ from ..sockview import (
     SECTION_TCP,
     SECTION_TITLES,
     SECTION_UDP,
+    NetnsGroup,
     SocketGroup,
     SocketView,
     build_view,
@@ -43,7 +44,7 @@ KERNEL = Style(color="bright_black", italic=True)
 SPARK = " ▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 8
 
-NodeData = tuple[str, object]  # ("section" | "group" | "socket" | "more", key)
+NodeData = tuple[str, object]  # ("netns" | "section" | "group" | "socket" | "more", key)
 
 
 QUEUE_WIDTH = 12
@@ -196,8 +197,12 @@ class SocketTree(Tree[NodeData]):
         flt: DisplayFilter | None,
         activity: SocketActivity,
         now: float,
+        *,
+        primary_netns: int = 0,
+        netns_notes: Mapping[int, str] | None = None,
     ) -> None:
-        view = build_view(entries, flt)
+        """Show ``entries`` (of every namespace read; ``primary_netns`` is conntui's own)."""
+        view = build_view(entries, flt, primary_netns=primary_netns, netns_notes=netns_notes)
         self.view = view
         if now - self._queue_sampled >= 1.0:
             self._queue_sampled = now
@@ -307,45 +312,39 @@ class SocketTree(Tree[NodeData]):
         self._section_nodes.clear()
         self._label_of.clear()
         self._labelled.clear()
-        shown = self._shown
         restore: TreeNode[NodeData] | None = None
         if not view.groups:
             empty = "no sockets match the filter" if flt else "no sockets in the table yet"
             self.root.add_leaf(Text(empty, style=DIM), data=("more", ""))
-        for section in (SECTION_LISTEN, SECTION_TCP, SECTION_UDP):
-            groups = view.by_section(section)
-            if not groups:
-                continue
-            title = Text(SECTION_TITLES[section], style=Style(bold=True))
-            title.append(f"  {len(groups)}", style=DIM)
-            snode = self.root.add(title, data=("section", section), expand=section not in self._collapsed)
-            self._section_nodes[section] = snode
-            if cursor_data == ("section", section):
-                restore = snode
-            for g in groups:
-                label = self._group_label(g, activity, now)
-                # kernel-owned leftovers (TIME_WAIT, orphans) can be many: folded unless opened
-                folded = g.key in self._collapsed or (g.pid is None and g.listener is None)
-                gnode = snode.add(label, data=("group", g.key), expand=not folded or g.key in self._expanded)
-                self._group_nodes[g.key] = gnode
-                self._label_of[gnode.id] = (g, None)
-                self._labelled[gnode.id] = shown
-                if cursor_data == ("group", g.key):
-                    restore = gnode
-                for s in g.rows:
-                    skey = socket_key(s)
-                    leaf = gnode.add_leaf(self._socket_label(g, s, activity, now), data=("socket", skey))
-                    self._socket_nodes[(g.key, skey)] = (leaf, s)
-                    self._label_of[leaf.id] = (g, s)
-                    self._labelled[leaf.id] = shown
-                    if cursor_data == ("socket", skey):
-                        restore = leaf
-                if g.hidden:
-                    gnode.add_leaf(
-                        Text(f"… {g.hidden} more (narrow the filter)", style=DIM), data=("more", g.key)
-                    )
-                if not g.rows and g.listener is not None:
-                    gnode.allow_expand = False
+        spaces: list[NetnsGroup | None] = list(view.namespaces) or [None]
+        for space in spaces:
+            parent = self.root
+            if space is not None:
+                # sockets of several namespaces: one level above the sections for each
+                nkey = f"netns:{space.inode}"
+                parent = self.root.add(
+                    self._netns_label(space, view), data=("netns", nkey), expand=nkey not in self._collapsed
+                )
+                if cursor_data == ("netns", nkey):
+                    restore = parent
+            for section in (SECTION_LISTEN, SECTION_TCP, SECTION_UDP):
+                groups = view.by_section(section, None if space is None else space.inode)
+                if not groups:
+                    continue
+                skey = section if space is None else f"{space.inode}/{section}"
+                title = Text(SECTION_TITLES[section], style=Style(bold=True))
+                title.append(f"  {len(groups)}", style=DIM)
+                snode = parent.add(title, data=("section", skey), expand=skey not in self._collapsed)
+                self._section_nodes[skey] = snode
+                if cursor_data == ("section", skey):
+                    restore = snode
+                for g in groups:
+                    gnode = self._add_group(snode, g, activity, now)
+                    if cursor_data == ("group", g.key):
+                        restore = gnode
+                    for s in g.rows:
+                        if cursor_data == ("socket", socket_key(s)):
+                            restore = self._socket_nodes[(g.key, socket_key(s))][0]
         if view.hidden_groups:
             self.root.add_leaf(
                 Text(f"… {view.hidden_groups} more groups (narrow the filter)", style=DIM), data=("more", "")
@@ -353,9 +352,40 @@ class SocketTree(Tree[NodeData]):
         if restore is not None:
             self.move_cursor(restore)
 
+    def _netns_label(self, space: NetnsGroup, view: SocketView) -> Text:
+        groups = [g for g in view.groups if g.netns == space.inode]
+        n = sum(len(g.rows) + g.hidden + (g.listener is not None) for g in groups)
+        t = Text(safe(space.title), style=Style(bold=True, color="magenta"))
+        t.append(f"  {n} socket{'s' if n != 1 else ''}", style=DIM)
+        return t
+
+    def _add_group(
+        self, snode: TreeNode[NodeData], g: SocketGroup, activity: SocketActivity, now: float
+    ) -> TreeNode[NodeData]:
+        """A group's line and its sockets' under ``snode``."""
+        shown = self._shown
+        label = self._group_label(g, activity, now)
+        # kernel-owned leftovers (TIME_WAIT, orphans) can be many: folded unless opened
+        folded = g.key in self._collapsed or (g.pid is None and g.listener is None)
+        gnode = snode.add(label, data=("group", g.key), expand=not folded or g.key in self._expanded)
+        self._group_nodes[g.key] = gnode
+        self._label_of[gnode.id] = (g, None)
+        self._labelled[gnode.id] = shown
+        for s in g.rows:
+            skey = socket_key(s)
+            leaf = gnode.add_leaf(self._socket_label(g, s, activity, now), data=("socket", skey))
+            self._socket_nodes[(g.key, skey)] = (leaf, s)
+            self._label_of[leaf.id] = (g, s)
+            self._labelled[leaf.id] = shown
+        if g.hidden:
+            gnode.add_leaf(Text(f"… {g.hidden} more (narrow the filter)", style=DIM), data=("more", g.key))
+        if not g.rows and g.listener is not None:
+            gnode.allow_expand = False
+        return gnode
+
     def on_tree_node_collapsed(self, event: Tree.NodeCollapsed[NodeData]) -> None:
         data = event.node.data
-        if data is not None and data[0] in ("section", "group"):
+        if data is not None and data[0] in ("netns", "section", "group"):
             self._collapsed.add(str(data[1]))
             self._expanded.discard(str(data[1]))
 
