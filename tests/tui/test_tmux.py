@@ -105,7 +105,7 @@ def test_real_binary_shows_our_pid_and_fds() -> None:
         _tmux("kill-session", "-t", session)
 
 
-# -- Ctrl-C while starting -------------------------------------------
+# -- the terminal goes away, or Ctrl-C while starting -------------------------------------------
 
 
 def _marked(marker: str) -> list[tuple[int, str]]:
@@ -191,3 +191,46 @@ def test_ctrl_c_while_the_tui_starts_exits_quietly(when: str) -> None:
         for pid, _ in _marked(marker):
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
+
+
+@pytest.mark.skipif(shutil.which("bpftrace") is None, reason="needs bpftrace")
+@pytest.mark.parametrize(
+    "shell",
+    [
+        # the pane's shell (bash -c) ends on the hangup
+        "{conntui}; sleep 60",
+        # a shell that ignores SIGHUP and stays: the kernel sends SIGHUP only to the
+        # session leader, so conntui gets none; its terminal just fails (EIO, EOF)
+        'trap "" HUP; {conntui}; sleep 60',
+    ],
+    ids=["shell-ends", "shell-ignores-hup"],
+)
+def test_the_tui_ends_when_its_pane_is_killed(shell: str) -> None:
+    """The terminal goes away (the tmux pane is killed, as when a window is closed or an SSH
+    connection drops): conntui ends, and its tracer with it, instead of running on and
+    spinning on a terminal that is not there."""
+    session = f"fx-pane-{os.getpid()}-{len(shell)}"
+    marker = session
+    _start_in_pane(session, marker, shell)
+    try:
+        up = _wait_for(f"{session}:0", lambda t: "Segments" in t and "segments" in t)
+        assert "Segments" in up, up
+        assert _wait_until(lambda: _has_tracer(marker), 20), "no tracer"
+        pid = _conntui_pid(marker)
+        assert pid is not None
+        _tmux("kill-pane", "-t", f"{session}:0")
+        # a generous bound: conntui that never ends fails it; how fast is not the point
+        assert _wait_until(lambda: not psutil.pid_exists(pid) or _is_zombie(pid), 30), "conntui still runs"
+        assert _wait_until(lambda: not _marked(marker), 10), _marked(marker)
+    finally:
+        _tmux("kill-session", "-t", session)
+        for left, _ in _marked(marker):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(left).kill()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
