@@ -541,6 +541,9 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     src = engine.source
     what = f"listening on {opts.interface}" if src.live else f"reading from file {opts.read}"
     filt = " and ".join(x for x in (f"port {opts.ports}" if opts.ports else "", opts.expression) if x)
+    # the capture's own handlers before "listening on": a signal from then on (a script
+    # waits for that line) ends the capture cleanly, exit 0
+    previous = _stop_on_signals(engine)
     sys.stderr.write(f"{PROG}: {what}{', filter: ' + filt if filt else ''}\n")
     sys.stderr.flush()
     code = 0
@@ -556,7 +559,6 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
         sys.stderr.flush()
 
     engine.on_writer_error = writer_failed
-    previous = _stop_on_signals(engine)
     try:
         engine.run(count=opts.count, duration=opts.duration)
     except (KeyboardInterrupt, _Stop):
