@@ -20,7 +20,7 @@ from .flowcache import FlowCache, cache_key
 from .freshness import ResolveGate, final_answer, late_after_close, needs_resolve, shows_open
 from .history import FlowHistory
 from .model import Attribution, Frame, Match, Segment, SocketTable
-from .natviews import NAT_SUSPECTS, NatViews, View
+from .natviews import NatViews, View, nat_may_hide
 from .sockets.namespaces import NamespaceTables
 from .tablesource import TableSource
 
@@ -132,7 +132,7 @@ class Attributor:
             return self.views.through_nat(seg, att), None
         if closed and not seg.is_syn:
             att = late_after_close(seg, att)
-        if self.live and (seg.is_syn or att.match in NAT_SUSPECTS):
+        if self.live and nat_may_hide(seg, att, table):
             natted = self.views.through_nat(seg, att)
             if natted is not att:
                 return natted, None

@@ -11,9 +11,10 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -385,6 +386,29 @@ def _make_engine(opts: Options, notes: list[str], session: Session | None, priv:
     if opts.netns is not None:
         enter_netns(opts.netns)
     source = make_source(opts, notes)
+    opened: list[Callable[[], None]] = [source.close]  # the close of each thing opened
+    try:
+        return _open_rest(opts, notes, session, priv, source, opened)
+    except KeyboardInterrupt:
+        # Ctrl-C while setting up: close what is open, the newest first (the tracer is a
+        # child in its own session: the terminal's Ctrl-C does not reach it, nothing else
+        # would stop it)
+        for close in reversed(opened):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+
+
+def _open_rest(
+    opts: Options,
+    notes: list[str],
+    session: Session | None,
+    priv: Privsep | None,
+    source: FrameSource,
+    opened: list[Callable[[], None]],
+) -> Engine:
+    """The rest of :func:`_make_engine` once the source is open; puts the close of each
+    thing it opens in ``opened``."""
     try:
         writer: Writer | None
         if opts.write == STDOUT:
@@ -394,6 +418,8 @@ def _make_engine(opts: Options, notes: list[str], session: Session | None, priv:
     except ExportError as exc:
         source.close()
         raise UsageError(str(exc)) from None
+    if writer is not None:
+        opened.append(writer.close)
     tables = make_tables(source.live, one_namespace=opts.netns is not None)
     keep = opts.ports.matches if opts.ports else None
     if session is None and opts.headless:
@@ -417,7 +443,9 @@ def _make_engine(opts: Options, notes: list[str], session: Session | None, priv:
         tracer = SocketTracer.start(
             all_namespaces=isinstance(tables, NamespaceTables), defer_threads=priv is not None
         )
-        if tracer is None:
+        if tracer is not None:
+            opened.append(tracer.close)
+        else:
             notes.append(
                 f"no kernel tracer ({SocketTracer.why_not}): rows are predictions from the socket table "
                 "only, without the kernel's verdicts, and short connections may be unknown"
@@ -432,6 +460,7 @@ def _make_engine(opts: Options, notes: list[str], session: Session | None, priv:
         settle=opts.settle,
         tracer=tracer,
     )
+    opened[:] = [engine.close]  # it closes the source, the writer and the tracer
     if opts.trace and source.live and tracer is None:
         engine.tracer_unavailable = SocketTracer.why_not or "the kernel tracer did not start"
     if priv is not None:
@@ -522,6 +551,9 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
     src = engine.source
     what = f"listening on {opts.interface}" if src.live else f"reading from file {opts.read}"
     filt = " and ".join(x for x in (f"port {opts.ports}" if opts.ports else "", opts.expression) if x)
+    # the capture's own handlers before "listening on": a signal from then on (a script
+    # waits for that line) ends the capture cleanly, exit 0
+    previous = _stop_on_signals(engine)
     sys.stderr.write(f"{PROG}: {what}{', filter: ' + filt if filt else ''}\n")
     sys.stderr.flush()
     code = 0
@@ -537,7 +569,6 @@ def run_headless(opts: Options, engine: Engine, out: IO[str]) -> int:
         sys.stderr.flush()
 
     engine.on_writer_error = writer_failed
-    previous = _stop_on_signals(engine)
     try:
         engine.run(count=opts.count, duration=opts.duration)
     except (KeyboardInterrupt, _Stop):
@@ -665,6 +696,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .wireshark.extcap import main as extcap_main
 
         return extcap_main(argv)
+    # SIGHUP and SIGTERM while setting up end conntui as Ctrl-C does (what is open closed,
+    # the tracer stopped) until the capture puts its own handlers in place
+    held = threading.current_thread() is threading.main_thread()
+    previous = (
+        {s: signal.signal(s, _stopped_setting_up) for s in (signal.SIGHUP, signal.SIGTERM)} if held else {}
+    )
+    try:
+        return _capture(argv)
+    except KeyboardInterrupt as exc:  # one that came while a handler was being put back
+        return interrupted(exc)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class SetUpStopped(KeyboardInterrupt):
+    """SIGHUP or SIGTERM while conntui sets up; taken as Ctrl-C is (SIGINT raises
+    KeyboardInterrupt itself)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stopped_setting_up(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SetUpStopped(signum)
+
+
+def interrupted(exc: KeyboardInterrupt) -> int:
+    """A signal before conntui captured: one line, and the shell's code for it (130 for
+    Ctrl-C, 128 + the signal's number)."""
+    signum = exc.signum if isinstance(exc, SetUpStopped) else signal.SIGINT
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{PROG}: {what}\n")
+        sys.stderr.flush()
+    return 128 + signum
+
+
+def _capture(argv: list[str]) -> int:
+    """A live capture or a file read: set up, then :func:`_run`; a signal while setting up
+    ends it quietly."""
     notes: list[str] = []
     try:
         opts = parse_options(argv)
@@ -681,6 +754,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, CaptureError) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return exc.code if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt as exc:  # while setting up (make_engine closed what it opened)
+        return interrupted(exc)
+    try:
+        return _run(opts, engine, notes)
+    except KeyboardInterrupt as exc:
+        # before the capture's own handlers were in place (once they are, a signal ends
+        # the capture cleanly, exit 0), or in the TUI before it took the terminal
+        engine.stop()
+        _end_helper(engine)
+        return interrupted(exc)
+
+
+def _run(opts: Options, engine: Engine, notes: list[str]) -> int:
+    """Capture (headless, a ladder or the TUI) with the engine :func:`make_engine` built."""
     for note in notes:
         sys.stderr.write(f"{PROG}: note: {note}\n")
     if opts.ladder is not None:

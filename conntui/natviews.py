@@ -30,15 +30,28 @@ from .model import (
     endpoint_text,
     unmap,
 )
-from .sockets.conntrack import Conntrack, NatMapping, local_socket_tuple
+from .sockets.conntrack import Conntrack, NatMapping, local_socket_tuple, sending_socket_tuple
 from .sockets.namespaces import NamespaceTables
 from .tablesource import TableSource
 
 NAT_SUSPECTS = frozenset((Match.NONE, Match.NOT_LOCAL, Match.UNKNOWN))
+
 _UNSET = object()
 # a row across namespaces as each end's socket sees it: (receiving segment, its table, its
 # namespace, sending segment, its namespace (None: another host))
 View = tuple[Segment, SocketTable, int, Segment, int | None]
+
+
+def nat_may_hide(seg: Segment, att: Attribution, table: SocketTable) -> bool:
+    """Whether NAT may be why an end of ``seg`` was not found (worth asking conntrack): a
+    miss, a SYN (what the client dialled), or a segment from this host whose sending socket
+    the table does not show under the captured tuple (both ends local, as with an OUTPUT
+    REDIRECT: the sender's socket holds the tuple before the rewrite)."""
+    return (
+        seg.is_syn
+        or att.match in NAT_SUSPECTS
+        or (att.sender is None and "R" not in seg.flags and table.is_local(seg.src))
+    )
 
 
 class NatViews:
@@ -70,7 +83,8 @@ class NatViews:
         socket's real tuple; a SYN that already found its socket learns what the client
         dialled. ``conntui.sockets.conntrack`` has the direction rules.
         """
-        if not (seg.is_syn or att.match in NAT_SUSPECTS):
+        table = self.tables.current()
+        if not nat_may_hide(seg, att, table):
             return att
         nat = self.conntrack()
         if nat is None:
@@ -85,7 +99,6 @@ class NatViews:
             self._nat_cache[key] = mapping
         if not isinstance(mapping, NatMapping) or not mapping.nat:
             return att
-        table = self.tables.current()
         sock = local_socket_tuple(mapping, key, is_local=table.is_local)
         if sock is None:
             return att
@@ -94,8 +107,10 @@ class NatViews:
         dialled = endpoint_text(o.dst, o.dport)
         kind = "REDIRECT/DNAT" if mapping.dst_nat else "SNAT"
         if att.match not in NAT_SUSPECTS:  # found already (post-NAT capture, e.g. on lo)
-            note = f"NAT ({kind}): the client dialled {dialled}; conntrack sent it to this socket"
-            return replace(att, notes=(*att.notes, note))
+            if seg.is_syn:
+                note = f"NAT ({kind}): the client dialled {dialled}; conntrack sent it to this socket"
+                att = replace(att, notes=(*att.notes, note))
+            return self._nat_sender(seg, att, mapping, table, kind)
         incoming = unmap(seg.src) == unmap(raddr) and seg.sport == rport
         if incoming:
             real = seg._replace(src=raddr, sport=rport, dst=laddr, dport=lport)
@@ -120,6 +135,39 @@ class NatViews:
             f"addresses as they were on the wire). {real_att.explain}"
         )
         return replace(real_att, explain=why, steps=(step, *real_att.steps))
+
+    def _nat_sender(
+        self, seg: Segment, att: Attribution, mapping: NatMapping, table: SocketTable, kind: str
+    ) -> Attribution:
+        """Name the sending socket of a segment from this host that the captured tuple does not
+        show: NAT rewrote the segment after that socket sent it (an OUTPUT REDIRECT on lo:
+        the client's socket is connected to the dialled port, its SYN is captured going to
+        the daemon's). conntrack's tuple for the sending end is looked up instead."""
+        if att.sender is not None or "R" in seg.flags or not table.is_local(seg.src):
+            return att
+        sock = sending_socket_tuple(mapping, seg.key, is_local=table.is_local)
+        if sock is None or sock == (seg.src, seg.sport, seg.dst, seg.dport):
+            return att
+        laddr, lport, raddr, rport = sock
+        sent = seg._replace(src=laddr, sport=lport, dst=raddr, dport=rport)
+        found = attribute(sent, table)
+        if found.sender is None or not found.sender.holders:
+            fresher = self.tables.resolve(sent)
+            if fresher is not None:
+                found = attribute(sent, fresher)
+        if found.sender is None:
+            return att
+        here, there = endpoint_text(laddr, lport), endpoint_text(raddr, rport)
+        step = Lookup(
+            f"conntrack: {endpoint_text(seg.src, seg.sport)} → {endpoint_text(seg.dst, seg.dport)} ({kind})",
+            f"the sending socket is {here} ↔ {there}",
+        )
+        senders = tuple(x for x in found.steps if x.what.startswith("sender socket"))
+        why = (
+            f"NAT ({kind}) rewrote this segment after its socket sent it: conntrack gives the "
+            f"sending socket's tuple {here} → {there}. {found.sender_explain}"
+        )
+        return replace(att, sender=found.sender, sender_explain=why, steps=(*att.steps, step, *senders))
 
     def across(self, seg: Segment, att: Attribution) -> tuple[Attribution, View | None] | None:
         """The row of a segment an end of which is in another network namespace (a

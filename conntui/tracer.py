@@ -98,7 +98,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, TypeVar
 
 from .model import TCP_STATES, Endpoint, Holder, SocketEntry, unmap
@@ -830,6 +830,25 @@ def _close_all() -> None:
 atexit.register(_close_all)
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT for the block and deliver it after: a Ctrl-C inside ``Popen`` (after the
+    fork, before it returns) would leave bpftrace running, in its own session, with nobody
+    holding its pid to stop it. Only the main thread sets handlers (and gets SIGINT)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # to the handler it was meant for
+
+
 class SocketTracer:
     """``bpftrace`` recording (tuple, pid, fd) of new sockets; see the module docstring.
 
@@ -944,6 +963,7 @@ class SocketTracer:
         why in one line. Never raises. ``defer_threads``: bpftrace is started, its readers
         only by :meth:`resume` (conntui confines itself in between, with one thread).
         """
+        tracer: SocketTracer | None = None
         try:
             reason = cls.unavailable(netns_path, bpftrace=bpftrace, mount_tracefs=mount_tracefs)
             if reason:
@@ -964,6 +984,10 @@ class SocketTracer:
         except Exception as e:  # never raise: the tracer is optional
             cls.why_not = f"kernel tracer: {e}"
             return None
+        except BaseException:  # Ctrl-C while starting: bpftrace (its own session) goes too
+            if tracer is not None:
+                tracer.close()
+            raise
         if wait > 0 and not tracer.wait_ready(wait):
             cls.why_not = tracer.why_not or f"bpftrace did not attach within {wait:g} s"
             tracer.close()
@@ -979,16 +1003,17 @@ class SocketTracer:
                 "BPFTRACE_STRLEN": "32",
             }
         )
-        self.proc = subprocess.Popen(
-            [bpftrace, "-f", "json", "-e", self.script],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group: killed as a whole on close
-            close_fds=True,
-        )
-        _live.add(self)
+        with _interrupts_held():
+            self.proc = subprocess.Popen(
+                [bpftrace, "-f", "json", "-e", self.script],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # its own process group: killed as a whole on close
+                close_fds=True,
+            )
+            _live.add(self)
         self._deferred = [
             (self._read_stdout, "conntui-tracer"),
             (self._read_stderr, "conntui-tracer-err"),

@@ -36,6 +36,24 @@ class _Question:
     ts: float
     port: int
     candidates: tuple[SocketEntry, ...] = ()
+    isn: int = -1  # a SYN's sequence number (its retransmissions carry the same)
+    answer: str = ""  # what came back to a SYN first ("a challenge ACK"), and its record
+    answered_by: int = -1
+
+
+def _retransmitted(first: _Question) -> str:
+    """The note on a SYN sent again: what came back to the first one, or that nothing did.
+    (Every SYN-ACK and RST goes through the verifier, and so does every bare ACK while a
+    challenge ACK is awaited: the only ACK that answers a SYN.)"""
+    text = f"a retransmission of the SYN of record #{first.seq}"
+    if first.answer == "a challenge ACK":
+        return f"{text}, which got a challenge ACK (record #{first.answered_by}), not a SYN-ACK"
+    if first.answer:
+        return f"{text}, which got {first.answer} (record #{first.answered_by})"
+    return (
+        f"{text}: nothing came back to that one (no SYN-ACK, RST or challenge ACK was captured): "
+        "it or its answer was dropped, e.g. by a full accept queue or SYN queue"
+    )
 
 
 class Verifier:
@@ -51,7 +69,7 @@ class Verifier:
         self._rst: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._icmp: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._challenge: OrderedDict[FlowKey, _Question] = OrderedDict()
-        self._syns: OrderedDict[tuple[FlowKey, int], _Question] = OrderedDict()
+        self._syns: OrderedDict[FlowKey, _Question] = OrderedDict()  # each flow's last SYN
         self._reuseport: OrderedDict[FlowKey, _Question] = OrderedDict()
         self._next_expire = float("-inf")
 
@@ -78,6 +96,8 @@ class Verifier:
         notes: list[Note] = []
         if seg.proto == "tcp":
             flags = seg.flags
+            if "R" in flags and self._syns:
+                self._answered(seg, rec.seq, "a RST")
             if "R" in flags and self._rst:
                 q = self._rst.pop(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport), None)
                 if q is not None:
@@ -91,12 +111,14 @@ class Verifier:
                             q.seq,
                         )
                     )
-            elif "S" in flags and "A" in flags and self._challenge:
+            elif "S" in flags and "A" in flags:
                 # a SYN-ACK answered the SYN: the connection was new, no challenge ACK follows
                 self._challenge.pop(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport), None)
+                self._answered(seg, rec.seq, "a SYN-ACK")
             elif flags == "A" and seg.payload_len == 0 and self._challenge:
                 q = self._challenge.pop(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport), None)
                 if q is not None:
+                    self._answered(seg, rec.seq, "a challenge ACK")
                     notes.append(
                         Note(q.seq, f"the kernel answered with a challenge ACK (record #{rec.seq})", rec.seq)
                     )
@@ -122,21 +144,11 @@ class Verifier:
     def _syn(self, rec: Record) -> list[Note]:
         seg, att = rec.segment, rec.attribution
         notes: list[Note] = []
-        key = (seg.key, seg.seq)
-        first = self._syns.get(key)
-        if first is not None:
-            notes.append(
-                Note(
-                    rec.seq,
-                    f"a retransmission of the SYN of record #{first.seq}: that one got no SYN-ACK "
-                    "(dropped, e.g. a full accept queue or SYN queue)",
-                    first.seq,
-                )
-            )
+        first = self._syns.get(seg.key)
+        if first is not None and first.isn == seg.seq:
+            notes.append(Note(rec.seq, _retransmitted(first), first.seq))
         else:
-            self._syns[key] = _Question(rec.seq, seg.ts, seg.dport)
-            while len(self._syns) > self.limit:
-                self._syns.popitem(last=False)
+            self._remember(self._syns, seg.key, _Question(rec.seq, seg.ts, seg.dport, isn=seg.seq))
         receiver = att.receiver
         if (
             att.match == Match.LISTENER
@@ -161,6 +173,13 @@ class Verifier:
         ):
             self._remember(self._challenge, seg.key, _Question(rec.seq, seg.ts, seg.dport))
         return notes
+
+    def _answered(self, seg: Segment, seq: int, what: str) -> None:
+        """``seg`` (record ``seq``) came back on the flow of a SYN: the first such answer is
+        what that SYN's retransmission says it got."""
+        q = self._syns.get(FlowKey("tcp", seg.dst, seg.dport, seg.src, seg.sport))
+        if q is not None and q.answered_by < 0:
+            q.answer, q.answered_by = what, seq
 
     def _reuseport_pick(self, rec: Record) -> list[Note]:
         """Once the connection's accepted socket has a holder, name the group member whose

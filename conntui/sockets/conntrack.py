@@ -593,3 +593,33 @@ def local_socket_tuple(
     if initiator_local:
         return (o.src, o.sport, o.dst, o.dport)
     return None
+
+
+def sending_socket_tuple(
+    m: NatMapping,
+    captured: FlowKey,
+    *,
+    is_local: Callable[[str], bool] | None = None,
+) -> tuple[str, int, str, int] | None:
+    """``(local addr, local port, remote addr, remote port)`` of the local socket that *sent*
+    a captured segment of this connection: the initiator's (``original``) for the original
+    direction, the responder's (``reply``) for the reply direction; ``None`` when that end
+    is not on this host or ``captured`` is not one of the connection's tuples.
+
+    With both ends local (loopback, an OUTPUT REDIRECT), :func:`local_socket_tuple` names
+    the receiving socket; this names the other end, whose tuple the captured segment does
+    not carry (the client's socket holds the dialled port, its SYN the rewritten one).
+    """
+    o, r = m.original, m.reply
+    if captured.proto != o.proto:
+        return None
+    if _same(captured, o) or _same(captured, r.reversed()):
+        forward = True  # initiator → responder
+    elif _same(captured, r) or _same(captured, o.reversed()):
+        forward = False
+    else:
+        return None
+    local = is_local if is_local is not None else _is_loopback
+    if forward:
+        return (o.src, o.sport, o.dst, o.dport) if local(o.src) else None
+    return (r.src, r.sport, r.dst, r.dport) if local(r.src) else None

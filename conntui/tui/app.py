@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import termios
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -78,6 +79,25 @@ class EngineLike(Protocol):
     def stop(self, timeout: float = ...) -> None: ...
 
 
+def terminal_fd() -> int | None:
+    """The descriptor Textual reads keys from, when it is a terminal."""
+    try:
+        fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else -1
+    except (OSError, ValueError):
+        return None
+    return fd if fd >= 0 and os.isatty(fd) else None
+
+
+def terminal_alive(fd: int) -> bool:
+    """Whether the terminal on ``fd`` is still there: after a hangup (its window closed, its
+    SSH connection dropped) the kernel answers every request on it with EIO."""
+    try:
+        termios.tcgetattr(fd)
+    except termios.error:
+        return False
+    return True
+
+
 class ConntuiApp(App[None]):
     """See the module docstring."""
 
@@ -109,6 +129,7 @@ class ConntuiApp(App[None]):
     # until then, once (it would delay that frame and make it bigger).
     KEY_FIRST = 0.03
     DETAIL_EVERY = 0.5  # seconds: the detail pane following a busy stream
+    TERMINAL_EVERY = 0.5  # seconds: is the terminal still there (_check_terminal)
 
     def __init__(
         self,
@@ -144,6 +165,7 @@ class ConntuiApp(App[None]):
         self._fill_timer: Timer | None = None
         self._retired: list[object] = []  # a replaced buffer, freed after the next frame
         self._switch_was: float | None = None
+        self._terminal: int | None = None  # the terminal watched by _check_terminal
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
         self._error_shown: str | None = None
         self._tracer_told: tuple[str, str] = ("", "")  # the tracer failure last notified
@@ -173,6 +195,20 @@ class ConntuiApp(App[None]):
         self._refresh_sockets()
         self.set_interval(self.tick_interval, self._tick, name="drain")
         self.set_interval(self.socket_interval, self._refresh_sockets, name="sockets")
+        self._terminal = terminal_fd() if not self.is_headless else None
+        if self._terminal is not None:
+            self.set_interval(self.TERMINAL_EVERY, self._check_terminal, name="terminal")
+
+    def _check_terminal(self) -> None:
+        """End the app (as ``q`` does: capture and tracer stopped) once its terminal is gone.
+        A closed window or a dropped SSH connection does not always send conntui SIGHUP
+        (only the session leader gets it from the kernel; a shell that ignores it, or
+        does not pass it on, leaves conntui running): reads of the terminal then return
+        nothing at once, and Textual's input thread spins on them."""
+        if self._terminal is not None and not terminal_alive(self._terminal):
+            self._terminal = None
+            self.stop_engine()
+            self.exit()
 
     def stop_engine(self) -> None:
         if not self._engine_stopped:

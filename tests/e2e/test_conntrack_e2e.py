@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,8 @@ from conntui.sockets.conntrack import (
     local_socket_tuple,
 )
 from conntui.sockets.netlink import run_in_netns
+
+from .conftest import holder_pairs
 
 pytestmark = [
     pytest.mark.root,
@@ -481,3 +484,71 @@ def test_missing_namespace_raises_but_gone_one_does_not(net: Net) -> None:
     finally:
         with contextlib.suppress(OSError):
             ct.close()
+
+
+def test_conntui_names_both_ends_of_a_loopback_output_redirect(conntui: Any) -> None:
+    """conntui itself on ``lo`` with an OUTPUT-chain REDIRECT: every segment's sender and
+    receiver are the sockets this test made. The SYN is captured already translated (to
+    the daemon's port), while the client's socket (SYN_SENT) holds the dialled port: its
+    sender is found through conntrack's original tuple."""
+    dialled, daemon = 8084, 9002
+    ns = f"fx-redir{os.getpid() % 100000}"
+    path = f"/run/netns/{ns}"
+    made: list[socket.socket] = []
+    _run("ip", "netns", "add", ns)
+    try:
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        Net(ns, ns, "", "").nat(
+            ns,
+            f"-A OUTPUT -o lo -p tcp --dport {dialled} -j REDIRECT --to-ports {daemon}",
+            _nft("out", "output", -100, f'oifname "lo" tcp dport {dialled} redirect to :{daemon}'),
+        )
+        listener = run_in_netns(path, lambda: socket.socket(AF4, socket.SOCK_STREAM))
+        made.append(listener)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", daemon))
+        listener.listen(4)
+        cap = conntui("--headless", "--json", "-N", ns, "-i", "lo", "-p", f"{dialled},{daemon}")
+        time.sleep(0.5)  # the first socket table is read
+        client = run_in_netns(path, lambda: socket.socket(AF4, socket.SOCK_STREAM))
+        made.append(client)
+        client.settimeout(5)
+        client.connect(("127.0.0.1", dialled))
+        conn, _ = listener.accept()
+        made.append(conn)
+        conn.settimeout(5)
+        client.sendall(b"ping")
+        assert conn.recv(4) == b"ping"
+        conn.sendall(b"pong")
+        assert client.recv(4) == b"pong"
+        cport = client.getsockname()[1]
+        fds = {"client": client.fileno(), "listener": listener.fileno(), "conn": conn.fileno()}
+        rows, err, code = cap.stop(settle=1.0)
+        assert code == 0, err
+    finally:
+        for s in made:
+            s.close()
+        _run("ip", "netns", "del", ns, check=False)
+    me = os.getpid()
+    mine = [r for r in rows if cport in (r["sport"], r["dport"])]
+    summary = "\n".join(
+        f"{r['sport']}->{r['dport']} {r['flags']} {r['match']} sender={holder_pairs(r['sender'])} "
+        f"receiver={holder_pairs(r['receiver'])}"
+        for r in mine
+    )
+    syns = [r for r in mine if r["flags"] == "S"]
+    assert len(syns) == 1, summary
+    syn = syns[0]
+    assert syn["dport"] == daemon, summary  # captured translated, on its way to the daemon
+    assert holder_pairs(syn["receiver"]) == {(me, fds["listener"])}, summary
+    assert holder_pairs(syn["sender"]) == {(me, fds["client"])}, summary  # the SYN_SENT socket
+    assert any("NAT" in step["what"] or "conntrack" in step["what"] for step in syn["steps"]), syn
+    (synack,) = [r for r in mine if r["flags"] == "SA"]
+    assert holder_pairs(synack["sender"]) == {(me, fds["listener"])}, summary  # for the listener
+    assert holder_pairs(synack["receiver"]) == {(me, fds["client"])}, summary
+    data = [r for r in mine if r["payload_len"]]
+    assert len(data) == 2, summary
+    for r in data:
+        ends = (fds["client"], fds["conn"]) if r["sport"] == cport else (fds["conn"], fds["client"])
+        assert holder_pairs(r["sender"]) == {(me, ends[0])}, summary
+        assert holder_pairs(r["receiver"]) == {(me, ends[1])}, summary

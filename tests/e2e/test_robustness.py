@@ -1054,3 +1054,97 @@ def test_strace_sees_no_inet_traffic_and_no_name_lookup(port: int, tmp_path: Pat
     for row in cap.rows():
         for key in ("src", "dst"):
             socket.inet_pton(socket.AF_INET6 if row["family"] == 6 else socket.AF_INET, row[key])
+
+
+# --------------------------------------------------------------------------- interrupted set-up
+
+
+def marked_processes(marker: str) -> list[tuple[int, str]]:
+    """(pid, name) of every live process whose environment holds ``marker`` (conntui passes
+    its environment on to bpftrace), zombies left out."""
+    found: list[tuple[int, str]] = []
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle not in f.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as f:
+                name, rest = f.read().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError, ValueError):
+            continue
+        if rest.split()[0] != "Z":
+            found.append((int(entry), name))
+    return found
+
+
+def wait_for_conntui_code(pid: int, timeout: float = 20) -> bool:
+    """Whether conntui's own code has begun to load in ``pid`` (the C fast path, which the
+    command line's first imports map). Earlier is the interpreter's own start-up (site),
+    where a SIGINT is Python's fatal error, not conntui's to catch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as f:
+            if "_fastpath" in f.read():
+                return True
+        time.sleep(0.002)
+    return False
+
+
+def wait_for_tracer(marker: str, timeout: float = 20) -> bool:
+    """Whether a bpftrace started with ``marker`` in its environment shows up in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(name == "bpftrace" for _, name in marked_processes(marker)):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.skipif(shutil.which("bpftrace") is None, reason="needs bpftrace")
+@pytest.mark.parametrize(
+    ("when", "sig"),
+    [
+        ("loading", signal.SIGINT),
+        ("0.3s", signal.SIGINT),
+        ("1s", signal.SIGINT),
+        ("tracer", signal.SIGINT),
+        ("listening", signal.SIGINT),
+        ("tracer", signal.SIGHUP),
+        ("tracer", signal.SIGTERM),
+    ],
+)
+def test_a_signal_during_set_up_exits_quietly_and_stops_the_tracer(
+    runs: Any, port: int, when: str, sig: signal.Signals
+) -> None:
+    """SIGINT (Ctrl-C) while conntui is still starting (loading, opening the capture,
+    reading the socket tables, starting bpftrace, waiting for it to attach): no traceback,
+    exit code 130 after one line, and no bpftrace left behind (conntui starts it in its own
+    session, so the terminal's Ctrl-C never reaches it). SIGHUP (a closed terminal) and
+    SIGTERM the same way, with 128 + their number."""
+    marker = f"CONNTUI_TEST_MARKER=fx-int-{os.getpid()}-{when}-{sig.name}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    cap = runs("--headless", "--json", "-i", "lo", "-p", str(port), ready=False, env=env)
+    if when == "loading":
+        assert wait_for_conntui_code(cap.proc.pid), "the C fast path is not built"
+    elif when == "tracer":
+        assert wait_for_tracer(marker), cap.stderr
+    elif when == "listening":
+        cap.wait_for(b"listening on", 20)
+    else:
+        time.sleep(float(when.rstrip("s")))
+    cap.proc.send_signal(sig)
+    code = cap.wait(30)
+    assert "Traceback" not in cap.stderr, cap.stderr
+    if when == "listening":
+        assert code == 0, cap.stderr  # it said so: from then on a signal ends the capture cleanly
+    else:
+        assert code == 128 + sig, cap.stderr
+        said = "interrupted" if sig == signal.SIGINT else f"stopped by {sig.name}"
+        assert cap.stderr.strip() == f"conntui: {said}", cap.stderr
+    deadline = time.monotonic() + 10
+    while marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marked_processes(marker) == [], "left behind after the signal"

@@ -23,6 +23,7 @@ from conntui.sockets.conntrack import (
     build_get_request,
     local_socket_tuple,
     parse_ct_message,
+    sending_socket_tuple,
 )
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
@@ -521,6 +522,21 @@ def test_loopback_maps_each_segment_to_its_receiver() -> None:
     # the untranslated forms, had a tap seen them, map the same way
     assert local_socket_tuple(LOOP, LOOP.original) == daemon
     assert local_socket_tuple(LOOP, LOOP.reply) == client
+
+
+def test_loopback_maps_each_segment_to_its_sender() -> None:
+    """The other end of the same segments: the socket that sent each one (the client's
+    SYN_SENT socket holds the dialled port; its SYN shows the daemon's)."""
+    daemon = ("127.0.0.1", 9001, "127.0.0.1", 45000)
+    client = ("127.0.0.1", 45000, "127.0.0.1", 8082)
+    to_daemon = LOOP.reply.reversed()
+    to_client = LOOP.original.reversed()
+    assert sending_socket_tuple(LOOP, to_daemon) == client
+    assert sending_socket_tuple(LOOP, to_client) == daemon
+    assert sending_socket_tuple(LOOP, to_daemon, is_local={"127.0.0.1"}.__contains__) == client
+    # an end that is not on this host sends nothing from here
+    assert sending_socket_tuple(REDIRECT, REDIRECT.original, is_local={V}.__contains__) is None
+    assert sending_socket_tuple(LOOP, FlowKey("tcp", "127.0.0.1", 1, "127.0.0.1", 2)) is None
 
 
 def test_no_nat() -> None:

@@ -103,6 +103,37 @@ def test_retransmitted_syn_and_full_accept_queue_are_marked():
     )
 
 
+def test_a_retransmitted_syn_says_a_challenge_ack_came_back():
+    """The stale client: its SYN hit the server's old connection, which answered with a
+    challenge ACK; the client's RST ended that connection and it sent the SYN again. The
+    retransmission's note names the challenge ACK that came, not a SYN-ACK that did not."""
+    v = Verifier()
+    est = SocketEntry(
+        "tcp", 4, "ESTABLISHED", Endpoint("127.0.0.1", 80), Endpoint("127.0.0.1", 5000), inode=9
+    )
+    v.on_record(rec(0, 1.0, 5000, 80, "S", tcp_seq=77, match=Match.ESTABLISHED, receiver=est))
+    v.on_record(rec(1, 1.0001, 80, 5000, "A", tcp_seq=500))  # the challenge ACK
+    v.on_record(rec(2, 1.0002, 5000, 80, "R", tcp_seq=501, match=Match.ESTABLISHED, receiver=est))
+    again = v.on_record(
+        rec(3, 1.004, 5000, 80, "S", tcp_seq=77, match=Match.LISTENER, receiver=listener(0, 2))
+    )
+    assert [(n[0], n[2]) for n in again] == [(3, 0)]
+    text = again[0][1]
+    assert "retransmission of the SYN of record #0" in text
+    assert "challenge ACK (record #1)" in text
+    assert "no SYN-ACK" not in text and "dropped" not in text and "nothing came back" not in text
+
+
+def test_a_retransmitted_syn_says_nothing_came_back_only_when_nothing_did():
+    v = Verifier()
+    v.on_record(rec(0, 1.0, 5000, 80, "S", tcp_seq=77, match=Match.LISTENER, receiver=listener(0, 2)))
+    v.on_record(rec(1, 1.5, 5001, 80, "S", tcp_seq=9, match=Match.LISTENER, receiver=listener(0, 2)))
+    v.on_record(rec(2, 1.5001, 80, 5001, "SA", tcp_seq=30))  # another connection's answer
+    again = v.on_record(rec(3, 2.0, 5000, 80, "S", tcp_seq=77, match=Match.LISTENER, receiver=listener(0, 2)))
+    assert [(n[0], n[2]) for n in again] == [(3, 0)]
+    assert "nothing came back" in again[0][1] and "which got" not in again[0][1]
+
+
 def reuseport_member(pid: int) -> SocketEntry:
     return SocketEntry(
         "tcp", 4, "LISTEN", Endpoint("0.0.0.0", 80), None, inode=pid, holders=(Holder(pid, 3, f"s{pid}"),)

@@ -207,6 +207,15 @@ def expect(res: Result) -> list[Check]:
             what="SYN",
         )
     )
+    # what came back to the first SYN: the challenge ACK, not "nothing" (verify.py)
+    said = [n for r in later[:1] for n in r.get("notes", ()) if n.startswith("a retransmission of the SYN")]
+    checks.append(
+        Check(
+            "the retransmitted SYN's note names the challenge ACK that came back",
+            bool(said) and "challenge ACK" in said[0] and "nothing came back" not in said[0],
+            said[0] if said else "no note on the retransmitted SYN",
+        )
+    )
     data = [r for r in up if r["payload_len"] > 0]
     checks.append(
         received_by(
