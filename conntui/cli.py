@@ -367,6 +367,10 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     if opts.privsep and not opts.read:
         from . import privsep
 
+        if opts.netns is not None:
+            # the helper serves the namespace conntui captures in: forked after entering it,
+            # its conntrack (and sock_diag) channels are that namespace's, not the host's
+            enter_netns(opts.netns)
         try:
             priv = privsep.start()
         except OSError as exc:
