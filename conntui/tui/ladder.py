@@ -277,7 +277,17 @@ class LadderBuilder:
         for rec in records:
             seg = rec.segment
             # the ports first: one set lookup each rules out nearly every other segment
-            if (seg.sport in ports or seg.dport in ports) and seg.proto == proto and takes(rec):
+            has_s, has_d = seg.sport in ports, seg.dport in ports
+            if not (has_s or has_d) or seg.proto != proto:
+                continue
+            if not (has_s and has_d):
+                # one port shared (another client of the same server port): this
+                # connection's only if its conntrack step says so (``takes``); rows without
+                # one are left out here, before the 4-tuple is built
+                steps = rec.attribution.steps
+                if not steps or not steps[0].what.startswith("conntrack:"):
+                    continue
+            if takes(rec):
                 flow.append(rec)
                 n += 1
         self.total += n
