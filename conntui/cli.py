@@ -363,14 +363,14 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
     is forked first, while this process has one thread; once everything is open, this
     process drops its privileges for good (:mod:`conntui.privsep`)."""
     notes = notes if notes is not None else []
+    if opts.netns is not None:
+        # first: the helper (below) serves the namespace conntui captures in, forked after
+        # entering it, so its conntrack (and sock_diag) channels are that namespace's
+        enter_netns(opts.netns)
     priv: Privsep | None = None
     if opts.privsep and not opts.read:
         from . import privsep
 
-        if opts.netns is not None:
-            # the helper serves the namespace conntui captures in: forked after entering it,
-            # its conntrack (and sock_diag) channels are that namespace's, not the host's
-            enter_netns(opts.netns)
         try:
             priv = privsep.start()
         except OSError as exc:
@@ -387,8 +387,6 @@ def make_engine(opts: Options, notes: list[str] | None = None, session: Session 
 
 
 def _make_engine(opts: Options, notes: list[str], session: Session | None, priv: Privsep | None) -> Engine:
-    if opts.netns is not None:
-        enter_netns(opts.netns)
     source = make_source(opts, notes)
     opened: list[Callable[[], None]] = [source.close]  # the close of each thing opened
     try:
