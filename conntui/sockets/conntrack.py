@@ -548,6 +548,19 @@ def _is_loopback(addr: str) -> bool:
     return addr.startswith(_LOOPBACK_V4) or _norm(addr) == "::1"
 
 
+def _forward(m: NatMapping, captured: FlowKey) -> bool | None:
+    """Whether ``captured`` goes the connection's original way (initiator → responder), the
+    reply way (False), or is none of its four tuples (None)."""
+    o, r = m.original, m.reply
+    if captured.proto != o.proto:
+        return None
+    if _same(captured, o) or _same(captured, r.reversed()):
+        return True
+    if _same(captured, r) or _same(captured, o.reversed()):
+        return False
+    return None
+
+
 def local_socket_tuple(
     m: NatMapping,
     captured: FlowKey,
@@ -571,13 +584,8 @@ def local_socket_tuple(
     for the original direction (ORIG, REPLY⁻¹), the initiator's for the reply direction.
     """
     o, r = m.original, m.reply
-    if captured.proto != o.proto:
-        return None
-    if _same(captured, o) or _same(captured, r.reversed()):
-        forward = True  # initiator → responder
-    elif _same(captured, r) or _same(captured, o.reversed()):
-        forward = False
-    else:
+    forward = _forward(m, captured)
+    if forward is None:
         return None
     if is_local is not None:
         responder_local = is_local(r.src)
@@ -611,13 +619,8 @@ def sending_socket_tuple(
     not carry (the client's socket holds the dialled port, its SYN the rewritten one).
     """
     o, r = m.original, m.reply
-    if captured.proto != o.proto:
-        return None
-    if _same(captured, o) or _same(captured, r.reversed()):
-        forward = True  # initiator → responder
-    elif _same(captured, r) or _same(captured, o.reversed()):
-        forward = False
-    else:
+    forward = _forward(m, captured)
+    if forward is None:
         return None
     local = is_local if is_local is not None else _is_loopback
     if forward:
