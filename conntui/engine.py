@@ -426,18 +426,8 @@ class Engine:
                 timeout = poll
                 if deadline is not None:
                     timeout = min(poll, max(0.0, deadline - time.monotonic()))
-                if fast_source is not None:
-                    budget = -1 if count is None else count - stored
-                    got, kept = fast_source.pump(self._fast, timeout, budget)
-                    stored += kept
-                else:
-                    frames = self.source.read(timeout)
-                    got = len(frames)
-                    for frame in frames:
-                        if self.process(frame) is not None:
-                            stored += 1
-                            if count is not None and stored >= count:
-                                break
+                got, kept = self._take(fast_source, timeout, -1 if count is None else count - stored)
+                stored += kept
                 if count is not None and stored >= count:
                     self._stop.set()
                 now = time.monotonic()
@@ -473,14 +463,23 @@ class Engine:
         end = time.monotonic() + DRAIN_MAX
         idle = 0
         while idle < 3 and time.monotonic() < end and not self._stop.is_set():
-            if fast_source is not None:
-                got, _ = fast_source.pump(self._fast, 0.002, -1)
-            else:
-                frames = self.source.read(0.002)
-                got = len(frames)
-                for frame in frames:
-                    self.process(frame)
+            got, _ = self._take(fast_source, 0.002, -1)
             idle = 0 if got else idle + 1
+
+    def _take(self, fast_source: Any, timeout: float, budget: int) -> tuple[int, int]:
+        """One read of the source and its rows: through the C fast path when it serves,
+        else frame by frame. (frames read, rows stored); ``budget`` < 0: no limit."""
+        if fast_source is not None:
+            got, kept = fast_source.pump(self._fast, timeout, budget)
+            return got, kept
+        frames = self.source.read(timeout)
+        kept = 0
+        for frame in frames:
+            if self.process(frame) is not None:
+                kept += 1
+                if 0 <= budget <= kept:
+                    break
+        return len(frames), kept
 
     def _start_fast(self) -> Any:
         """The source to pump through the C fast path, or None for the Python loop: it
