@@ -330,12 +330,12 @@ def _counted_some(att: Attribution, batch: DropBatch) -> Attribution:
     """A row in a window where the kernel counted drops of its flow but not which: fewer than
     conntui captured segments there (some were delivered), or the window or the capture is
     not exact (no receive timestamps, packets the capture lost)."""
-    last = batch.note
+    last = batch.unknown
     if last is not None and last[0] is att and last[1] == batch.captured:
         return last[2]  # a flood's rows share their flow's attribution: the same answer
     verdict = KernelVerdict("unknown", _COUNTED, batch.reason, batch.state)
     got = replace(att, kernel=verdict, agrees=None, notes=(*att.notes, _counted_note(batch)))
-    batch.note = (att, batch.captured, got)
+    batch.unknown = (att, batch.captured, got)
     return got
 
 

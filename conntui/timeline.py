@@ -142,7 +142,9 @@ class DropBatch:
     tried: DropBatch | None = field(default=None, repr=False, compare=False)
     # the last row judged unknown in this window: its attribution as asked, the ``captured``
     # it was judged with, and the answer (a flood's rows share their flow's attribution)
-    note: tuple[Attribution, int | None, Attribution] | None = field(default=None, repr=False, compare=False)
+    unknown: tuple[Attribution, int | None, Attribution] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def covers(self, ts: float) -> bool:
         if self.s1:
